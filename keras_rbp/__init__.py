@@ -1,0 +1,12 @@
+"""keras_rbp: Recursive Bayesian Pruning for Keras.
+
+Wrap a model with `prune`, train it with `RecursivePruning`, remove the
+pruned channels with `shrink`, and write mobile files with `export`.
+"""
+
+from keras_rbp.layers import RBPNoise
+from keras_rbp.wrapper import RBPWrapper, prune, rbp_noise_layers
+
+__version__ = "0.1.0"
+
+__all__ = ["RBPNoise", "RBPWrapper", "prune", "rbp_noise_layers"]

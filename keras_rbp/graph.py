@@ -1,0 +1,158 @@
+"""A small, explicit graph of a Keras model, read from its public config.
+
+Keras 3 and tf_keras write a functional model's `inbound_nodes` differently;
+`Graph` normalises both into layers, calls and tensor references, and
+`rename_references` rewires a config in either format.
+"""
+
+import dataclasses
+
+SEQUENTIAL = "Sequential"
+FUNCTIONAL = ("Functional", "Model")
+KERAS_TENSOR = "__keras_tensor__"
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRef:
+    """Output `tensor_index` of call `node_index` of layer `layer`."""
+
+    layer: str
+    node_index: int = 0
+    tensor_index: int = 0
+
+
+@dataclasses.dataclass
+class LayerNode:
+    """One layer: its config entry and the tensors each of its calls reads."""
+
+    name: str
+    class_name: str
+    config: dict
+    calls: list  # one list of TensorRef per call of the layer
+
+    @property
+    def inputs(self):
+        return [ref for call in self.calls for ref in call]
+
+
+@dataclasses.dataclass
+class Graph:
+    """The layers of a Sequential or Functional config, in config order."""
+
+    name: str
+    layers: dict  # name -> LayerNode
+    inputs: list  # TensorRef of each model input
+    outputs: list  # TensorRef of each model output
+
+    @classmethod
+    def from_config(cls, class_name, config):
+        if class_name == SEQUENTIAL:
+            return _sequential_graph(config)
+        return _functional_graph(config)
+
+    def consumers(self, name):
+        """Names of the layers that read an output of layer `name`."""
+        return [
+            node.name
+            for node in self.layers.values()
+            if any(ref.layer == name for ref in node.inputs)
+        ]
+
+    def is_output(self, name):
+        return any(ref.layer == name for ref in self.outputs)
+
+
+def model_class_name(entry):
+    """'Sequential', 'Functional' or None for a layer entry of a config."""
+    class_name = entry["class_name"]
+    if class_name == SEQUENTIAL:
+        return SEQUENTIAL
+    if class_name in FUNCTIONAL:
+        return "Functional"
+    return None
+
+
+def _sequential_graph(config):
+    layers = {}
+    entries = config["layers"]
+    previous = None
+    inputs = []
+    for entry in entries:
+        name = entry["config"]["name"]
+        calls = [[TensorRef(previous)]] if previous else []
+        layers[name] = LayerNode(name, entry["class_name"], entry, calls)
+        if previous is None:
+            inputs.append(TensorRef(name))
+        previous = name
+    outputs = [TensorRef(previous)] if previous else []
+    return Graph(config["name"], layers, inputs, outputs)
+
+
+def _functional_graph(config):
+    layers = {}
+    for entry in config["layers"]:
+        calls = [_node_refs(node) for node in entry["inbound_nodes"]]
+        layers[entry["name"]] = LayerNode(entry["name"], entry["class_name"], entry, calls)
+    return Graph(
+        config["name"],
+        layers,
+        _refs(config["input_layers"]),
+        _refs(config["output_layers"]),
+    )
+
+
+def _refs(value):
+    """Reads [name, node, tensor] or a list of them."""
+    if value and isinstance(value[0], str):
+        return [TensorRef(*value[:3])]
+    return [TensorRef(*item[:3]) for item in value]
+
+
+def _node_refs(node):
+    """The tensors read by one call, in order, in either config format."""
+    refs = []
+
+    def visit(value):
+        if isinstance(value, dict):
+            if value.get("class_name") == KERAS_TENSOR:
+                refs.append(TensorRef(*value["config"]["keras_history"]))
+            else:
+                for item in value.values():
+                    visit(item)
+        elif isinstance(value, (list, tuple)):
+            if _is_legacy_ref(value):
+                refs.append(TensorRef(*value[:3]))
+                visit(value[3] if len(value) > 3 else {})
+            else:
+                for item in value:
+                    visit(item)
+
+    visit(node)
+    return refs
+
+
+def _is_legacy_ref(value):
+    """tf_keras writes a tensor as [layer_name, node_index, tensor_index, kwargs]."""
+    return (
+        len(value) in (3, 4)
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+        and isinstance(value[2], int)
+    )
+
+
+def rename_references(value, old, new):
+    """Makes every tensor reference to layer `old` in a config point to `new`."""
+    if isinstance(value, dict):
+        if value.get("class_name") == KERAS_TENSOR:
+            history = value["config"]["keras_history"]
+            if history[0] == old:
+                value["config"]["keras_history"] = [new, *history[1:]]
+            return
+        for item in value.values():
+            rename_references(item, old, new)
+    elif isinstance(value, (list, tuple)):
+        if _is_legacy_ref(value) and value[0] == old:
+            value[0] = new
+        for item in value:
+            rename_references(item, old, new)

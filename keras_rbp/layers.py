@@ -1,0 +1,251 @@
+"""The `RBPNoise` layer: a channel-wise Dirac-like dropout noise."""
+
+import random
+
+import tensorflow as tf
+
+from keras_rbp import noise as noise_lib
+from keras_rbp._keras import ONLY_FIRST_REPLICA, keras, register_serializable
+
+MODES = ("off", "active", "frozen")
+OFF, ACTIVE, FROZEN = range(3)
+
+
+@register_serializable(package="keras_rbp")
+class RBPNoise(keras.layers.Layer):
+    """Multiplies each channel of its input by a learned Dirac-like noise.
+
+    The noise theta_c has mean pi_c = sigmoid(phi_c) and standard deviation
+    s * sqrt(pi_c (1 - pi_c)); it is drawn per example and per channel and
+    shared over spatial positions. The layer has three modes, held in a
+    variable so that they switch without recompiling the model:
+
+    - ``"off"``: theta = 1 and no KL; the layer is the identity.
+    - ``"active"``: theta is sampled in training and equal to pi at
+      inference; the KL against the Bernoulli(pi_0) prior, times
+      ``kl_weight * cost / dataset_size``, is added with `add_loss`.
+    - ``"frozen"``: theta = mask * frozen value, deterministic, no KL, no
+      gradient to the logits.
+
+    The layer always adds one loss term, which is zero unless active.
+
+    Args:
+        dataset_size: number of training examples N; the KL is divided by it.
+        axis: the channel axis of the input: -1 for channels_last, 1 for
+            channels_first.
+        kl_weight: multiplies the KL term.
+        prior_keep_prob: pi_0, the prior probability that a channel is kept.
+        initial_keep_prob: pi of every channel before training.
+        logit_scale: phi = logit_scale * v for the trainable variable v, so
+            that the optimiser moves phi logit_scale times faster than the
+            weights.
+        cost: extra weight of this layer's KL (the cost-aware prior).
+        seed: integer seed of the noise; drawn at random when None and then
+            kept in the config.
+
+    Call arguments:
+        inputs: a tensor with the channel axis given by `axis`.
+        training: whether to sample the noise (active mode only).
+    """
+
+    def __init__(
+        self,
+        dataset_size,
+        axis=-1,
+        kl_weight=1.0,
+        prior_keep_prob=0.01,
+        initial_keep_prob=0.99,
+        logit_scale=10.0,
+        cost=1.0,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        name = self.name
+        if not isinstance(dataset_size, int) or dataset_size <= 0:
+            raise ValueError(
+                f"RBPNoise {name!r}: dataset_size must be a positive integer, "
+                f"received: {dataset_size!r}"
+            )
+        for arg, value in (
+            ("prior_keep_prob", prior_keep_prob),
+            ("initial_keep_prob", initial_keep_prob),
+        ):
+            if not 0.0 < value < 1.0:
+                raise ValueError(
+                    f"RBPNoise {name!r}: {arg} must be in (0, 1), received: {value!r}"
+                )
+        for arg, value in (
+            ("kl_weight", kl_weight),
+            ("logit_scale", logit_scale),
+            ("cost", cost),
+        ):
+            if not value > 0:
+                raise ValueError(
+                    f"RBPNoise {name!r}: {arg} must be positive, received: {value!r}"
+                )
+        self.dataset_size = dataset_size
+        self.axis = int(axis)
+        self.kl_weight = float(kl_weight)
+        self.prior_keep_prob = float(prior_keep_prob)
+        self.initial_keep_prob = float(initial_keep_prob)
+        self.logit_scale = float(logit_scale)
+        self.cost = float(cost)
+        self.seed = random.randrange(2**31) if seed is None else int(seed)
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        rank = len(input_shape)
+        self._channel_axis = self.axis % rank
+        channels = input_shape[self._channel_axis]
+        if channels is None:
+            raise ValueError(
+                f"RBPNoise {self.name!r}: the channel axis {self.axis} of input "
+                f"shape {tuple(input_shape)} must be known"
+            )
+        initial_v = noise_lib.logit(self.initial_keep_prob) / self.logit_scale
+        constant = keras.initializers.Constant
+        self.scaled_logits = self.add_weight(
+            name="scaled_logits",
+            shape=(channels,),
+            initializer=constant(initial_v),
+            trainable=True,
+        )
+        self.mode_variable = self.add_weight(
+            name="mode", shape=(), dtype="int32", initializer="zeros", trainable=False
+        )
+        self.mask = self.add_weight(
+            name="mask", shape=(channels,), initializer="ones", trainable=False
+        )
+        self.frozen_value = self.add_weight(
+            name="frozen_value", shape=(channels,), initializer="ones", trainable=False
+        )
+        self.noise_scale = self.add_weight(
+            name="noise_scale", shape=(), initializer="ones", trainable=False
+        )
+        self.noise_step = self.add_weight(
+            name="noise_step",
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            trainable=False,
+            aggregation=ONLY_FIRST_REPLICA,
+        )
+        self.built = True
+
+    @property
+    def channels(self):
+        return int(self.scaled_logits.shape[0])
+
+    @property
+    def logits(self):
+        """phi, the logits of the keep probabilities."""
+        return self.logit_scale * tf.convert_to_tensor(self.scaled_logits)
+
+    def keep_probability(self):
+        """pi per channel, as a numpy array."""
+        return noise_lib.keep_probability(self.logits).numpy()
+
+    @property
+    def mode(self):
+        return MODES[int(self.mode_variable.numpy())]
+
+    @mode.setter
+    def mode(self, mode):
+        if mode not in MODES:
+            raise ValueError(
+                f"RBPNoise {self.name!r}: mode must be one of {MODES}, "
+                f"received: {mode!r}"
+            )
+        self.mode_variable.assign(MODES.index(mode))
+
+    def freeze(self, mask, value=None):
+        """Freezes theta to mask * value (value defaults to the current pi)."""
+        mask = tf.cast(tf.convert_to_tensor(mask), tf.float32)
+        if mask.shape != (self.channels,):
+            raise ValueError(
+                f"RBPNoise {self.name!r}: mask must have shape ({self.channels},), "
+                f"received shape {tuple(mask.shape)}"
+            )
+        if value is None:
+            value = noise_lib.keep_probability(self.logits)
+        self.mask.assign(mask)
+        self.frozen_value.assign(tf.cast(value, tf.float32))
+        self.mode = "frozen"
+
+    def theta(self):
+        """The deterministic theta of the current mode, shape (channels,)."""
+        return self._deterministic_theta(self.mode_variable)
+
+    def _deterministic_theta(self, mode):
+        return tf.switch_case(
+            mode,
+            [
+                lambda: tf.ones([self.channels]),
+                lambda: noise_lib.keep_probability(self.logits),
+                lambda: self.mask * self.frozen_value,
+            ],
+        )
+
+    def _sampled_theta(self, batch_size):
+        context = tf.distribute.get_replica_context()
+        replica = context.replica_id_in_sync_group if context else 0
+        replicas = context.num_replicas_in_sync if context else 1
+        step = tf.convert_to_tensor(self.noise_step)
+        counter = step * replicas + tf.cast(replica, tf.int64)
+        self.noise_step.assign_add(1)
+        seed = tf.stack([tf.constant(self.seed, tf.int64), counter])
+        eps = tf.random.stateless_normal([batch_size, self.channels], seed=seed)
+        return noise_lib.sample(self.logits, eps, self.noise_scale)
+
+    def _broadcast(self, theta, rank):
+        """Reshapes theta, (channels,) or (batch, channels), onto the input."""
+        shape = [1] * rank
+        shape[self._channel_axis] = self.channels
+        if theta.shape.rank == 2:
+            shape[0] = -1
+        return tf.reshape(theta, shape)
+
+    def call(self, inputs, training=None):
+        mode = tf.convert_to_tensor(self.mode_variable)
+        rank = inputs.shape.rank
+
+        def active():
+            if training:
+                theta = self._sampled_theta(tf.shape(inputs)[0])
+            else:
+                theta = noise_lib.keep_probability(self.logits)
+            return inputs * tf.cast(self._broadcast(theta, rank), inputs.dtype)
+
+        def frozen():
+            theta = self.mask * self.frozen_value
+            return inputs * tf.cast(self._broadcast(theta, rank), inputs.dtype)
+
+        outputs = tf.switch_case(mode, [lambda: tf.identity(inputs), active, frozen])
+        self.add_loss(self._kl_term(mode))
+        return outputs
+
+    def _kl_term(self, mode):
+        def kl():
+            kl_per_channel = noise_lib.kl_divergence(self.logits, self.prior_keep_prob)
+            scale = self.kl_weight * self.cost / self.dataset_size
+            return scale * tf.reduce_sum(kl_per_channel)
+
+        return tf.cond(tf.equal(mode, ACTIVE), kl, lambda: tf.constant(0.0))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            dataset_size=self.dataset_size,
+            axis=self.axis,
+            kl_weight=self.kl_weight,
+            prior_keep_prob=self.prior_keep_prob,
+            initial_keep_prob=self.initial_keep_prob,
+            logit_scale=self.logit_scale,
+            cost=self.cost,
+            seed=self.seed,
+        )
+        return config

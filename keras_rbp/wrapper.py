@@ -1,0 +1,364 @@
+"""`RBPWrapper`, the registry of prunable layers, and `prune`."""
+
+import copy
+
+from keras_rbp import graph as graph_lib
+from keras_rbp._keras import IS_KERAS_3, deserialize, keras, register_serializable, serialize
+from keras_rbp.layers import RBPNoise
+
+# The layers whose output channels RBPWrapper can prune. BatchNormalization is
+# wrapped only where it directly follows one of the others (see `prune`).
+PRUNABLE_LAYERS = (
+    keras.layers.Dense,
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv2D,
+)
+WRAPPABLE_LAYERS = PRUNABLE_LAYERS + (keras.layers.BatchNormalization,)
+
+
+def is_prunable(layer):
+    """Whether RBPWrapper can wrap `layer` (its exact class is registered)."""
+    return type(layer) in PRUNABLE_LAYERS
+
+
+def channel_axis(layer):
+    """The axis of `layer`'s output that holds its channels."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        axis = layer.axis
+        return int(axis[0] if isinstance(axis, (list, tuple)) else axis)
+    return 1 if getattr(layer, "data_format", None) == "channels_first" else -1
+
+
+def _supported_names():
+    return ", ".join(cls.__name__ for cls in WRAPPABLE_LAYERS)
+
+
+@register_serializable(package="keras_rbp")
+class RBPWrapper(keras.layers.Wrapper):
+    """Puts an `RBPNoise` on the pre-activation of a Dense or Conv layer.
+
+    Computes ``activation(theta * layer(inputs))``: the wrapped layer runs
+    without its activation, which the wrapper applies after the noise, so a
+    frozen theta can be folded into the layer's kernel and bias. Wrapping a
+    BatchNormalization puts the noise on its output.
+
+    Args:
+        layer: a Dense, Conv1D, Conv2D, Conv3D, DepthwiseConv2D,
+            SeparableConv2D or BatchNormalization layer.
+        noise: an `RBPNoise` or its config; its `axis` is set from the layer.
+        activation: the activation to apply after the noise; by default the
+            wrapped layer's own, which is then replaced by "linear".
+
+    Call arguments:
+        inputs: the inputs of the wrapped layer.
+        training: passed to the wrapped layer and the noise.
+    """
+
+    def __init__(self, layer, noise, activation=None, **kwargs):
+        if type(layer) not in WRAPPABLE_LAYERS:
+            raise ValueError(
+                f"RBPWrapper cannot wrap layer {layer.name!r} of class "
+                f"{type(layer).__name__}; supported: {_supported_names()}"
+            )
+        kwargs.setdefault("name", layer.name)
+        super().__init__(layer, **kwargs)
+        if activation is None and hasattr(layer, "activation"):
+            activation = layer.activation
+        if hasattr(layer, "activation"):
+            layer.activation = keras.activations.get("linear")
+        self.activation = keras.activations.get(activation)
+        if isinstance(noise, dict):
+            noise = dict(noise, axis=channel_axis(layer))
+            noise.setdefault("name", f"{layer.name}_rbp_noise")
+            noise = RBPNoise(**noise)
+        self.noise = noise
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self.noise.build(self.layer.compute_output_shape(input_shape))
+        self.built = True
+
+    def call(self, inputs, training=None):
+        outputs = self.layer(inputs, training=training)
+        outputs = self.noise(outputs, training=training)
+        return self.activation(outputs)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        noise_config = self.noise.get_config()
+        config.update(noise=noise_config, activation=keras.activations.serialize(self.activation))
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        layer = deserialize(config.pop("layer"), custom_objects=custom_objects)
+        return cls(layer, **config)
+
+
+def rbp_noise_layers(model):
+    """Every `RBPNoise` of `model`, nested models included, in layer order."""
+    found = []
+    for layer in _flatten_layers(model):
+        if isinstance(layer, RBPWrapper):
+            found.append(layer.noise)
+        elif isinstance(layer, RBPNoise):
+            found.append(layer)
+    return found
+
+
+def _flatten_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _flatten_layers(layer)
+
+
+def prune(
+    model,
+    dataset_size,
+    layers=None,
+    kl_weight=1.0,
+    prior_keep_prob=0.01,
+    initial_keep_prob=0.99,
+    logit_scale=10.0,
+    noise_after_batchnorm=True,
+    input_features=False,
+    flatten_features=False,
+    seed=0,
+):
+    """Returns a copy of `model` with an RBP noise on every prunable layer.
+
+    The user's model is left untouched; the copy has its weights. By default
+    every Dense and Conv layer is wrapped except those that produce a model
+    output (the classifier).
+
+    Args:
+        model: a Sequential or Functional Keras model; nested models, several
+            inputs and several outputs are supported.
+        dataset_size: the number of training examples; the KL is divided by it.
+        layers: which layers to wrap: a list of layer names (then exactly
+            those, output layers included), or a predicate called with each
+            prunable layer. None wraps every prunable layer but the outputs.
+        kl_weight: multiplies the KL term of every noise.
+        prior_keep_prob: pi_0 of the Bernoulli prior.
+        initial_keep_prob: the keep probability pi of every channel at start.
+        logit_scale: the logits are logit_scale times a trainable variable.
+        noise_after_batchnorm: where a layer's only consumer is a
+            BatchNormalization, put the noise after the BatchNormalization.
+        input_features: also put a noise on each model input's last axis
+            (the input pixels of LeNet-300-100).
+        flatten_features: also put a noise after each Flatten layer (the
+            inputs of a LeNet-5's first dense layer).
+        seed: seeds every noise of the copy.
+
+    Returns:
+        A new, uncompiled Keras model with `RBPWrapper` and `RBPNoise` layers.
+    """
+    _check_model(model)
+    if isinstance(dataset_size, bool) or not isinstance(dataset_size, int) or dataset_size <= 0:
+        raise ValueError(
+            f"prune: dataset_size must be a positive integer, received: {dataset_size!r}"
+        )
+    noise_config = dict(
+        dataset_size=dataset_size,
+        kl_weight=kl_weight,
+        prior_keep_prob=prior_keep_prob,
+        initial_keep_prob=initial_keep_prob,
+        logit_scale=logit_scale,
+    )
+    RBPNoise(**noise_config)  # checks the arguments before any work
+    by_name = {layer.name: layer for layer in _flatten_layers(model)}
+    chosen = _choose_layers(model, by_name, layers)
+    rewriter = _Rewriter(by_name, chosen, noise_config, seed, noise_after_batchnorm)
+    config = copy.deepcopy(model.get_config())
+    class_name = graph_lib.SEQUENTIAL if isinstance(model, keras.Sequential) else "Functional"
+    rewriter.rewrite(class_name, config, input_features, flatten_features)
+    custom_objects = {type(layer).__name__: type(layer) for layer in by_name.values()}
+    model_class = keras.Sequential if class_name == graph_lib.SEQUENTIAL else keras.Model
+    pruned = model_class.from_config(config, custom_objects=custom_objects)
+    _copy_weights(model, pruned)
+    return pruned
+
+
+def _check_model(model):
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"prune: expected a Keras model, received {type(model).__name__}")
+    if type(model).__name__ not in ("Sequential", "Functional"):
+        raise TypeError(
+            f"prune: model {model.name!r} is a subclassed model "
+            f"({type(model).__name__}); keras_rbp supports Sequential and "
+            "Functional models, whose graph it can read"
+        )
+    for layer in _flatten_layers(model):
+        if isinstance(layer, keras.Model):
+            _check_model(layer)
+        if isinstance(layer, (RBPWrapper, RBPNoise)):
+            raise ValueError(f"prune: model {model.name!r} is already pruned (layer {layer.name!r})")
+
+
+def _choose_layers(model, by_name, layers):
+    """Names of the layers to put a noise on."""
+    if layers is None or callable(layers):
+        outputs = _output_producers(model)
+        return {
+            name
+            for name, layer in by_name.items()
+            if is_prunable(layer)
+            and name not in outputs
+            and (layers is None or layers(layer))
+        }
+    names = [layers] if isinstance(layers, str) else list(layers)
+    for name in names:
+        if name not in by_name:
+            raise ValueError(f"prune: layers names {name!r}, which model {model.name!r} lacks")
+        layer = by_name[name]
+        if not is_prunable(layer):
+            raise ValueError(
+                f"prune: layer {name!r} of class {type(layer).__name__} cannot be "
+                f"pruned; supported: {', '.join(c.__name__ for c in PRUNABLE_LAYERS)}"
+            )
+    return set(names)
+
+
+def _output_producers(model):
+    """Prunable layers whose channels reach a model output unchanged or
+    through non-prunable layers only: the classifier and its kin."""
+    found = set()
+
+    def walk_back(sub_model, refs):
+        graph = _graph(sub_model)
+        pending, seen = list(refs), set()
+        while pending:
+            ref = pending.pop()
+            if ref.layer in seen:
+                continue
+            seen.add(ref.layer)
+            layer = sub_model.get_layer(ref.layer) if ref.layer in _layer_names(sub_model) else None
+            if layer is not None and is_prunable(layer):
+                found.add(layer.name)
+            elif isinstance(layer, keras.Model):
+                walk_back(layer, _graph(layer).outputs)
+                pending.extend(graph.layers[ref.layer].inputs)
+            else:
+                pending.extend(graph.layers[ref.layer].inputs)
+
+    walk_back(model, _graph(model).outputs)
+    return found
+
+
+def _layer_names(model):
+    return {layer.name for layer in model.layers}
+
+
+def _graph(model):
+    class_name = graph_lib.SEQUENTIAL if isinstance(model, keras.Sequential) else "Functional"
+    return graph_lib.Graph.from_config(class_name, model.get_config())
+
+
+class _Rewriter:
+    """Rewrites a model config: wraps the chosen layers, inserts noises."""
+
+    def __init__(self, by_name, chosen, noise_config, seed, noise_after_batchnorm):
+        self.by_name = by_name
+        self.chosen = chosen
+        self.noise_config = noise_config
+        self.seed = seed
+        self.noise_after_batchnorm = noise_after_batchnorm
+        self.count = 0
+
+    def _noise(self, **kwargs):
+        self.count += 1
+        return dict(self.noise_config, seed=self.seed * 100003 + self.count, **kwargs)
+
+    def rewrite(self, class_name, config, input_features=False, flatten_features=False):
+        graph = graph_lib.Graph.from_config(class_name, config)
+        targets = set()
+        for name in self.chosen & set(graph.layers):
+            targets.add(self._placement(graph, name))
+        for entry in config["layers"]:
+            name = entry["config"]["name"]
+            nested = graph_lib.model_class_name(entry)
+            if nested:
+                self.rewrite(nested, entry["config"], flatten_features=flatten_features)
+            elif name in targets:
+                self._wrap(entry)
+        inserts = []
+        if input_features:
+            inserts += [ref.layer for ref in graph.inputs]
+        if flatten_features:
+            inserts += [n for n, node in graph.layers.items() if node.class_name == "Flatten"]
+        for name in inserts:
+            self._insert_noise_after(class_name, config, graph, name)
+
+    def _placement(self, graph, name):
+        """The layer to wrap for a chosen layer: itself, or the
+        BatchNormalization that is its only consumer."""
+        consumers = graph.consumers(name)
+        if (
+            self.noise_after_batchnorm
+            and len(consumers) == 1
+            and len(graph.layers[name].calls) <= 1
+            and not graph.is_output(name)
+            and isinstance(self.by_name.get(consumers[0]), keras.layers.BatchNormalization)
+        ):
+            return consumers[0]
+        return name
+
+    def _wrap(self, entry):
+        layer = self.by_name[entry["config"]["name"]]
+        inner = type(layer).from_config(layer.get_config())
+        wrapped = serialize(RBPWrapper(inner, self._noise()))
+        for key in ("name", "inbound_nodes"):
+            if key in entry:
+                wrapped[key] = entry[key]
+        entry.clear()
+        entry.update(wrapped)
+
+    def _insert_noise_after(self, class_name, config, graph, name):
+        """Puts a standalone RBPNoise on the (only) output of layer `name`."""
+        noise_name = f"{name}_rbp_noise"
+        entry = serialize(RBPNoise(name=noise_name, **self._noise()))
+        layer_names = [e["config"]["name"] for e in config["layers"]]
+        position = layer_names.index(name) + 1
+        if class_name != graph_lib.SEQUENTIAL:
+            for other in config["layers"]:
+                graph_lib.rename_references(other["inbound_nodes"], name, noise_name)
+            graph_lib.rename_references(config["output_layers"], name, noise_name)
+            entry["name"] = noise_name
+            entry["inbound_nodes"] = [_call_node(self.by_name[name])]
+        config["layers"].insert(position, entry)
+
+
+def _call_node(layer):
+    """A config's record of one call on the output of `layer`."""
+    if IS_KERAS_3:
+        output = layer.output
+        tensor = {
+            "class_name": graph_lib.KERAS_TENSOR,
+            "config": {
+                "shape": list(output.shape),
+                "dtype": output.dtype,
+                "keras_history": [layer.name, 0, 0],
+            },
+        }
+        return {"args": [tensor], "kwargs": {}}
+    return [[layer.name, 0, 0, {}]]
+
+
+def _copy_weights(source, target):
+    for layer in source.layers:
+        new = target.get_layer(layer.name)
+        if isinstance(layer, keras.Model):
+            _copy_weights(layer, new)
+        elif isinstance(new, RBPWrapper):
+            new.layer.set_weights(layer.get_weights())
+        else:
+            new.set_weights(layer.get_weights())
