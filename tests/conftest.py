@@ -1,0 +1,30 @@
+"""Shared test set-up: two logical CPUs for tf.distribute, seeds, MNIST."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+# Must run before TensorFlow initialises its devices.
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
+
+from keras_rbp._keras import keras  # noqa: E402
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(1234)
+
+
+def mnist_dir():
+    """The folder holding mnist.npz: KERAS_RBP_DATA, else ../shared/data."""
+    folder = os.environ.get("KERAS_RBP_DATA", SHARED_DATA)
+    if not os.path.exists(os.path.join(folder, "mnist.npz")):
+        pytest.skip(f"mnist.npz not found in {folder}")
+    return folder

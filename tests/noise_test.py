@@ -1,0 +1,64 @@
+"""Tests of the Dirac-like noise formulas."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_rbp import noise
+
+
+@pytest.mark.parametrize("pi", [0.05, 0.3, 0.5, 0.9])
+def test_sample_moments_match_bernoulli(pi):
+    logits = tf.constant([noise.logit(pi)])
+    eps = tf.random.stateless_normal([100_000, 1], seed=[1, 2])
+    theta = noise.sample(logits, eps).numpy()
+    assert theta.mean() == pytest.approx(pi, rel=0.01)
+    assert theta.var() == pytest.approx(pi * (1 - pi), rel=0.01)
+
+
+def test_sample_scale_multiplies_standard_deviation():
+    logits = tf.constant([0.7])
+    eps = tf.random.stateless_normal([100_000, 1], seed=[3, 4])
+    ratio = noise.sample(logits, eps, 2.5).numpy().std() / noise.sample(logits, eps).numpy().std()
+    assert ratio == pytest.approx(2.5, rel=1e-4)
+
+
+def test_kl_equals_closed_form():
+    logits = np.array([-30.0, -4.0, -0.3, 0.0, 1.2, 6.0, 30.0], dtype=np.float64)
+    pi0 = 0.01
+    pi = 1.0 / (1.0 + np.exp(-logits))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = np.where(pi > 0, pi * np.log(pi / pi0), 0.0) + np.where(
+            pi < 1, (1 - pi) * np.log((1 - pi) / (1 - pi0)), 0.0
+        )
+    got = noise.kl_divergence(tf.constant(logits, tf.float32), pi0).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_standard_deviation_is_sqrt_of_bernoulli_variance():
+    values = np.array([-8.0, -1.0, 0.0, 2.0, 8.0])
+    logits = tf.constant(values, tf.float32)
+    pi = 1.0 / (1.0 + np.exp(-values))
+    np.testing.assert_allclose(
+        noise.standard_deviation(logits).numpy(), np.sqrt(pi * (1 - pi)), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("value", [-30.0, 30.0, -100.0, 100.0])
+def test_gradients_are_finite_at_extreme_logits(value):
+    logits = tf.Variable([value])
+    eps = tf.constant([[0.7], [-1.3]])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(noise.sample(logits, eps, 3.0)) + tf.reduce_sum(
+            noise.kl_divergence(logits, 0.01)
+        )
+    grad = tape.gradient(loss, logits).numpy()
+    assert np.all(np.isfinite(grad))
+    assert np.isfinite(loss.numpy())
+
+
+def test_bad_probabilities_are_refused():
+    with pytest.raises(ValueError, match="prior_keep_prob must be in"):
+        noise.kl_divergence(tf.constant([0.0]), 1.5)
+    with pytest.raises(ValueError, match="received: 0.0"):
+        noise.logit(0.0)
