@@ -92,7 +92,6 @@ class RBPNoise(keras.layers.Layer):
         self.logit_scale = float(logit_scale)
         self.cost = float(cost)
         self.seed = random.randrange(2**31) if seed is None else int(seed)
-        self.supports_masking = True
 
     def build(self, input_shape):
         rank = len(input_shape)

@@ -55,6 +55,7 @@ class RBPWrapper(keras.layers.Wrapper):
     Call arguments:
         inputs: the inputs of the wrapped layer.
         training: passed to the wrapped layer and the noise.
+        mask: passed to the wrapped layer when given.
     """
 
     def __init__(self, layer, noise, activation=None, **kwargs):
@@ -82,8 +83,9 @@ class RBPWrapper(keras.layers.Wrapper):
         self.noise.build(self.layer.compute_output_shape(input_shape))
         self.built = True
 
-    def call(self, inputs, training=None):
-        outputs = self.layer(inputs, training=training)
+    def call(self, inputs, training=None, mask=None):
+        kwargs = {} if mask is None else {"mask": mask}
+        outputs = self.layer(inputs, training=training, **kwargs)
         outputs = self.noise(outputs, training=training)
         return self.activation(outputs)
 
@@ -234,28 +236,28 @@ def _output_producers(model):
     found = set()
 
     def walk_back(sub_model, refs):
+        """Marks the producers behind `refs`; tells whether the walk went
+        through to the inputs of `sub_model`."""
         graph = _graph(sub_model)
-        pending, seen = list(refs), set()
+        inputs = {ref.layer for ref in graph.inputs}
+        layers = {layer.name: layer for layer in sub_model.layers}
+        pending, seen, reached_inputs = list(refs), set(), False
         while pending:
-            ref = pending.pop()
-            if ref.layer in seen:
+            name = pending.pop().layer
+            if name in seen:
                 continue
-            seen.add(ref.layer)
-            layer = sub_model.get_layer(ref.layer) if ref.layer in _layer_names(sub_model) else None
-            if layer is not None and is_prunable(layer):
-                found.add(layer.name)
-            elif isinstance(layer, keras.Model):
-                walk_back(layer, _graph(layer).outputs)
-                pending.extend(graph.layers[ref.layer].inputs)
-            else:
-                pending.extend(graph.layers[ref.layer].inputs)
+            seen.add(name)
+            layer = layers.get(name)
+            if name in inputs:
+                reached_inputs = True
+            elif is_prunable(layer):
+                found.add(name)
+            elif not isinstance(layer, keras.Model) or walk_back(layer, _graph(layer).outputs):
+                pending.extend(graph.layers[name].inputs)
+        return reached_inputs
 
     walk_back(model, _graph(model).outputs)
     return found
-
-
-def _layer_names(model):
-    return {layer.name for layer in model.layers}
 
 
 def _graph(model):

@@ -1,0 +1,193 @@
+"""Tests of prune() on Sequential, Functional, nested and multi-I/O models."""
+
+import numpy as np
+import pytest
+
+import keras_rbp as rbp
+from keras_rbp._keras import keras
+from keras_rbp.layers import RBPNoise
+from keras_rbp.models import lenet5_caffe, lenet_300_100
+from keras_rbp.wrapper import RBPWrapper
+
+L = keras.layers
+
+
+def _wrapped_names(model):
+    return sorted(layer.name for layer in model.layers if isinstance(layer, RBPWrapper))
+
+
+def _assert_same_outputs(model, pruned, inputs):
+    expected = model(inputs)
+    outputs = pruned(inputs)
+    for a, b in zip(_as_list(expected), _as_list(outputs)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _sequential():
+    return keras.Sequential(
+        [
+            keras.Input((12,)),
+            L.Dense(16, activation="relu", name="hidden1"),
+            L.Dropout(0.1),
+            L.Dense(8, activation="relu", name="hidden2"),
+            L.Dense(3, activation="softmax", name="classifier"),
+        ]
+    )
+
+
+def test_sequential_wraps_hidden_layers_and_leaves_classifier():
+    model = _sequential()
+    pruned = rbp.prune(model, dataset_size=100)
+    assert isinstance(pruned, keras.Sequential)
+    assert _wrapped_names(pruned) == ["hidden1", "hidden2"]
+    assert type(pruned.get_layer("classifier")) is L.Dense
+    _assert_same_outputs(model, pruned, np.random.rand(5, 12).astype("float32"))
+
+
+def test_user_model_is_left_untouched():
+    model = _sequential()
+    before = [w.copy() for w in model.get_weights()]
+    pruned = rbp.prune(model, dataset_size=100)
+    pruned.compile("sgd", "sparse_categorical_crossentropy")
+    pruned.fit(np.random.rand(8, 12), np.arange(8) % 3, epochs=1, verbose=0)
+    assert not any(isinstance(layer, RBPWrapper) for layer in model.layers)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert model.get_layer("hidden1").activation is keras.activations.get("relu")
+
+
+def test_functional_lenet5_with_flatten_features():
+    model = lenet5_caffe()
+    pruned = rbp.prune(model, dataset_size=100, flatten_features=True)
+    assert _wrapped_names(pruned) == ["conv1", "conv2", "fc1"]
+    assert isinstance(pruned.get_layer("flatten_rbp_noise"), RBPNoise)
+    assert [n.channels for n in rbp.rbp_noise_layers(pruned)] == [20, 50, 800, 500]
+    _assert_same_outputs(model, pruned, np.random.rand(2, 28, 28, 1).astype("float32"))
+
+
+def test_input_features_noise_on_each_input():
+    model = lenet_300_100(input_shape=(784,))
+    pruned = rbp.prune(model, dataset_size=100, input_features=True)
+    assert [n.channels for n in rbp.rbp_noise_layers(pruned)] == [784, 300, 100]
+    _assert_same_outputs(model, pruned, np.random.rand(2, 784).astype("float32"))
+
+
+def _multi_io():
+    a = keras.Input((6,), name="a")
+    b = keras.Input((5, 5, 2), name="b")
+    x = L.Dense(7, activation="relu", name="dense_a")(a)
+    y = L.Conv2D(4, 3, name="conv_b")(b)
+    y = L.BatchNormalization(name="bn_b")(y)
+    y = L.ReLU(name="relu_b")(y)
+    y = L.GlobalAveragePooling2D(name="gap")(y)
+    y = L.Dense(7, name="dense_b")(y)
+    merged = L.Add(name="add")([x, L.Dense(7, name="proj")(y)])
+    out1 = L.Dense(2, name="out1")(merged)
+    out2 = L.Dense(3, activation="sigmoid", name="out2")(y)
+    return keras.Model([a, b], [out1, out2], name="multi_io")
+
+
+def test_multi_input_multi_output_and_batchnorm_placement():
+    model = _multi_io()
+    pruned = rbp.prune(model, dataset_size=100)
+    # conv_b's noise sits after its BatchNormalization; the two heads are
+    # left alone, and so are dense_a and proj, whose sum out1 reads.
+    assert _wrapped_names(pruned) == ["bn_b", "dense_a", "dense_b", "proj"]
+    assert type(pruned.get_layer("conv_b")) is L.Conv2D
+    inputs = [np.random.rand(3, 6).astype("float32"), np.random.rand(3, 5, 5, 2).astype("float32")]
+    _assert_same_outputs(model, pruned, inputs)
+
+
+def test_batchnorm_placement_can_be_turned_off():
+    pruned = rbp.prune(_multi_io(), dataset_size=100, noise_after_batchnorm=False)
+    assert _wrapped_names(pruned) == ["conv_b", "dense_a", "dense_b", "proj"]
+
+
+def test_nested_model():
+    inner = keras.Sequential(
+        [keras.Input((10,)), L.Dense(12, activation="relu", name="inner1"), L.Dense(6, name="inner2")],
+        name="block",
+    )
+    inputs = keras.Input((10,))
+    x = inner(inputs)
+    x = L.Dense(5, activation="relu", name="outer")(x)
+    outputs = L.Dense(2, name="head")(x)
+    model = keras.Model(inputs, outputs)
+    pruned = rbp.prune(model, dataset_size=100)
+    block = pruned.get_layer("block")
+    assert _wrapped_names(block) == ["inner1", "inner2"]
+    assert _wrapped_names(pruned) == ["outer"]
+    assert len(rbp.rbp_noise_layers(pruned)) == 3
+    _assert_same_outputs(model, pruned, np.random.rand(4, 10).astype("float32"))
+
+
+def test_nested_model_that_produces_the_output_keeps_its_classifier():
+    inner = keras.Sequential(
+        [keras.Input((10,)), L.Dense(12, name="inner1"), L.Dense(4, name="inner_head")], name="block"
+    )
+    inputs = keras.Input((10,))
+    model = keras.Model(inputs, inner(L.Dense(10, name="pre")(inputs)))
+    pruned = rbp.prune(model, dataset_size=100)
+    assert _wrapped_names(pruned.get_layer("block")) == ["inner1"]
+    assert _wrapped_names(pruned) == ["pre"]
+
+
+def test_layers_by_name_include_the_classifier_when_asked():
+    pruned = rbp.prune(_sequential(), dataset_size=100, layers=["hidden2", "classifier"])
+    assert _wrapped_names(pruned) == ["classifier", "hidden2"]
+
+
+def test_layers_by_predicate():
+    pruned = rbp.prune(lenet5_caffe(), dataset_size=100, layers=lambda layer: isinstance(layer, L.Conv2D))
+    assert _wrapped_names(pruned) == ["conv1", "conv2"]
+
+
+def test_options_reach_every_noise():
+    pruned = rbp.prune(_sequential(), dataset_size=321, kl_weight=4.0, prior_keep_prob=0.1, seed=9)
+    noises = rbp.rbp_noise_layers(pruned)
+    assert {n.dataset_size for n in noises} == {321}
+    assert {n.kl_weight for n in noises} == {4.0}
+    assert {n.prior_keep_prob for n in noises} == {0.1}
+    assert len({n.seed for n in noises}) == len(noises)
+    again = rbp.rbp_noise_layers(rbp.prune(_sequential(), dataset_size=321, seed=9))
+    assert [n.seed for n in again] == [n.seed for n in noises]
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = L.Dense(3)
+
+    def call(self, inputs):
+        return self.dense(inputs)
+
+
+def test_subclassed_model_is_refused():
+    model = _Subclassed()
+    model(np.zeros((1, 4), "float32"))
+    with pytest.raises(TypeError, match="subclassed model .*_Subclassed.*Sequential and Functional"):
+        rbp.prune(model, dataset_size=10)
+
+
+def test_unprunable_layer_requested_by_name_is_refused():
+    with pytest.raises(ValueError, match="layer 'pool1' of class MaxPooling2D cannot be pruned; supported: Dense"):
+        rbp.prune(lenet5_caffe(), dataset_size=10, layers=["pool1"])
+
+
+def test_unknown_layer_name_is_refused():
+    with pytest.raises(ValueError, match="'nope', which model 'lenet5_caffe' lacks"):
+        rbp.prune(lenet5_caffe(), dataset_size=10, layers=["nope"])
+
+
+def test_bad_dataset_size_and_double_pruning_are_refused():
+    with pytest.raises(ValueError, match="dataset_size must be a positive integer, received: -5"):
+        rbp.prune(_sequential(), dataset_size=-5)
+    with pytest.raises(ValueError, match="prior_keep_prob must be in \\(0, 1\\), received: 2.0"):
+        rbp.prune(_sequential(), dataset_size=5, prior_keep_prob=2.0)
+    pruned = rbp.prune(_sequential(), dataset_size=5)
+    with pytest.raises(ValueError, match="already pruned"):
+        rbp.prune(pruned, dataset_size=5)
