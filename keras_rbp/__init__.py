@@ -5,8 +5,8 @@ pruned channels with `shrink`, and write mobile files with `export`.
 """
 
 from keras_rbp.layers import RBPNoise
-from keras_rbp.wrapper import RBPWrapper, prune, rbp_noise_layers
+from keras_rbp.wrapper import RBPWrapper, freeze, prune, pruning_groups
 
 __version__ = "0.1.0"
 
-__all__ = ["RBPNoise", "RBPWrapper", "prune", "rbp_noise_layers"]
+__all__ = ["RBPNoise", "RBPWrapper", "freeze", "prune", "pruning_groups"]

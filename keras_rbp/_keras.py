@@ -22,14 +22,12 @@ if IS_KERAS_3:
         )
     register_serializable = keras.saving.register_keras_serializable
     serialize = keras.saving.serialize_keras_object
-    deserialize = keras.saving.deserialize_keras_object
     ONLY_FIRST_REPLICA = "only_first_replica"
 else:
     import tf_keras as keras
 
     register_serializable = keras.utils.register_keras_serializable
     serialize = keras.utils.serialize_keras_object
-    deserialize = keras.utils.deserialize_keras_object
     ONLY_FIRST_REPLICA = tf.VariableAggregation.ONLY_FIRST_REPLICA
 
 layers = keras.layers
@@ -37,7 +35,6 @@ layers = keras.layers
 __all__ = [
     "IS_KERAS_3",
     "ONLY_FIRST_REPLICA",
-    "deserialize",
     "keras",
     "layers",
     "register_serializable",

@@ -58,6 +58,20 @@ class Graph:
             if any(ref.layer == name for ref in node.inputs)
         ]
 
+    def topological_order(self):
+        """Layer names, each after every layer it reads; ties keep config order."""
+        order, placed = [], set()
+        remaining = list(self.layers.values())
+        while remaining:
+            ready = [n for n in remaining if all(r.layer in placed for r in n.inputs)]
+            if not ready:
+                raise ValueError(f"model {self.name!r}: the layer graph has a cycle")
+            for node in ready:
+                order.append(node.name)
+                placed.add(node.name)
+            remaining = [n for n in remaining if n.name not in placed]
+        return order
+
     def is_output(self, name):
         return any(ref.layer == name for ref in self.outputs)
 

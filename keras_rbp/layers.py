@@ -174,7 +174,7 @@ class RBPNoise(keras.layers.Layer):
 
     def theta(self):
         """The deterministic theta of the current mode, shape (channels,)."""
-        return self._deterministic_theta(self.mode_variable)
+        return self._deterministic_theta(tf.convert_to_tensor(self.mode_variable))
 
     def _deterministic_theta(self, mode):
         return tf.switch_case(
@@ -186,13 +186,20 @@ class RBPNoise(keras.layers.Layer):
             ],
         )
 
-    def _sampled_theta(self, batch_size):
+    def _next_counter(self):
+        """A number unique to this training step and replica, for the seed.
+
+        Called outside any control flow: the step variable is updated by the
+        first replica only, which tf.distribute does not allow inside a cond.
+        """
         context = tf.distribute.get_replica_context()
         replica = context.replica_id_in_sync_group if context else 0
         replicas = context.num_replicas_in_sync if context else 1
         step = tf.convert_to_tensor(self.noise_step)
-        counter = step * replicas + tf.cast(replica, tf.int64)
         self.noise_step.assign_add(1)
+        return step * replicas + tf.cast(replica, tf.int64)
+
+    def _sampled_theta(self, batch_size, counter):
         seed = tf.stack([tf.constant(self.seed, tf.int64), counter])
         eps = tf.random.stateless_normal([batch_size, self.channels], seed=seed)
         return noise_lib.sample(self.logits, eps, self.noise_scale)
@@ -208,10 +215,11 @@ class RBPNoise(keras.layers.Layer):
     def call(self, inputs, training=None):
         mode = tf.convert_to_tensor(self.mode_variable)
         rank = inputs.shape.rank
+        counter = self._next_counter() if training else None
 
         def active():
             if training:
-                theta = self._sampled_theta(tf.shape(inputs)[0])
+                theta = self._sampled_theta(tf.shape(inputs)[0], counter)
             else:
                 theta = noise_lib.keep_probability(self.logits)
             return inputs * tf.cast(self._broadcast(theta, rank), inputs.dtype)

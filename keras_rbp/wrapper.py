@@ -3,7 +3,7 @@
 import copy
 
 from keras_rbp import graph as graph_lib
-from keras_rbp._keras import IS_KERAS_3, deserialize, keras, register_serializable, serialize
+from keras_rbp._keras import IS_KERAS_3, keras, register_serializable, serialize
 from keras_rbp.layers import RBPNoise
 
 # The layers whose output channels RBPWrapper can prune. BatchNormalization is
@@ -101,19 +101,53 @@ class RBPWrapper(keras.layers.Wrapper):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        layer = deserialize(config.pop("layer"), custom_objects=custom_objects)
+        layer = keras.layers.deserialize(config.pop("layer"), custom_objects=custom_objects)
         return cls(layer, **config)
 
 
-def rbp_noise_layers(model):
-    """Every `RBPNoise` of `model`, nested models included, in layer order."""
-    found = []
-    for layer in _flatten_layers(model):
+def pruning_groups(model):
+    """The prunable groups of a pruned model, in topological order (the
+    order in which the recursive schedule visits them), nested models
+    included: a dict from group name to its `RBPNoise`. A group is named
+    after its RBPWrapper, or after the standalone RBPNoise layer."""
+    groups = {}
+    for layer in _topological_layers(model):
         if isinstance(layer, RBPWrapper):
-            found.append(layer.noise)
+            groups[layer.name] = layer.noise
         elif isinstance(layer, RBPNoise):
-            found.append(layer)
-    return found
+            groups[layer.name] = layer
+        elif isinstance(layer, keras.Model):
+            groups.update(pruning_groups(layer))
+    return groups
+
+
+def freeze(model, masks, values=None):
+    """Freezes chosen groups with the keep masks given.
+
+    Lets channels chosen by any other means be removed by `shrink` too.
+
+    Args:
+        model: a model returned by `prune`.
+        masks: a dict from group name (see `pruning_groups`) to a boolean
+            array with one entry per channel, True for the channels kept.
+        values: an optional dict from group name to the frozen theta of each
+            channel; by default the group's current keep probability pi.
+    """
+    groups = pruning_groups(model)
+    values = values or {}
+    for name in list(masks) + list(values):
+        if name not in groups:
+            raise ValueError(
+                f"freeze: model {model.name!r} has no pruning group {name!r}; "
+                f"its groups are {list(groups)}"
+            )
+    for name, mask in masks.items():
+        groups[name].freeze(mask, values.get(name))
+
+
+def _topological_layers(model):
+    by_name = {layer.name: layer for layer in model.layers}
+    return [by_name[name] for name in _graph(model).topological_order() if name in by_name]
 
 
 def _flatten_layers(model):

@@ -65,14 +65,14 @@ def test_functional_lenet5_with_flatten_features():
     pruned = rbp.prune(model, dataset_size=100, flatten_features=True)
     assert _wrapped_names(pruned) == ["conv1", "conv2", "fc1"]
     assert isinstance(pruned.get_layer("flatten_rbp_noise"), RBPNoise)
-    assert [n.channels for n in rbp.rbp_noise_layers(pruned)] == [20, 50, 800, 500]
+    assert [n.channels for n in rbp.pruning_groups(pruned).values()] == [20, 50, 800, 500]
     _assert_same_outputs(model, pruned, np.random.rand(2, 28, 28, 1).astype("float32"))
 
 
 def test_input_features_noise_on_each_input():
     model = lenet_300_100(input_shape=(784,))
     pruned = rbp.prune(model, dataset_size=100, input_features=True)
-    assert [n.channels for n in rbp.rbp_noise_layers(pruned)] == [784, 300, 100]
+    assert [n.channels for n in rbp.pruning_groups(pruned).values()] == [784, 300, 100]
     _assert_same_outputs(model, pruned, np.random.rand(2, 784).astype("float32"))
 
 
@@ -121,7 +121,7 @@ def test_nested_model():
     block = pruned.get_layer("block")
     assert _wrapped_names(block) == ["inner1", "inner2"]
     assert _wrapped_names(pruned) == ["outer"]
-    assert len(rbp.rbp_noise_layers(pruned)) == 3
+    assert len(rbp.pruning_groups(pruned)) == 3
     _assert_same_outputs(model, pruned, np.random.rand(4, 10).astype("float32"))
 
 
@@ -148,12 +148,12 @@ def test_layers_by_predicate():
 
 def test_options_reach_every_noise():
     pruned = rbp.prune(_sequential(), dataset_size=321, kl_weight=4.0, prior_keep_prob=0.1, seed=9)
-    noises = rbp.rbp_noise_layers(pruned)
+    noises = list(rbp.pruning_groups(pruned).values())
     assert {n.dataset_size for n in noises} == {321}
     assert {n.kl_weight for n in noises} == {4.0}
     assert {n.prior_keep_prob for n in noises} == {0.1}
     assert len({n.seed for n in noises}) == len(noises)
-    again = rbp.rbp_noise_layers(rbp.prune(_sequential(), dataset_size=321, seed=9))
+    again = rbp.pruning_groups(rbp.prune(_sequential(), dataset_size=321, seed=9)).values()
     assert [n.seed for n in again] == [n.seed for n in noises]
 
 
@@ -191,3 +191,21 @@ def test_bad_dataset_size_and_double_pruning_are_refused():
     pruned = rbp.prune(_sequential(), dataset_size=5)
     with pytest.raises(ValueError, match="already pruned"):
         rbp.prune(pruned, dataset_size=5)
+
+
+def test_pruning_groups_are_named_and_in_topological_order():
+    pruned = rbp.prune(lenet5_caffe(), dataset_size=100, flatten_features=True)
+    assert list(rbp.pruning_groups(pruned)) == ["conv1", "conv2", "flatten_rbp_noise", "fc1"]
+
+
+def test_freeze_sets_masks_and_values():
+    pruned = rbp.prune(_sequential(), dataset_size=100)
+    mask = np.arange(16) % 2 == 0
+    rbp.freeze(pruned, {"hidden1": mask}, {"hidden1": np.full(16, 0.5)})
+    groups = rbp.pruning_groups(pruned)
+    assert groups["hidden1"].mode == "frozen" and groups["hidden2"].mode == "off"
+    np.testing.assert_array_equal(groups["hidden1"].theta().numpy(), 0.5 * mask)
+    rbp.freeze(pruned, {"hidden2": np.ones(8, bool)})
+    np.testing.assert_allclose(groups["hidden2"].theta().numpy(), groups["hidden2"].keep_probability())
+    with pytest.raises(ValueError, match="no pruning group 'classifier'; its groups are"):
+        rbp.freeze(pruned, {"classifier": np.ones(3, bool)})

@@ -1,0 +1,41 @@
+"""keras_rbp: Recursive Bayesian Pruning for Keras and TensorFlow."""
+
+import setuptools
+
+setuptools.setup(
+    name="keras-rbp",
+    version="0.1.0",
+    description=(
+        "Structured pruning for Keras with Recursive Bayesian Pruning: learn which "
+        "channels to drop, remove them for real, export SavedModel and TFLite."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["keras_rbp", "keras_rbp.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # tf-keras requires the full tensorflow package, not tensorflow-cpu.
+        "tensorflow>=2.16,<2.22",
+        "keras>=3.3",
+        "numpy",
+        "absl-py",
+        # LiteRT runs and times the exported TFLite files.
+        "ai-edge-litert",
+    ],
+    extras_require={
+        # Keras 2 mode (TF_USE_LEGACY_KERAS=1) and quantization-aware training.
+        "legacy": ["tf-keras>=2.16,<2.22", "tensorflow-model-optimization>=0.8,<0.9"],
+        "test": [
+            "tf-keras>=2.16,<2.22",
+            "tensorflow-model-optimization>=0.8,<0.9",
+            "pytest",
+            "hypothesis",
+        ],
+        "benchmarks": ["matplotlib"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Framework :: TensorFlow",
+        "License :: OSI Approved :: Apache Software License",
+    ],
+)
