@@ -1,0 +1,191 @@
+"""Training-speed overhead of the RBP wrapper: plain versus pruned models.
+
+Times training steps of LeNet-5-Caffe and LeNet-300-100, plain and wrapped by
+`keras_rbp.prune` with one group's noise active (the others off), in the same
+process. Each repetition times `model.fit(dataset, epochs=1,
+steps_per_epoch=--steps)` for the plain model and for the pruned one, in
+alternating order, after one untimed warm-up fit of each model that traces
+and compiles its train function. The figure per model is the median time per
+step over the repetitions, and the ratio pruned / plain (target <= 1.10).
+
+Run from the repository root, under Keras 3 and under tf_keras:
+
+    python -m benchmarks.overhead --data_dir ../shared/data
+    TF_USE_LEGACY_KERAS=1 python -m benchmarks.overhead --data_dir ../shared/data
+
+Writes overhead_<keras mode>.json and .md to --output_dir.
+"""
+
+import os
+import platform
+import statistics
+import time
+
+from absl import app, flags, logging
+import numpy as np
+import tensorflow as tf
+
+import keras_rbp as rbp
+from benchmarks import results_io
+from keras_rbp import datasets, models
+from keras_rbp._keras import IS_KERAS_3, keras
+
+MODELS = {
+    # name: (builder, prune options of the literature's set-up)
+    "lenet5_caffe": (models.lenet5_caffe, {"flatten_features": True}),
+    "lenet_300_100": (models.lenet_300_100, {"input_features": True}),
+}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", list(MODELS), f"Models to time, of {list(MODELS)}.")
+flags.DEFINE_integer("batch_size", 128, "Training batch size.")
+flags.DEFINE_integer("steps", 200, "Training steps per timed repetition.")
+flags.DEFINE_integer("repetitions", 7, "Timed repetitions of each model.")
+flags.DEFINE_integer(
+    "active_group", 0, "Index, in `rbp.pruning_groups` order, of the group made active."
+)
+flags.DEFINE_string(
+    "data_dir", None, f"Folder holding mnist.npz; default ${datasets.DATA_DIR_ENV}."
+)
+flags.DEFINE_bool(
+    "random_data", False, "Train on random MNIST-shaped data instead of MNIST."
+)
+flags.DEFINE_string(
+    "output_dir",
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
+    "Where the JSON and markdown results are written.",
+)
+
+MEASURED = (
+    "wall time of model.fit(dataset, epochs=1, steps_per_epoch=steps) divided "
+    "by steps, after an untimed warm-up fit of each model; plain and "
+    "pruned fits alternate; median over repetitions"
+)
+
+
+def _training_data():
+    """MNIST's training images and labels, or random ones; and the source's name."""
+    if not FLAGS.random_data:
+        try:
+            (x, y), _ = datasets.load_mnist(FLAGS.data_dir)
+            return x, y, "mnist"
+        except datasets.DatasetNotFoundError as error:
+            logging.warning("%s; timing on random data", error)
+    rng = np.random.default_rng(0)
+    x = rng.random((60000, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, 60000).astype("int64")
+    return x, y, "random"
+
+
+def _compiled(model):
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def _seconds_per_step(model, dataset):
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=FLAGS.steps, shuffle=False, verbose=0)
+    return (time.perf_counter() - start) / FLAGS.steps
+
+
+def _time_model(name, dataset, dataset_size):
+    """Times plain and pruned `name`; returns a dict of plain data."""
+    builder, options = MODELS[name]
+    keras.utils.set_random_seed(0)
+    plain = builder()
+    pruned = rbp.prune(plain, dataset_size=dataset_size, **options)
+    groups = rbp.pruning_groups(pruned)
+    active = list(groups)[FLAGS.active_group]
+    for group, noise in groups.items():
+        noise.mode = "active" if group == active else "off"
+    variants = {"plain": _compiled(plain), "pruned": _compiled(pruned)}
+
+    for model in variants.values():  # warm-up: traces and compiles
+        model.fit(dataset, epochs=1, steps_per_epoch=2, shuffle=False, verbose=0)
+    times = {"plain": [], "pruned": []}
+    for repetition in range(FLAGS.repetitions):
+        order = ["plain", "pruned"] if repetition % 2 == 0 else ["pruned", "plain"]
+        for variant in order:
+            times[variant].append(_seconds_per_step(variants[variant], dataset))
+
+    medians = {variant: statistics.median(t) for variant, t in times.items()}
+    result = {
+        "groups": list(groups),
+        "active_group": active,
+        "seconds_per_step": times,
+        "median_seconds_per_step": medians,
+        "steps_per_second": {variant: 1.0 / t for variant, t in medians.items()},
+        "ratio_pruned_to_plain": medians["pruned"] / medians["plain"],
+    }
+    if IS_KERAS_3:
+        result["jit_compile"] = {v: bool(m.jit_compile) for v, m in variants.items()}
+    logging.info("%s: %s", name, result)
+    return result
+
+
+def main(argv):
+    del argv  # Unused.
+    unknown = set(FLAGS.models) - set(MODELS)
+    if unknown:
+        raise app.UsageError(f"--models: unknown {sorted(unknown)}; known: {list(MODELS)}")
+    x, y, source = _training_data()
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .repeat()
+        .batch(FLAGS.batch_size, drop_remainder=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    keras_mode = "keras3" if IS_KERAS_3 else "tf_keras"
+    load_before = os.getloadavg()
+    results = {name: _time_model(name, dataset, len(x)) for name in FLAGS.models}
+    result = {
+        "benchmark": "overhead",
+        "measured": MEASURED,
+        "keras_mode": keras_mode,
+        "keras_version": keras.__version__,
+        "tensorflow_version": tf.__version__,
+        "data": source,
+        "batch_size": FLAGS.batch_size,
+        "steps": FLAGS.steps,
+        "repetitions": FLAGS.repetitions,
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },
+        "target_ratio": 1.10,
+        "models": results,
+    }
+    rows = [
+        [
+            name,
+            r["active_group"],
+            f"{r['steps_per_second']['plain']:.1f}",
+            f"{r['steps_per_second']['pruned']:.1f}",
+            f"{r['ratio_pruned_to_plain']:.3f}",
+        ]
+        for name, r in results.items()
+    ]
+    markdown = (
+        f"# RBP wrapper overhead ({keras_mode}, Keras {keras.__version__}, "
+        f"TensorFlow {tf.__version__})\n\n"
+        f"Training steps per second at batch {FLAGS.batch_size} on {source} data, "
+        f"{FLAGS.steps} steps x {FLAGS.repetitions} repetitions, "
+        f"{os.cpu_count()} CPUs, load average {load_before[0]:.1f} at start. "
+        f"Measured: {MEASURED}. Target ratio <= 1.10.\n\n"
+        + results_io.markdown_table(
+            ["model", "active group", "plain steps/s", "pruned steps/s", "pruned/plain time"],
+            rows,
+        )
+    )
+    for path in results_io.write_results(FLAGS.output_dir, f"overhead_{keras_mode}", result, markdown):
+        print(path)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    app.run(main)
