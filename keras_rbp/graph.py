@@ -145,6 +145,22 @@ def _node_refs(node):
     return refs
 
 
+def entry_inputs(entry):
+    """The tensors read by every call of a functional config's layer entry."""
+    return [ref for node in entry["inbound_nodes"] for ref in _node_refs(node)]
+
+
+def without_none_kwargs(inbound_nodes):
+    """A copy of Keras 3 call records without keyword arguments set to None
+    (a wrapper's ``mask=None``, which the layer it wrapped may not accept)."""
+    return [
+        dict(node, kwargs={k: v for k, v in node["kwargs"].items() if v is not None})
+        if isinstance(node, dict) and "kwargs" in node
+        else node
+        for node in inbound_nodes
+    ]
+
+
 def _is_legacy_ref(value):
     """tf_keras writes a tensor as [layer_name, node_index, tensor_index, kwargs]."""
     return (
