@@ -19,6 +19,8 @@ setuptools.setup(
         "keras>=3.3",
         "numpy",
         "absl-py",
+        # tf.summary, used by PruningSummaries, needs TensorBoard installed.
+        "tensorboard",
         # LiteRT runs and times the exported TFLite files.
         "ai-edge-litert",
     ],

@@ -4,9 +4,26 @@ Wrap a model with `prune`, train it with `RecursivePruning`, remove the
 pruned channels with `shrink`, and write mobile files with `export`.
 """
 
+from keras_rbp import datasets, models
 from keras_rbp.layers import RBPNoise
+from keras_rbp.metrics import Report, report
+from keras_rbp.schedule import PruningSummaries, RecursivePruning
+from keras_rbp.surgery import ShrinkError, kept_channels, shrink
 from keras_rbp.wrapper import RBPWrapper, freeze, prune, pruning_groups
 
 __version__ = "0.1.0"
 
-__all__ = ["RBPNoise", "RBPWrapper", "freeze", "prune", "pruning_groups"]
+__all__ = [
+    "PruningSummaries",
+    "RBPNoise",
+    "RBPWrapper",
+    "RecursivePruning",
+    "Report",
+    "ShrinkError",
+    "freeze",
+    "kept_channels",
+    "prune",
+    "pruning_groups",
+    "report",
+    "shrink",
+]

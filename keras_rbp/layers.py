@@ -27,7 +27,9 @@ class RBPNoise(keras.layers.Layer):
     - ``"frozen"``: theta = mask * frozen value, deterministic, no KL, no
       gradient to the logits.
 
-    The layer always adds one loss term, which is zero unless active.
+    The layer always adds one loss term, which is zero unless active. Its
+    variables also hold `mode_epochs`, the epochs trained in the current mode,
+    which `RecursivePruning` counts, so that checkpoints carry its progress.
 
     Args:
         dataset_size: number of training examples N; the KL is divided by it.
@@ -122,6 +124,9 @@ class RBPNoise(keras.layers.Layer):
         self.noise_scale = self.add_weight(
             name="noise_scale", shape=(), initializer="ones", trainable=False
         )
+        self.mode_epochs = self.add_weight(
+            name="mode_epochs", shape=(), dtype="int32", initializer="zeros", trainable=False
+        )
         self.noise_step = self.add_weight(
             name="noise_step",
             shape=(),
@@ -151,12 +156,15 @@ class RBPNoise(keras.layers.Layer):
 
     @mode.setter
     def mode(self, mode):
+        """Sets the mode; a change of mode restarts `mode_epochs` at 0."""
         if mode not in MODES:
             raise ValueError(
                 f"RBPNoise {self.name!r}: mode must be one of {MODES}, "
                 f"received: {mode!r}"
             )
-        self.mode_variable.assign(MODES.index(mode))
+        if mode != self.mode:
+            self.mode_variable.assign(MODES.index(mode))
+            self.mode_epochs.assign(0)
 
     def freeze(self, mask, value=None):
         """Freezes theta to mask * value (value defaults to the current pi)."""
@@ -171,6 +179,10 @@ class RBPNoise(keras.layers.Layer):
         self.mask.assign(mask)
         self.frozen_value.assign(tf.cast(value, tf.float32))
         self.mode = "frozen"
+
+    def kl_loss(self):
+        """The loss term this layer adds now, as a float (0 unless active)."""
+        return float(self._kl_term(tf.convert_to_tensor(self.mode_variable)))
 
     def theta(self):
         """The deterministic theta of the current mode, shape (channels,)."""

@@ -1,0 +1,325 @@
+"""`RecursivePruning`: the layer-by-layer train-and-prune schedule, as a
+Keras callback, and `PruningSummaries` for TensorBoard."""
+
+import math
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+from keras_rbp._keras import keras
+from keras_rbp.wrapper import pruning_groups
+
+
+class RecursivePruning(keras.callbacks.Callback):
+    """Trains and prunes the groups of a pruned model, stage after stage.
+
+    The groups (see `pruning_groups`) are visited in topological order,
+    `groups_per_stage` at a time. During a stage, the groups of earlier
+    stages are frozen (theta = mask * pi_hat), the stage's groups are active
+    (stochastic noise and KL, the noise scale rising linearly from 1 to
+    `max_noise_scale`), later groups are off; all weights keep training. A
+    stage ends when every pi of its groups is within `collapse_tolerance` of
+    0 or 1, or after `epochs_per_stage` epochs; then the channels with
+    pi < `threshold` are removed, keeping at least `min_channels` (those with
+    the largest pi). After the last stage, `finetune_epochs` epochs train with
+    every group frozen, then training stops.
+
+    All progress lives in the noises' variables (modes, masks, frozen values,
+    epochs in the current mode), so a model saved by `ModelCheckpoint` or
+    `BackupAndRestore` resumes the plan where it stopped: list those
+    callbacks after this one, so that they save the state this one updates at
+    the end of each epoch.
+
+    Args:
+        epochs_per_stage: the most epochs a stage trains.
+        finetune_epochs: epochs trained after the last stage.
+        groups_per_stage: groups made active together; None puts every group
+            in one stage (the all-at-once schedule of SBP and VIBNet).
+        threshold: channels whose keep probability pi is below it are removed.
+        min_channels: the fewest channels a group keeps.
+        collapse_tolerance: a stage ends early once every pi of its groups
+            is within this distance of 0 or 1.
+        max_noise_scale: the noise scale reached in a stage's last epoch.
+        finetune_learning_rate: if set, the optimiser's learning rate during
+            the fine-tune.
+        check_epochs: raise when fit's epochs cannot complete the plan; pass
+            False to run the plan over several fit calls.
+        verbose: print a line at each stage change.
+    """
+
+    def __init__(
+        self,
+        epochs_per_stage=3,
+        finetune_epochs=2,
+        groups_per_stage=1,
+        threshold=0.5,
+        min_channels=1,
+        collapse_tolerance=0.05,
+        max_noise_scale=3.0,
+        finetune_learning_rate=None,
+        check_epochs=True,
+        verbose=1,
+    ):
+        super().__init__()
+        _check_int("epochs_per_stage", epochs_per_stage, 1)
+        _check_int("finetune_epochs", finetune_epochs, 0)
+        _check_int("min_channels", min_channels, 1)
+        if groups_per_stage is not None:
+            _check_int("groups_per_stage", groups_per_stage, 1)
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"RecursivePruning: threshold must be in (0, 1), received: {threshold!r}")
+        if not 0.0 < collapse_tolerance < 0.5:
+            raise ValueError(
+                "RecursivePruning: collapse_tolerance must be in (0, 0.5), "
+                f"received: {collapse_tolerance!r}"
+            )
+        if not max_noise_scale >= 1.0:
+            raise ValueError(
+                f"RecursivePruning: max_noise_scale must be >= 1, received: {max_noise_scale!r}"
+            )
+        self.epochs_per_stage = epochs_per_stage
+        self.finetune_epochs = finetune_epochs
+        self.groups_per_stage = groups_per_stage
+        self.threshold = threshold
+        self.min_channels = min_channels
+        self.collapse_tolerance = collapse_tolerance
+        self.max_noise_scale = max_noise_scale
+        self.finetune_learning_rate = finetune_learning_rate
+        self.check_epochs = check_epochs
+        self.verbose = verbose
+        self._last_good_weights = None
+
+    # The plan.
+
+    def stages(self, model):
+        """The plan: a list of stages, each a list of group names."""
+        names = list(_groups(model))
+        size = self.groups_per_stage or len(names)
+        return [names[i : i + size] for i in range(0, len(names), size)]
+
+    def total_epochs(self, model):
+        """The most epochs the plan needs, from its start: pass it to fit."""
+        return len(self.stages(model)) * self.epochs_per_stage + self.finetune_epochs
+
+    def remaining_epochs(self, model):
+        """The most epochs the plan still needs from its current state."""
+        groups = _groups(model)
+        stage = self._current_stage(model, groups)
+        if stage is None:
+            return max(0, self.finetune_epochs - self._finetune_done(model, groups))
+        stages = self.stages(model)
+        done = int(groups[stages[stage][0]].mode_epochs.numpy()) if self._is_started(stages[stage], groups) else 0
+        return (len(stages) - stage) * self.epochs_per_stage - done + self.finetune_epochs
+
+    def _current_stage(self, model, groups):
+        """Index of the first stage with a group not frozen; None when all are."""
+        for index, stage in enumerate(self.stages(model)):
+            if any(groups[name].mode != "frozen" for name in stage):
+                return index
+        return None
+
+    @staticmethod
+    def _is_started(stage, groups):
+        return all(groups[name].mode == "active" for name in stage)
+
+    def _finetune_done(self, model, groups):
+        last = self.stages(model)[-1]
+        return min(int(groups[name].mode_epochs.numpy()) for name in last)
+
+    # Callback hooks.
+
+    def on_train_begin(self, logs=None):
+        groups = _groups(self.model)
+        if getattr(self.model, "optimizer", None) is None:
+            raise RuntimeError(f"RecursivePruning: model {self.model.name!r} was not compiled")
+        del groups
+
+    def on_epoch_begin(self, epoch, logs=None):
+        groups = _groups(self.model)
+        if self.check_epochs and self._first_epoch_of_fit(epoch):
+            needed = self.remaining_epochs(self.model)
+            available = self.params["epochs"] - epoch
+            if needed > available:
+                raise ValueError(
+                    f"RecursivePruning: the plan needs up to {needed} more epochs but fit "
+                    f"runs {available} (epochs={self.params['epochs']}, from epoch {epoch}); "
+                    f"pass epochs={epoch + needed}, or check_epochs=False to run the plan "
+                    "over several fit calls"
+                )
+        self._last_good_weights = self.model.get_weights()
+        stages = self.stages(self.model)
+        current = self._current_stage(self.model, groups)
+        if current is None:
+            if self.finetune_learning_rate is not None:
+                self.model.optimizer.learning_rate.assign(self.finetune_learning_rate)
+            return
+        for stage in stages[current + 1 :]:
+            for name in stage:
+                groups[name].mode = "off"
+        done = 0
+        for name in stages[current]:
+            noise = groups[name]
+            if noise.mode == "frozen":
+                continue
+            noise.mode = "active"
+            done = int(noise.mode_epochs.numpy())
+        ramp = done / max(1, self.epochs_per_stage - 1)
+        scale = 1.0 + (self.max_noise_scale - 1.0) * min(1.0, ramp)
+        for name in stages[current]:
+            groups[name].noise_scale.assign(scale)
+
+    def _first_epoch_of_fit(self, epoch):
+        first = getattr(self, "_fit_first_epoch", None)
+        if first is None or epoch <= first:
+            self._fit_first_epoch = epoch
+            return True
+        return False
+
+    def on_train_end(self, logs=None):
+        self._fit_first_epoch = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            groups = _groups(self.model)
+            current = self._current_stage(self.model, groups)
+            where = (
+                f"stage {current + 1} (groups {self.stages(self.model)[current]})"
+                if current is not None
+                else "the fine-tune"
+            )
+            if self._last_good_weights is not None:
+                self.model.set_weights(self._last_good_weights)
+            self.model.stop_training = True
+            raise FloatingPointError(
+                f"RecursivePruning: the loss became {loss} in {where}, at batch {batch}; "
+                "the model holds its weights from the start of that epoch"
+            )
+
+    def on_epoch_end(self, epoch, logs=None):
+        groups = _groups(self.model)
+        stages = self.stages(self.model)
+        current = self._current_stage(self.model, groups)
+        if logs is not None:
+            logs["rbp_stage"] = len(stages) + 1 if current is None else current + 1
+            logs["rbp_kl"] = sum(noise.kl_loss() for noise in groups.values())
+        for noise in groups.values():
+            if noise.mode != "off":
+                noise.mode_epochs.assign_add(1)
+        if current is not None:
+            stage = [groups[name] for name in stages[current]]
+            epochs = int(stage[0].mode_epochs.numpy())
+            if epochs >= self.epochs_per_stage or all(self._collapsed(n) for n in stage):
+                self._end_stage(stages[current], groups, current, len(stages), logs)
+        elif self._finetune_done(self.model, groups) >= self.finetune_epochs:
+            self.model.stop_training = True
+        if logs is not None:
+            for name, noise in groups.items():
+                logs[f"rbp_kept/{name}"] = kept_channels(noise, self.threshold)
+
+    def _collapsed(self, noise):
+        pi = noise.keep_probability()
+        return bool(np.all(np.minimum(pi, 1.0 - pi) <= self.collapse_tolerance))
+
+    def _end_stage(self, names, groups, index, count, logs):
+        for name in names:
+            noise = groups[name]
+            pi = noise.keep_probability()
+            mask = keep_mask(pi, self.threshold, self.min_channels)
+            if mask.sum() > (pi >= self.threshold).sum():
+                warnings.warn(
+                    f"RecursivePruning: group {name!r} would keep "
+                    f"{int((pi >= self.threshold).sum())} of {pi.size} channels; keeping "
+                    f"the {int(mask.sum())} with the largest pi (min_channels={self.min_channels})",
+                    stacklevel=2,
+                )
+            noise.freeze(mask, pi * mask)
+            noise.noise_scale.assign(1.0)
+            if self.verbose:
+                metric = _validation_metric(logs)
+                print(
+                    f"RecursivePruning: stage {index + 1}/{count} done: {name} keeps "
+                    f"{int(mask.sum())}/{mask.size}{metric}"
+                )
+        if index + 1 == count and self.finetune_epochs == 0:
+            self.model.stop_training = True
+
+
+def keep_mask(pi, threshold, min_channels):
+    """Channels with pi >= threshold, and at least the `min_channels` with
+    the largest pi."""
+    mask = pi >= threshold
+    floor = min(min_channels, pi.size)
+    if mask.sum() < floor:
+        mask = np.zeros(pi.size, bool)
+        mask[np.argsort(-pi, kind="stable")[:floor]] = True
+    return mask
+
+
+def kept_channels(noise, threshold=0.5):
+    """Channels a group keeps now: its mask when frozen, pi >= threshold when
+    active, all of them when off."""
+    if noise.mode == "frozen":
+        return int(noise.mask.numpy().sum())
+    if noise.mode == "active":
+        return int((noise.keep_probability() >= threshold).sum())
+    return noise.channels
+
+
+def _groups(model):
+    groups = pruning_groups(model)
+    if not groups:
+        raise ValueError(
+            f"RecursivePruning: model {model.name!r} has no RBP noise; wrap it with "
+            "keras_rbp.prune first"
+        )
+    return groups
+
+
+def _validation_metric(logs):
+    for key in ("val_accuracy", "val_sparse_categorical_accuracy", "val_loss", "loss"):
+        if logs and key in logs:
+            return f" ({key} {float(logs[key]):.4f})"
+    return ""
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(
+            f"RecursivePruning: {name} must be an integer >= {minimum}, received: {value!r}"
+        )
+
+
+class PruningSummaries(keras.callbacks.Callback):
+    """Writes TensorBoard summaries of the pruning at the end of each epoch:
+    kept channels, mean pi and KL per group as scalars, pi as histograms.
+
+    Args:
+        log_dir: the folder of the TensorBoard event files.
+        threshold: the keep threshold used to count kept channels.
+    """
+
+    def __init__(self, log_dir, threshold=0.5):
+        super().__init__()
+        self.log_dir = log_dir
+        self.threshold = threshold
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        with self._writer.as_default(step=epoch):
+            for name, noise in _groups(self.model).items():
+                pi = noise.keep_probability()
+                tf.summary.scalar(f"rbp/kept_channels/{name}", kept_channels(noise, self.threshold))
+                tf.summary.scalar(f"rbp/mean_pi/{name}", float(pi.mean()))
+                tf.summary.scalar(f"rbp/kl/{name}", noise.kl_loss())
+                tf.summary.histogram(f"rbp/pi/{name}", pi)
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.flush()

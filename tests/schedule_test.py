@@ -1,0 +1,300 @@
+"""Tests of the RecursivePruning schedule and PruningSummaries."""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_rbp as rbp
+from keras_rbp._keras import keras
+
+from conftest import mnist_dir
+
+L = keras.layers
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _small_pruned(seed=0, **prune_kwargs):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((10,)),
+            L.Dense(12, activation="relu", name="h1"),
+            L.Dense(10, activation="relu", name="h2"),
+            L.Dense(8, activation="relu", name="h3"),
+            L.Dense(3, name="out"),
+        ]
+    )
+    prune_kwargs.setdefault("initial_keep_prob", 0.6)
+    return rbp.prune(model, dataset_size=64, seed=seed, **prune_kwargs)
+
+
+def _data(n=64, seed=0):
+    """Inputs and labels that a small network can learn."""
+    rng = np.random.RandomState(seed)
+    x = rng.normal(size=(n, 10)).astype("float32")
+    y = np.argmax(x @ np.random.RandomState(99).normal(size=(10, 3)), axis=1)
+    return x, y
+
+
+class _ModeRecorder(keras.callbacks.Callback):
+    """Records, at each epoch's start, every group's mode and noise scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.modes, self.scales, self.masks = [], [], []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        groups = rbp.pruning_groups(self.model)
+        self.modes.append([g.mode for g in groups.values()])
+        self.scales.append([round(float(g.noise_scale.numpy()), 4) for g in groups.values()])
+        self.masks.append([g.mask.numpy().copy() for g in groups.values()])
+
+
+def _fit(pruned, schedule, epochs=None, optimizer=None, **kwargs):
+    pruned.compile(optimizer or keras.optimizers.SGD(0.0), LOSS)
+    x, y = _data()
+    recorder = _ModeRecorder()
+    history = pruned.fit(
+        x, y, batch_size=16, epochs=epochs or schedule.total_epochs(pruned),
+        shuffle=False, verbose=0, callbacks=[schedule, recorder], **kwargs
+    )
+    return recorder, history
+
+
+def test_stages_switch_modes_in_topological_order():
+    pruned = _small_pruned()
+    schedule = rbp.RecursivePruning(epochs_per_stage=2, finetune_epochs=1, verbose=0)
+    assert schedule.stages(pruned) == [["h1"], ["h2"], ["h3"]]
+    assert schedule.total_epochs(pruned) == 7
+    recorder, history = _fit(pruned, schedule)
+    A, O, F = "active", "off", "frozen"
+    assert recorder.modes == [
+        [A, O, O], [A, O, O], [F, A, O], [F, A, O], [F, F, A], [F, F, A], [F, F, F]
+    ]
+    assert recorder.scales[0][0] == 1.0 and recorder.scales[1][0] == 3.0
+    assert history.history["rbp_stage"] == [1, 1, 2, 2, 3, 3, 4]
+    assert [g.mode for g in rbp.pruning_groups(pruned).values()] == [F, F, F]
+
+
+def test_masks_are_monotone_and_thresholded_at_pi():
+    pruned = _small_pruned()
+    groups = rbp.pruning_groups(pruned)
+    pis = {}
+    for name, noise in groups.items():
+        values = np.linspace(-0.3, 0.3, noise.channels).astype("float32")
+        noise.scaled_logits.assign(values)  # pi from 0.05 to 0.95; SGD(0) keeps it
+        pis[name] = noise.keep_probability()
+    recorder, _ = _fit(pruned, rbp.RecursivePruning(epochs_per_stage=1, finetune_epochs=0, verbose=0))
+    for name, noise in groups.items():
+        np.testing.assert_array_equal(noise.mask.numpy(), pis[name] >= 0.5)
+        np.testing.assert_allclose(noise.frozen_value.numpy(), pis[name] * (pis[name] >= 0.5))
+    for before, after in zip(recorder.masks, recorder.masks[1:]):
+        for a, b in zip(before, after):
+            assert np.all(b <= a)  # a removed channel never comes back
+
+
+def test_min_channels_keeps_the_largest_pi_and_warns():
+    pruned = _small_pruned(initial_keep_prob=0.1)
+    h1 = rbp.pruning_groups(pruned)["h1"]
+    h1.scaled_logits.assign(np.linspace(-0.5, -0.2, 12).astype("float32"))
+    schedule = rbp.RecursivePruning(epochs_per_stage=1, finetune_epochs=0, min_channels=3, verbose=0)
+    with pytest.warns(UserWarning, match="group 'h1' would keep 0 of 12 channels; keeping the 3"):
+        _fit(pruned, schedule)
+    np.testing.assert_array_equal(np.flatnonzero(h1.mask.numpy()), [9, 10, 11])
+    assert all(g.mask.numpy().sum() == 3 for g in rbp.pruning_groups(pruned).values())
+
+
+def test_collapsed_noise_ends_its_stage_early_and_training_stops():
+    pruned = _small_pruned()
+    for noise in rbp.pruning_groups(pruned).values():
+        noise.scaled_logits.assign(np.where(np.arange(noise.channels) % 2, 3.0, -3.0).astype("float32"))
+    schedule = rbp.RecursivePruning(epochs_per_stage=4, finetune_epochs=1, verbose=0)
+    recorder, history = _fit(pruned, schedule)
+    assert history.history["rbp_stage"] == [1, 2, 3, 4]  # one epoch a stage, then the fine-tune
+    assert len(recorder.modes) == 4  # fit stopped once the plan was done, not after 13 epochs
+
+
+def test_all_at_once_schedule():
+    pruned = _small_pruned()
+    schedule = rbp.RecursivePruning(epochs_per_stage=2, finetune_epochs=1, groups_per_stage=None, verbose=0)
+    assert schedule.stages(pruned) == [["h1", "h2", "h3"]]
+    recorder, _ = _fit(pruned, schedule)
+    assert recorder.modes == [["active"] * 3] * 2 + [["frozen"] * 3]
+
+
+def _train_plan(pruned, schedule, epoch_splits, optimizer=None):
+    """Runs the plan over several fit calls, each a (start, end) epoch range."""
+    pruned.compile(optimizer or keras.optimizers.Adam(0.01), LOSS)
+    x, y = _data(96, seed=1)
+    for start, end in epoch_splits:
+        pruned.fit(x, y, batch_size=16, initial_epoch=start, epochs=end, shuffle=False,
+                   verbose=0, callbacks=[schedule])
+    return _state(pruned)
+
+
+def _state(model):
+    return {
+        name: (n.mode, n.mask.numpy(), n.frozen_value.numpy())
+        for name, n in rbp.pruning_groups(model).items()
+    }
+
+
+def _assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name][0] == b[name][0]
+        np.testing.assert_array_equal(a[name][1], b[name][1])
+        np.testing.assert_allclose(a[name][2], b[name][2], rtol=1e-6, atol=1e-7)
+
+
+def _plan():
+    return rbp.RecursivePruning(epochs_per_stage=3, finetune_epochs=1, check_epochs=False, verbose=0)
+
+
+def test_several_fit_calls_equal_one():
+    kwargs = dict(kl_weight=0.1, initial_keep_prob=0.7)
+    one = _train_plan(_small_pruned(3, **kwargs), _plan(), [(0, 10)])
+    several = _train_plan(_small_pruned(3, **kwargs), _plan(), [(0, 2), (2, 4), (4, 10)])
+    _assert_same_state(one, several)
+    assert any(mask.sum() < mask.size for _, mask, _ in one.values())
+
+
+def test_checkpoint_mid_stage_resumes_in_a_new_model(tmp_path):
+    kwargs = dict(kl_weight=0.1, initial_keep_prob=0.7)
+    uninterrupted = _train_plan(_small_pruned(4, **kwargs), _plan(), [(0, 10)])
+
+    first = _small_pruned(4, **kwargs)
+    path = str(tmp_path / "checkpoint.keras")
+    _train_plan(first, _plan(), [(0, 4)])  # stops inside stage 2
+    assert [g.mode for g in rbp.pruning_groups(first).values()] == ["frozen", "active", "off"]
+    first.save(path)
+    restored = keras.models.load_model(path)
+    assert restored is not first
+    x, y = _data(96, seed=1)
+    restored.fit(x, y, batch_size=16, initial_epoch=4, epochs=10, shuffle=False, verbose=0,
+                 callbacks=[_plan()])
+    _assert_same_state(uninterrupted, _state(restored))
+
+
+def test_backup_and_restore_resumes_the_plan(tmp_path):
+    kwargs = dict(kl_weight=0.1, initial_keep_prob=0.7)
+    uninterrupted = _train_plan(_small_pruned(5, **kwargs), _plan(), [(0, 10)], optimizer=keras.optimizers.SGD(0.1))
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 5:
+                raise KeyboardInterrupt
+
+    x, y = _data(96, seed=1)
+    backup = str(tmp_path / "backup")
+
+    def run(extra):
+        pruned = _small_pruned(5, **kwargs)
+        pruned.compile(keras.optimizers.SGD(0.1), LOSS)
+        schedule = rbp.RecursivePruning(epochs_per_stage=3, finetune_epochs=1, verbose=0)
+        pruned.fit(x, y, batch_size=16, epochs=10, shuffle=False, verbose=0,
+                   callbacks=[schedule, keras.callbacks.BackupAndRestore(backup)] + extra)
+        return pruned
+
+    with pytest.raises(KeyboardInterrupt):
+        run([Interrupt()])
+    _assert_same_state(uninterrupted, _state(run([])))
+
+
+def test_mnist_lenet_300_100_prunes_every_hidden_group():
+    (x_train, y_train), (x_test, y_test) = rbp.datasets.load_mnist(mnist_dir())
+    keras.utils.set_random_seed(0)
+    model = rbp.models.lenet_300_100()
+    model.compile(keras.optimizers.Adam(1e-3), LOSS, metrics=["accuracy"])
+    model.fit(x_train, y_train, batch_size=128, epochs=3, verbose=0)
+    pruned = rbp.prune(model, dataset_size=len(x_train), kl_weight=10.0, initial_keep_prob=0.9)
+    pruned.compile(keras.optimizers.Adam(1e-3), LOSS, metrics=["accuracy"])
+    schedule = rbp.RecursivePruning(epochs_per_stage=2, finetune_epochs=1, verbose=0)
+    pruned.fit(x_train, y_train, batch_size=128, epochs=schedule.total_epochs(pruned),
+               validation_split=0.1, callbacks=[schedule], verbose=0)
+    kept = {name: int(g.mask.numpy().sum()) for name, g in rbp.pruning_groups(pruned).items()}
+    _, accuracy = pruned.evaluate(x_test, y_test, verbose=0)
+    print(f"LeNet-300-100 kept {kept}, test accuracy {accuracy:.4f}")
+    assert kept["fc1"] < 300 and kept["fc2"] < 100
+    assert accuracy > 0.97
+
+
+def test_mirrored_strategy_runs_the_plan():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        pruned = _small_pruned(6)
+        pruned.compile("adam", LOSS)
+    schedule = rbp.RecursivePruning(epochs_per_stage=1, finetune_epochs=1, verbose=0)
+    x, y = _data()
+    history = pruned.fit(x, y, batch_size=16, epochs=4, verbose=0, callbacks=[schedule])
+    assert history.history["rbp_stage"] == [1, 2, 3, 4]
+    assert np.all(np.isfinite(history.history["loss"]))
+
+
+def test_pruning_summaries_write_scalars_and_histograms(tmp_path):
+    pruned = _small_pruned()
+    schedule = rbp.RecursivePruning(epochs_per_stage=1, finetune_epochs=0, verbose=0)
+    pruned.compile("adam", LOSS)
+    x, y = _data()
+    pruned.fit(x, y, epochs=3, verbose=0, callbacks=[schedule, rbp.PruningSummaries(str(tmp_path))])
+    tags = set()
+    for path in glob.glob(os.path.join(str(tmp_path), "events.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(value.tag for value in event.summary.value)
+    assert {"rbp/kept_channels/h1", "rbp/mean_pi/h2", "rbp/kl/h3", "rbp/pi/h1"} <= tags
+
+
+def test_stage_change_line_is_printed(capsys):
+    pruned = _small_pruned()
+    _fit(pruned, rbp.RecursivePruning(epochs_per_stage=1, finetune_epochs=0), validation_split=0.25)
+    out = capsys.readouterr().out
+    assert "RecursivePruning: stage 1/3 done: h1 keeps" in out
+    assert "(val_loss " in out
+
+
+def test_plan_longer_than_fit_is_refused():
+    pruned = _small_pruned()
+    with pytest.raises(ValueError, match="plan needs up to 7 more epochs but fit runs 5.*pass epochs=7"):
+        _fit(pruned, rbp.RecursivePruning(epochs_per_stage=2, finetune_epochs=1), epochs=5)
+
+
+def test_model_without_noise_is_refused():
+    model = keras.Sequential([keras.Input((10,)), L.Dense(3)])
+    with pytest.raises(ValueError, match="has no RBP noise; wrap it with keras_rbp.prune"):
+        _fit(model, rbp.RecursivePruning())
+
+
+def test_uncompiled_model_is_refused():
+    schedule = rbp.RecursivePruning()
+    schedule.set_model(_small_pruned())
+    with pytest.raises(RuntimeError, match="was not compiled"):
+        schedule.on_train_begin()
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(threshold=1.0), "threshold must be in \\(0, 1\\), received: 1.0"),
+        (dict(epochs_per_stage=0), "epochs_per_stage must be an integer >= 1, received: 0"),
+        (dict(max_noise_scale=0.5), "max_noise_scale must be >= 1, received: 0.5"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        rbp.RecursivePruning(**kwargs)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_state():
+    pruned = _small_pruned()
+    x, y = _data()
+    x[40:] = np.nan
+    pruned.compile("sgd", LOSS)
+    before = [w.copy() for w in pruned.get_weights()]
+    with pytest.raises(FloatingPointError, match="loss became nan in stage 1 \\(groups \\['h1'\\]\\), at batch 2"):
+        pruned.fit(x, y, batch_size=16, epochs=7, shuffle=False, verbose=0,
+                   callbacks=[rbp.RecursivePruning(epochs_per_stage=2, finetune_epochs=1)])
+    for a, b in zip(before, pruned.get_weights()):
+        np.testing.assert_array_equal(a, b)
