@@ -175,7 +175,6 @@ class _Op:
     theta: np.ndarray = None  # prunable layers and noises
     activation: object = None  # prunable layers
     flatten_map: np.ndarray = None  # flatten: input channel of each position
-    reason: str = None  # boundaries: why its channels cannot be sliced
 
 
 @dataclasses.dataclass
@@ -236,15 +235,16 @@ class _Plan:
             inputs.append(self._resolve(key))
             self.input_layers.append((path, ref.layer, inputs[-1]))
         input_names = {ref.layer for ref in graph.inputs}
+        for node in graph.layers.values():
+            if node.name not in input_names and len(node.calls) != 1:
+                raise ShrinkError(
+                    f"shrink: layer {node.name!r} of model {model.name!r} is called "
+                    f"{len(node.calls)} times; shrink supports layers called once"
+                )
         for name in graph.topological_order():
             if name in input_names:
                 continue
             node = graph.layers[name]
-            if len(node.calls) != 1:
-                raise ShrinkError(
-                    f"shrink: layer {name!r} of model {model.name!r} is called "
-                    f"{len(node.calls)} times; shrink supports layers called once"
-                )
             layer = layers[name]
             in_keys = [self._resolve((path, ref.layer, ref.tensor_index)) for ref in node.inputs]
             if isinstance(layer, keras.Model):
@@ -346,12 +346,16 @@ class _Plan:
                 self._new(op, slots=tensor.slots, zero=tensor.zero)
             else:
                 self._new(op, zero=tensor.zero[op.flatten_map])
+        elif kind == "reshape":
+            axis = _reshaped_channel_axis(ins[0], op.shapes[0])
+            if axis is None:
+                return self._forward_boundary(op, ins, "mixes channels with other axes")
+            self._new(op, axis=axis, slots=ins[0].slots, zero=ins[0].zero)
         else:
-            self._forward_boundary(op, ins, op.reason)
+            self._forward_boundary(op, ins, "cannot be sliced channel by channel")
 
     def _forward_boundary(self, op, ins, reason):
         op.kind = "boundary"
-        op.reason = reason
         for tensor in ins:
             self._fix(tensor.slots, f"{type(op.layer).__name__} layer {op.name!r} {reason}")
         for index in range(len(op.outputs)):
@@ -396,7 +400,9 @@ class _Plan:
         zeroed = (op.theta == 0) | inner_zero
         out.zero = zeroed & zero_to_zero
         if tensor is not None:
-            self._note_zero_lost(tensor, out.zero, f"layer {op.name!r} maps 0 to a non-zero value")
+            zero_in = np.repeat(tensor.zero, out.channels // tensor.channels)
+            for slot in out.slots[zero_in & ~out.zero].tolist():
+                self.reasons.setdefault(slot, f"layer {op.name!r} maps 0 to a non-zero value")
         if not zero_to_zero and zeroed.any():
             reason = f"the activation of layer {op.name!r} maps 0 to a non-zero value"
             for slot in out.slots[zeroed].tolist():
@@ -427,7 +433,11 @@ class _Plan:
                 ins[0].needed[:] = True
         elif kind == "noise":
             ins[0].needed |= needed & (op.theta != 0)
-        elif kind in ("per_channel", "elementwise"):
+        elif kind == "elementwise" and isinstance(op.layer, L.Multiply):
+            for tensor in ins:
+                others_zero = np.stack([t.zero for t in ins if t is not tensor] or [tensor.zero & False])
+                tensor.needed |= needed & ~others_zero.any(0)
+        elif kind in ("per_channel", "elementwise", "reshape"):
             for tensor in ins:
                 tensor.needed |= needed
         elif kind == "concat":
@@ -554,6 +564,12 @@ class _Rebuilder:
             self.physical[out_key] = self._plan_selection(op, ins[0])
         elif op.kind == "per_channel":
             self.physical[out_key] = ins[0]
+        elif op.kind == "reshape":
+            tensor = plan.tensors[out_key]
+            target_shape = list(tensor.shape[1:])
+            target_shape[tensor.axis - 1] = len(ins[0])
+            self.entries[(op.path, op.name)] = (None, {"target_shape": target_shape})
+            self.physical[out_key] = ins[0]
         elif op.kind in ("elementwise", "concat"):
             if op.kind == "concat" and plan.tensors[out_key].channels != plan.tensors[op.inputs[0]].channels:
                 offsets = np.cumsum([0] + [plan.tensors[k].channels for k in op.inputs[:-1]])
@@ -598,8 +614,9 @@ class _Rebuilder:
         self.weights[key] = weights
         if isinstance(inner, FULL_MIX):
             config_changes["units" if isinstance(inner, L.Dense) else "filters"] = len(out_index)
-        if op.kind == "wrapper":
+        if op.kind == "wrapper" and hasattr(inner, "activation"):
             config_changes["activation"] = keras.activations.serialize(layer.activation)
+        if op.kind == "wrapper":
             entry = serialize(type(inner).from_config(inner.get_config()))
         else:
             entry = None
@@ -751,6 +768,8 @@ def _kind(layer):
         return "concat"
     if layer_type is L.Flatten:
         return "flatten"
+    if layer_type is L.Reshape:
+        return "reshape"
     return "boundary"
 
 
@@ -798,6 +817,21 @@ def _maps_zero_to_zero(layer, shape):
         return True
     zeros = np.zeros([1] + [1 if d is None else d for d in shape[1:]], np.float32)
     return bool(np.all(np.asarray(layer(zeros)) == 0))
+
+
+def _reshaped_channel_axis(tensor, out_shape):
+    """Where a Reshape that keeps channels last, or only adds or drops axes
+    of size 1, puts the channels; None for any other Reshape."""
+    other_dims = [d for i, d in enumerate(tensor.shape[1:], 1) if i != tensor.axis]
+    out_dims = list(out_shape[1:])
+    if tensor.axis == len(tensor.shape) - 1 and out_dims[-1] == tensor.channels:
+        return len(out_shape) - 1
+    if any(d != 1 for d in other_dims) or out_dims.count(tensor.channels) != 1:
+        return None
+    axis = out_dims.index(tensor.channels)
+    if any(d != 1 for i, d in enumerate(out_dims) if i != axis):
+        return None
+    return axis + 1
 
 
 def _flatten_map(layer, tensor):

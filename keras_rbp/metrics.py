@@ -1,0 +1,219 @@
+"""Parameters and MACs per layer, architecture strings, and `report`.
+
+MACs are multiply-accumulates of the Dense and convolution layers for one
+example (the FLOPs of SBP and Bayesian Compression tables; some papers print
+2 x MACs). Parameters are every weight of a layer, BatchNormalization moving
+statistics included, as Keras's `count_params` counts them. The feature
+selection layers `shrink` writes (``<layer>_select``) are gathers: they are
+listed, but their weights and MACs are left out of the totals.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from keras_rbp import graph as graph_lib
+from keras_rbp._keras import keras
+from keras_rbp.layers import RBPNoise
+from keras_rbp.wrapper import RBPWrapper
+
+L = keras.layers
+CONVOLUTIONS = (L.Conv1D, L.Conv2D, L.Conv3D, L.DepthwiseConv2D, L.SeparableConv2D)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerStats:
+    """One layer's output channels, parameters and MACs."""
+
+    name: str
+    kind: str  # the layer class, or "selection"
+    channels: int
+    params: int
+    macs: int
+
+
+def layer_stats(model):
+    """`LayerStats` of every layer of `model` that has weights, nested
+    models flattened, in model order. RBPWrapper counts as the layer it
+    wraps; RBPNoise layers are left out."""
+    stats = []
+    for layer in _layers(model):
+        inner = layer.layer if isinstance(layer, RBPWrapper) else layer
+        if isinstance(layer, RBPNoise) or isinstance(layer, keras.Model) or not inner.weights:
+            continue
+        output_shape = tuple(layer.output.shape)
+        kind = "selection" if is_selection(inner) else type(inner).__name__
+        stats.append(
+            LayerStats(
+                name=layer.name,
+                kind=kind,
+                channels=int(output_shape[_channel_axis(inner)] or 0),
+                params=int(sum(np.prod(w.shape) for w in inner.weights)),
+                macs=_macs(inner, tuple(layer.input.shape), output_shape),
+            )
+        )
+    return stats
+
+
+def is_selection(layer):
+    """Whether `layer` is a feature selection written by `shrink`: a
+    non-trainable Dense without bias whose kernel has one non-zero entry
+    per output column."""
+    if type(layer) is not L.Dense or layer.trainable or layer.use_bias:
+        return False
+    kernel = layer.get_weights()[0]
+    return bool(np.all(np.count_nonzero(kernel, axis=0) == 1))
+
+
+def architecture(model):
+    """The architecture string of the literature (method.md section 6): the
+    filters of each convolution, then the input features of the first Dense
+    layer and the units of each Dense layer, the layers that produce a model
+    output left out. LeNet-5-Caffe is "20-50-800-500", LeNet-300-100
+    "784-300-100"."""
+    outputs = _output_producers(model)
+    widths, dense_seen = [], False
+    for layer in _layers(model):
+        inner = layer.layer if isinstance(layer, RBPWrapper) else layer
+        if layer.name in outputs or is_selection(inner):
+            continue
+        if isinstance(inner, CONVOLUTIONS):
+            widths.append(int(layer.output.shape[_channel_axis(inner)]))
+        elif type(inner) is L.Dense:
+            if not dense_seen:
+                widths.append(int(inner.kernel.shape[0]))
+                dense_seen = True
+            widths.append(int(inner.units))
+    return "-".join(str(width) for width in widths)
+
+
+class Report:
+    """Channels, parameters and MACs of each layer before and after `shrink`.
+
+    `str(report)` is a text table; `report.to_dict()` is plain data for JSON.
+    """
+
+    def __init__(self, original, small):
+        before = {stats.name: stats for stats in layer_stats(original)}
+        self.rows = []
+        for after in layer_stats(small):
+            old = before.get(after.name)
+            self.rows.append(
+                {
+                    "layer": after.name,
+                    "kind": after.kind,
+                    "channels_before": old.channels if old else None,
+                    "channels_after": after.channels,
+                    "params_before": old.params if old else 0,
+                    "params_after": after.params,
+                    "macs_before": old.macs if old else 0,
+                    "macs_after": after.macs,
+                }
+            )
+        counted = [row for row in self.rows if row["kind"] != "selection"]
+        self.totals = {
+            key: sum(row[key] for row in counted)
+            for key in ("params_before", "params_after", "macs_before", "macs_after")
+        }
+        self.totals["params_reduction"] = _ratio(
+            self.totals["params_before"], self.totals["params_after"]
+        )
+        self.totals["macs_reduction"] = _ratio(self.totals["macs_before"], self.totals["macs_after"])
+        self.architecture_before = architecture(original)
+        self.architecture_after = architecture(small)
+
+    def to_dict(self):
+        return {
+            "architecture_before": self.architecture_before,
+            "architecture_after": self.architecture_after,
+            "layers": self.rows,
+            "totals": self.totals,
+            "macs_unit": "multiply-accumulates per example",
+        }
+
+    def __str__(self):
+        header = ("layer", "kind", "channels", "params", "MACs", "params kept", "MACs kept")
+        lines = [header]
+        for row in self.rows:
+            lines.append(
+                (
+                    row["layer"],
+                    row["kind"],
+                    f"{row['channels_before']} -> {row['channels_after']}",
+                    f"{row['params_before']:,} -> {row['params_after']:,}",
+                    f"{row['macs_before']:,} -> {row['macs_after']:,}",
+                    _percent(row["params_after"], row["params_before"]),
+                    _percent(row["macs_after"], row["macs_before"]),
+                )
+            )
+        totals = self.totals
+        lines.append(
+            (
+                "total",
+                "",
+                "",
+                f"{totals['params_before']:,} -> {totals['params_after']:,}",
+                f"{totals['macs_before']:,} -> {totals['macs_after']:,}",
+                _percent(totals["params_after"], totals["params_before"]),
+                _percent(totals["macs_after"], totals["macs_before"]),
+            )
+        )
+        widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+        text = [
+            "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
+            for line in lines
+        ]
+        text.append(f"architecture: {self.architecture_before} -> {self.architecture_after}")
+        text.append(
+            f"reduction: params {totals['params_reduction']:.2f}x, "
+            f"MACs {totals['macs_reduction']:.2f}x (MACs = multiply-accumulates per example)"
+        )
+        return "\n".join(text)
+
+
+def report(original, small):
+    """A `Report` comparing the user's model (or the pruned one) with the
+    model `shrink` returned."""
+    return Report(original, small)
+
+
+def _ratio(before, after):
+    return before / after if after else float("inf")
+
+
+def _percent(after, before):
+    return f"{100.0 * after / before:.1f} %" if before else "-"
+
+
+def _layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _layers(layer)
+
+
+def _output_producers(model):
+    class_name = graph_lib.SEQUENTIAL if isinstance(model, keras.Sequential) else "Functional"
+    graph = graph_lib.Graph.from_config(class_name, model.get_config())
+    return {ref.layer for ref in graph.outputs}
+
+
+def _channel_axis(layer):
+    if isinstance(layer, L.BatchNormalization):
+        axis = layer.axis
+        return int(axis[0] if isinstance(axis, (list, tuple)) else axis)
+    return 1 if getattr(layer, "data_format", None) == "channels_first" else -1
+
+
+def _spatial(shape, layer):
+    """The number of output positions of a convolution or Dense layer."""
+    axis = _channel_axis(layer) % len(shape)
+    return int(np.prod([d for i, d in enumerate(shape[1:], 1) if i != axis]))
+
+
+def _macs(layer, input_shape, output_shape):
+    if is_selection(layer) or not isinstance(layer, (L.Dense,) + CONVOLUTIONS):
+        return 0
+    positions = _spatial(output_shape, layer)
+    kernels = [w.shape for w in layer.weights[:2 if isinstance(layer, L.SeparableConv2D) else 1]]
+    return int(positions * sum(np.prod(shape) for shape in kernels))

@@ -1,0 +1,368 @@
+"""Tests of shrink(): one test per graph pattern, exact outputs, counts by hand."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_rbp as rbp
+from keras_rbp._keras import keras
+from keras_rbp.metrics import layer_stats
+from keras_rbp.models import lenet5_caffe, lenet_300_100
+
+L = keras.layers
+
+
+def _freeze_random(pruned, keep=0.6, seed=0):
+    """Freezes every group with a random mask and random theta values."""
+    rng = np.random.RandomState(seed)
+    groups = rbp.pruning_groups(pruned)
+    masks = {name: rng.rand(g.channels) < keep for name, g in groups.items()}
+    values = {name: rng.uniform(0.5, 1.5, g.channels).astype("float32") for name, g in groups.items()}
+    rbp.freeze(pruned, masks, values)
+    return masks
+
+
+def _outputs(model, inputs, jit):
+    if jit:
+        return tf.function(lambda x: model(x, training=False), jit_compile=True)(inputs)
+    return model(inputs, training=False)
+
+
+def assert_same_outputs(pruned, small, inputs, jit=False):
+    """The shrunk model's outputs equal the pruned model's to float32 rounding."""
+    expected, actual = _outputs(pruned, inputs, jit), _outputs(small, inputs, jit)
+    expected = expected if isinstance(expected, (list, tuple)) else [expected]
+    actual = actual if isinstance(actual, (list, tuple)) else [actual]
+    for a, b in zip(expected, actual):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(a).max())
+
+
+def _counts(small):
+    stats = [s for s in layer_stats(small) if s.kind != "selection"]
+    return sum(s.params for s in stats), sum(s.macs for s in stats)
+
+
+def _shrink(model, inputs, jit=False, **prune_kwargs):
+    pruned = rbp.prune(model, dataset_size=100, **prune_kwargs)
+    masks = _freeze_random(pruned)
+    small = rbp.shrink(pruned)
+    assert_same_outputs(pruned, small, inputs, jit)
+    return pruned, small, {name: int(mask.sum()) for name, mask in masks.items()}
+
+
+def _images(*shape):
+    return np.random.RandomState(1).rand(2, *shape).astype("float32")
+
+
+def test_dense_chain():
+    inputs = keras.Input((8,))
+    x = L.Dense(16, activation="relu", name="d1")(inputs)
+    x = L.Dense(12, activation="tanh", name="d2")(x)
+    model = keras.Model(inputs, L.Dense(3, name="out")(x))
+    _, small, k = _shrink(model, _images(8))
+    params = 8 * k["d1"] + k["d1"] + k["d1"] * k["d2"] + k["d2"] + k["d2"] * 3 + 3
+    macs = 8 * k["d1"] + k["d1"] * k["d2"] + k["d2"] * 3
+    assert _counts(small) == (params, macs)
+    assert "keras_rbp" not in json.dumps(small.get_config(), default=str)
+
+
+def test_sequential_dense_chain():
+    model = keras.Sequential(
+        [keras.Input((6,)), L.Dense(10, activation="relu", name="d1"), L.Dropout(0.2), L.Dense(2)]
+    )
+    _, small, k = _shrink(model, _images(6))
+    assert isinstance(small, keras.Sequential)
+    assert _counts(small)[1] == 6 * k["d1"] + k["d1"] * 2
+
+
+def test_conv_chain():
+    inputs = keras.Input((10, 10, 3))
+    x = L.Conv2D(8, 3, activation="relu", name="c1")(inputs)
+    x = L.Conv2D(6, 3, activation="relu", name="c2")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, L.Dense(4)(x))
+    _, small, k = _shrink(model, _images(10, 10, 3))
+    c1, c2 = k["c1"], k["c2"]
+    params = 27 * c1 + c1 + 9 * c1 * c2 + c2 + 4 * c2 + 4
+    macs = 27 * c1 * 64 + 9 * c1 * c2 * 36 + 4 * c2
+    assert _counts(small) == (params, macs)
+
+
+def test_conv_bn_relu():
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, padding="same", use_bias=False, name="c1")(inputs)
+    x = L.BatchNormalization(name="bn1")(x)
+    x = L.ReLU()(x)
+    x = L.Conv2D(6, 3, padding="same", use_bias=False, name="c2")(x)
+    x = L.BatchNormalization(name="bn2")(x)
+    x = L.Activation("relu")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, L.Dense(4)(x))
+    _randomise_batchnorm(model)
+    pruned, small, k = _shrink(model, _images(8, 8, 3))
+    assert set(k) == {"bn1", "bn2"}
+    b1, b2 = k["bn1"], k["bn2"]
+    params = 27 * b1 + 4 * b1 + 9 * b1 * b2 + 4 * b2 + 4 * b2 + 4
+    macs = 27 * b1 * 64 + 9 * b1 * b2 * 64 + 4 * b2
+    assert _counts(small) == (params, macs)
+
+
+def _randomise_batchnorm(model):
+    rng = np.random.RandomState(2)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([rng.normal(size=gamma.shape), rng.normal(size=beta.shape),
+                               rng.normal(size=mean.shape), rng.uniform(0.5, 2, var.shape)])
+
+
+@pytest.mark.parametrize("flatten_format", ["channels_last", "channels_first"])
+def test_flatten_channels_last(flatten_format):
+    _check_flatten("channels_last", flatten_format, _images(6, 6, 2), jit=False)
+
+
+@pytest.mark.parametrize("flatten_format", ["channels_last", "channels_first"])
+def test_flatten_channels_first(flatten_format):
+    _check_flatten("channels_first", flatten_format, _images(2, 6, 6), jit=True)
+
+
+def _check_flatten(data_format, flatten_format, images, jit):
+    inputs = keras.Input(images.shape[1:])
+    x = L.Conv2D(5, 3, activation="relu", data_format=data_format, name="conv")(inputs)
+    x = L.Flatten(data_format=flatten_format, name="flatten")(x)
+    x = L.Dense(7, activation="relu", name="fc1")(x)
+    model = keras.Model(inputs, L.Dense(3)(x))
+    pruned = rbp.prune(model, dataset_size=100, flatten_features=True)
+    masks = _freeze_random(pruned)
+    small = rbp.shrink(pruned)
+    assert_same_outputs(pruned, small, images, jit)
+    # Position p of the Flatten output holds channel `channel[p]` of the 4x4
+    # conv output; Flatten(channels_first) moves axis 1 last before flattening.
+    positions = np.arange(80)
+    channel = {
+        ("channels_last", "channels_last"): positions % 5,
+        ("channels_last", "channels_first"): positions // 4 % 5,
+        ("channels_first", "channels_last"): positions // 16,
+        ("channels_first", "channels_first"): positions % 5,
+    }[data_format, flatten_format]
+    positions = int((masks["conv"][channel] & masks["flatten_rbp_noise"]).sum())
+    fc1 = int(masks["fc1"].sum())
+    assert rbp.kept_channels(pruned)["flatten_rbp_noise"].size == positions
+    params, macs = _counts(small)
+    assert macs == 18 * masks["conv"].sum() * 16 + positions * fc1 + fc1 * 3
+    assert small.get_layer("fc1").kernel.shape == (positions, fc1)
+
+
+def _residual(projection):
+    inputs = keras.Input((6, 6, 4))
+    x = L.Conv2D(8, 1, name="stem")(inputs)
+    x = L.BatchNormalization(name="stem_bn")(x)
+    x = L.ReLU()(x)
+    y = L.Conv2D(8, 3, padding="same", activation="relu", name="branch_a")(x)
+    y = L.Conv2D(8, 3, padding="same", name="branch_b")(y)
+    y = L.BatchNormalization(name="branch_bn")(y)
+    shortcut = x
+    if projection:
+        shortcut = L.Conv2D(8, 1, name="proj")(x)
+        shortcut = L.BatchNormalization(name="proj_bn")(shortcut)
+    x = L.ReLU()(L.Add()([shortcut, y]))
+    x = L.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, L.Dense(3)(x))
+    _randomise_batchnorm(model)
+    return model
+
+
+def test_residual_projection():
+    pruned = rbp.prune(_residual(True), dataset_size=100)
+    masks = _freeze_random(pruned)
+    small = rbp.shrink(pruned)
+    assert_same_outputs(pruned, small, _images(6, 6, 4))
+    merged = int((masks["proj_bn"] | masks["branch_bn"]).sum())
+    stem, a = int(masks["stem_bn"].sum()), int(masks["branch_a"].sum())
+    assert small.get_layer("branch_b").filters == merged
+    assert small.get_layer("proj").kernel.shape[-2:] == (stem, merged)
+    macs = 36 * (4 * stem + stem * merged + 9 * stem * a + 9 * a * merged) + merged * 3
+    assert _counts(small)[1] == macs
+
+
+def test_residual_identity():
+    pruned = rbp.prune(_residual(False), dataset_size=100)
+    masks = _freeze_random(pruned)
+    small = rbp.shrink(pruned)
+    assert_same_outputs(pruned, small, _images(6, 6, 4))
+    merged = int((masks["stem_bn"] | masks["branch_bn"]).sum())
+    a = int(masks["branch_a"].sum())
+    assert small.get_layer("stem").filters == merged
+    macs = 36 * (4 * merged + 9 * merged * a + 9 * a * merged) + merged * 3
+    assert _counts(small)[1] == macs
+
+
+def test_concat():
+    inputs = keras.Input((5, 5, 3))
+    a = L.Conv2D(4, 1, activation="relu", name="a")(inputs)
+    b = L.Conv2D(5, 1, activation="relu", name="b")(inputs)
+    x = L.Concatenate()([a, b])
+    x = L.Conv2D(6, 1, activation="relu", name="c")(x)
+    x = L.GlobalMaxPooling2D()(x)
+    model = keras.Model(inputs, L.Dense(2)(x))
+    _, small, k = _shrink(model, _images(5, 5, 3))
+    assert small.get_layer("c").kernel.shape[-2:] == (k["a"] + k["b"], k["c"])
+    macs = 25 * (3 * k["a"] + 3 * k["b"] + (k["a"] + k["b"]) * k["c"]) + 2 * k["c"]
+    assert _counts(small)[1] == macs
+
+
+def test_depthwise():
+    inputs = keras.Input((6, 6, 3))
+    x = L.Conv2D(6, 1, activation="relu", name="expand")(inputs)
+    x = L.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw")(x)
+    x = L.BatchNormalization(name="dw_bn")(x)
+    x = L.ReLU(6.0)(x)
+    x = L.Conv2D(5, 1, name="project")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, L.Dense(2)(x))
+    _randomise_batchnorm(model)
+    pruned = rbp.prune(model, dataset_size=100)
+    masks = _freeze_random(pruned)
+    small = rbp.shrink(pruned)
+    assert_same_outputs(pruned, small, _images(6, 6, 3))
+    # Input channel c of the depthwise conv feeds its outputs 2c and 2c+1:
+    # it goes only where the BatchNormalization removed both.
+    channels = int(masks["dw_bn"].reshape(6, 2).any(1).sum())
+    project = int(masks["project"].sum())
+    assert small.get_layer("expand").filters == channels
+    macs = 36 * (3 * channels + 9 * channels * 2 + 2 * channels * project) + 2 * project
+    assert _counts(small)[1] == macs
+
+
+def test_separable():
+    inputs = keras.Input((6, 6, 3))
+    x = L.Conv2D(6, 1, activation="relu", name="conv")(inputs)
+    x = L.SeparableConv2D(5, 3, depth_multiplier=2, activation="relu", name="sep")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, L.Dense(2)(x))
+    _, small, k = _shrink(model, _images(6, 6, 3))
+    c, s = k["conv"], k["sep"]
+    params = 3 * c + c + 9 * c * 2 + 2 * c * s + s + 2 * s + 2
+    macs = 36 * 3 * c + 16 * (9 * c * 2 + 2 * c * s) + 2 * s
+    assert _counts(small) == (params, macs)
+
+
+def test_global_pooling():
+    inputs = keras.Input((4, 4, 2))
+    x = L.Conv2D(6, 3, padding="same", activation="relu", name="conv")(inputs)
+    x = L.MaxPooling2D()(x)
+    x = L.GlobalAveragePooling2D(keepdims=True)(x)
+    x = L.Flatten()(x)
+    x = L.Dense(5, activation="relu", name="fc")(x)
+    model = keras.Model(inputs, L.Dense(3)(x))
+    _, small, k = _shrink(model, _images(4, 4, 2))
+    assert _counts(small)[1] == 16 * 18 * k["conv"] + k["conv"] * k["fc"] + 3 * k["fc"]
+
+
+def test_nested():
+    inner_in = keras.Input((6, 6, 5))
+    y = L.Conv2D(6, 3, activation="relu", name="inner1")(inner_in)
+    y = L.Conv2D(4, 3, activation="relu", name="inner2")(y)
+    inner = keras.Model(inner_in, y, name="block")
+    inputs = keras.Input((6, 6, 3))
+    x = L.Conv2D(5, 1, activation="relu", name="outer")(inputs)
+    x = L.GlobalAveragePooling2D()(inner(x))
+    model = keras.Model(inputs, L.Dense(2)(x))
+    _, small, k = _shrink(model, _images(6, 6, 3))
+    block = small.get_layer("block")
+    assert block.input.shape[-1] == k["outer"]
+    macs = 36 * 3 * k["outer"] + 16 * 9 * k["outer"] * k["inner1"] + 4 * 9 * k["inner1"] * k["inner2"]
+    assert _counts(small)[1] == macs + 2 * k["inner2"]
+
+
+def test_multi_output():
+    a, b = keras.Input((6,), name="a"), keras.Input((4,), name="b")
+    x = L.Add()([L.Dense(8, name="da")(a), L.Dense(8, name="db")(b)])
+    x = L.Dense(5, activation="relu", name="shared")(L.ReLU()(x))
+    model = keras.Model([a, b], [L.Dense(3, name="out1")(x), L.Dense(2, name="out2")(x)])
+    inputs = [_images(6), _images(4)]
+    _, small, k = _shrink(model, inputs)
+    merged = small.get_layer("da").units
+    assert merged == small.get_layer("db").units
+    assert _counts(small)[1] == 10 * merged + merged * k["shared"] + 5 * k["shared"]
+
+
+def test_input_features_select_or_drop():
+    model = lenet_300_100(input_shape=(784,))
+    pruned = rbp.prune(model, dataset_size=100, input_features=True)
+    masks = _freeze_random(pruned)
+    images = _images(784)
+    small = rbp.shrink(pruned)
+    assert_same_outputs(pruned, small, images)
+    assert small.input.shape[-1] == 784
+    kept = rbp.kept_channels(pruned)["image_rbp_noise"]
+    np.testing.assert_array_equal(kept, np.flatnonzero(masks["image_rbp_noise"]))
+    narrow = rbp.shrink(pruned, keep_input_shape=False)
+    assert narrow.input.shape[-1] == kept.size
+    np.testing.assert_allclose(narrow(images[:, kept]), small(images), rtol=1e-5, atol=1e-5)
+    expected = f"{kept.size}-{masks['fc1'].sum()}-{masks['fc2'].sum()}"
+    assert rbp.report(model, small).architecture_after == expected
+    assert rbp.report(model, narrow).architecture_after == expected
+
+
+def test_off_and_active_groups():
+    model = lenet5_caffe()
+    pruned = rbp.prune(model, dataset_size=100)
+    groups = rbp.pruning_groups(pruned)
+    groups["conv2"].mode = "active"
+    rbp.freeze(pruned, {"fc1": np.arange(500) % 2 == 0})
+    with pytest.warns(UserWarning, match="'conv2' is active"):
+        small = rbp.shrink(pruned)
+    assert_same_outputs(pruned, small, _images(28, 28, 1))
+    assert [small.get_layer(n).kernel.shape[-1] for n in ("conv1", "conv2", "fc1")] == [20, 50, 250]
+
+
+def _boundary_model():
+    inputs = keras.Input((4, 4, 2))
+    x = L.Conv2D(6, 1, activation="relu", name="conv")(inputs)
+    x = L.Reshape((16, 6), name="reshape")(x)  # channels stay last: sliced
+    x = L.LayerNormalization(name="norm")(x)
+    x = L.Flatten()(x)
+    return keras.Model(inputs, L.Dense(2)(x))
+
+
+def test_boundary_keeps_channels_with_warning():
+    pruned = rbp.prune(_boundary_model(), dataset_size=100)
+    _freeze_random(pruned)
+    with pytest.warns(UserWarning, match="LayerNormalization layer 'norm'"):
+        small = rbp.shrink(pruned)
+    assert small.get_layer("conv").filters == 6
+    assert_same_outputs(pruned, small, _images(4, 4, 2))
+
+
+def test_boundary_raises_for_strict_group():
+    pruned = rbp.prune(_boundary_model(), dataset_size=100)
+    _freeze_random(pruned)
+    with pytest.raises(rbp.ShrinkError, match="group 'conv'.*'norm'"):
+        rbp.shrink(pruned, strict=["conv"])
+    with pytest.raises(rbp.ShrinkError, match="strict names \\['nope'\\]"):
+        rbp.shrink(pruned, strict=["nope"])
+
+
+def test_user_model_is_left_untouched():
+    pruned = rbp.prune(lenet5_caffe(), dataset_size=100, flatten_features=True)
+    _freeze_random(pruned)
+    before = [w.copy() for w in pruned.get_weights()]
+    config = json.dumps(pruned.get_config(), default=str)
+    rbp.shrink(pruned)
+    assert json.dumps(pruned.get_config(), default=str) == config
+    for a, b in zip(before, pruned.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_shared_layer_raises():
+    inputs = keras.Input((4,))
+    dense = L.Dense(4, name="shared")
+    model = keras.Model(inputs, L.Dense(2)(dense(dense(inputs))))
+    pruned = rbp.prune(model, dataset_size=100)
+    with pytest.raises(rbp.ShrinkError, match="'shared'.*called 2 times"):
+        rbp.shrink(pruned)
