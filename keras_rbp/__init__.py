@@ -7,9 +7,7 @@ pruned channels with `shrink`, and write mobile files with `export`.
 from keras_rbp import datasets, models
 from keras_rbp.layers import RBPNoise
 from keras_rbp.metrics import Report, report
-from keras_rbp.metrics import Report, report
 from keras_rbp.schedule import PruningSummaries, RecursivePruning
-from keras_rbp.surgery import ShrinkError, kept_channels, shrink
 from keras_rbp.surgery import ShrinkError, kept_channels, shrink
 from keras_rbp.wrapper import RBPWrapper, freeze, prune, pruning_groups
 
