@@ -217,3 +217,42 @@ def _macs(layer, input_shape, output_shape):
     positions = _spatial(output_shape, layer)
     kernels = [w.shape for w in layer.weights[:2 if isinstance(layer, L.SeparableConv2D) else 1]]
     return int(positions * sum(np.prod(shape) for shape in kernels))
+
+
+def channel_costs(model):
+    """MACs carried by one channel of each group of a pruned model: the MACs
+    of the layer that makes the group's channels and of the layers that
+    read them, over the number of channels. A dict from group name (see
+    `pruning_groups`) to MACs per channel; the cost-aware prior of `prune`
+    weighs each group's KL by it. Channels that reach a nested model's
+    boundary count only the MACs inside that model."""
+    costs = {}
+    for sub_model in [model] + [layer for layer in _layers(model) if isinstance(layer, keras.Model)]:
+        macs = {stats.name: stats.macs for stats in layer_stats(sub_model)}
+        layers = {layer.name: layer for layer in sub_model.layers}
+        class_name = graph_lib.SEQUENTIAL if isinstance(sub_model, keras.Sequential) else "Functional"
+        graph = graph_lib.Graph.from_config(class_name, sub_model.get_config())
+        for name, layer in layers.items():
+            noise = layer.noise if isinstance(layer, RBPWrapper) else layer
+            if not isinstance(noise, RBPNoise):
+                continue
+            producer = macs.get(name, 0)
+            if isinstance(layer, RBPWrapper) and isinstance(layer.layer, L.BatchNormalization):
+                producer = sum(macs.get(ref.layer, 0) for ref in graph.layers[name].inputs)
+            costs[name] = (producer + _reader_macs(graph, macs, name)) / noise.channels
+    return costs
+
+
+def _reader_macs(graph, macs, name):
+    """MACs of the first layers with MACs downstream of layer `name`."""
+    total, pending, seen = 0, graph.consumers(name), set()
+    while pending:
+        consumer = pending.pop()
+        if consumer in seen:
+            continue
+        seen.add(consumer)
+        if macs.get(consumer):
+            total += macs[consumer]
+        else:
+            pending.extend(graph.consumers(consumer))
+    return total

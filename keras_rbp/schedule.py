@@ -216,7 +216,7 @@ class RecursivePruning(keras.callbacks.Callback):
             self.model.stop_training = True
         if logs is not None:
             for name, noise in groups.items():
-                logs[f"rbp_kept/{name}"] = kept_channels(noise, self.threshold)
+                logs[f"rbp_kept/{name}"] = _kept_channels(noise, self.threshold)
 
     def _collapsed(self, noise):
         pi = noise.keep_probability()
@@ -257,7 +257,7 @@ def keep_mask(pi, threshold, min_channels):
     return mask
 
 
-def kept_channels(noise, threshold=0.5):
+def _kept_channels(noise, threshold):
     """Channels a group keeps now: its mask when frozen, pi >= threshold when
     active, all of them when off."""
     if noise.mode == "frozen":
@@ -314,7 +314,7 @@ class PruningSummaries(keras.callbacks.Callback):
         with self._writer.as_default(step=epoch):
             for name, noise in _groups(self.model).items():
                 pi = noise.keep_probability()
-                tf.summary.scalar(f"rbp/kept_channels/{name}", kept_channels(noise, self.threshold))
+                tf.summary.scalar(f"rbp/kept_channels/{name}", _kept_channels(noise, self.threshold))
                 tf.summary.scalar(f"rbp/mean_pi/{name}", float(pi.mean()))
                 tf.summary.scalar(f"rbp/kl/{name}", noise.kl_loss())
                 tf.summary.histogram(f"rbp/pi/{name}", pi)

@@ -168,6 +168,7 @@ def prune(
     noise_after_batchnorm=True,
     input_features=False,
     flatten_features=False,
+    cost_aware=False,
     seed=0,
 ):
     """Returns a copy of `model` with an RBP noise on every prunable layer.
@@ -193,6 +194,10 @@ def prune(
             (the input pixels of LeNet-300-100).
         flatten_features: also put a noise after each Flatten layer (the
             inputs of a LeNet-5's first dense layer).
+        cost_aware: weigh each group's KL by the MACs one of its channels
+            carries (see `metrics.channel_costs`), over the mean of the groups,
+            so that expensive channels are removed first. Conv nets need it:
+            with equal prices the cheap dense neurons go first.
         seed: seeds every noise of the copy.
 
     Returns:
@@ -221,7 +226,20 @@ def prune(
     model_class = keras.Sequential if class_name == graph_lib.SEQUENTIAL else keras.Model
     pruned = model_class.from_config(config, custom_objects=custom_objects)
     _copy_weights(model, pruned)
+    if cost_aware:
+        _set_costs(pruned)
     return pruned
+
+
+def _set_costs(pruned):
+    """Sets each noise's cost to its MACs per channel over the groups' mean.
+    Done before the model is first trained, when the KL term is traced."""
+    from keras_rbp import metrics  # metrics reads the wrapper's layers
+
+    costs = metrics.channel_costs(pruned)
+    mean = sum(costs.values()) / len(costs)
+    for name, noise in pruning_groups(pruned).items():
+        noise.cost = costs[name] / mean
 
 
 def _check_model(model):

@@ -209,3 +209,21 @@ def test_freeze_sets_masks_and_values():
     np.testing.assert_allclose(groups["hidden2"].theta().numpy(), groups["hidden2"].keep_probability())
     with pytest.raises(ValueError, match="no pruning group 'classifier'; its groups are"):
         rbp.freeze(pruned, {"classifier": np.ones(3, bool)})
+
+
+def test_cost_aware_prior_weighs_groups_by_macs_per_channel():
+    pruned = rbp.prune(lenet5_caffe(), dataset_size=100, flatten_features=True, cost_aware=True)
+    # MACs per channel, counted by hand: own MACs plus those of the readers.
+    per_channel = {
+        "conv1": (24 * 24 * 25 * 1 * 20 + 8 * 8 * 25 * 20 * 50) / 20,
+        "conv2": (8 * 8 * 25 * 20 * 50 + 800 * 500) / 50,
+        "flatten_rbp_noise": 800 * 500 / 800,
+        "fc1": (800 * 500 + 500 * 10) / 500,
+    }
+    mean = sum(per_channel.values()) / 4
+    costs = {name: noise.cost for name, noise in rbp.pruning_groups(pruned).items()}
+    assert costs == pytest.approx({name: value / mean for name, value in per_channel.items()})
+    noise = rbp.pruning_groups(pruned)["conv1"]
+    noise.mode = "active"
+    assert noise.kl_loss() == pytest.approx(costs["conv1"] * noise.kl_weight * float(
+        np.sum(rbp.noise.kl_divergence(noise.logits, noise.prior_keep_prob))) / 100, rel=1e-5)
