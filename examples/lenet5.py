@@ -1,0 +1,21 @@
+"""LeNet-5-Caffe on MNIST: train, prune conv filters, fc1 inputs and fc1
+neurons recursively with the cost-aware prior, shrink, export.
+
+    python examples/lenet5.py --data_dir ../shared/data --output_dir out/lenet5
+"""
+
+import common
+
+common.define_flags(
+    pretrain_epochs=8,
+    kl_weight=60.0,
+    flatten_features=True,
+    cost_aware=True,
+    epochs_per_stage=3,
+    finetune_epochs=3,
+    output_dir="out/lenet5",
+    quantize=["int8"],
+)
+
+if __name__ == "__main__":
+    common.main("lenet5_caffe", "mnist")

@@ -1,0 +1,19 @@
+"""LeNet-300-100 on MNIST: train, prune input pixels and both hidden layers
+recursively, shrink, export.
+
+    python examples/lenet_300_100.py --data_dir ../shared/data --output_dir out/lenet_300_100
+"""
+
+import common
+
+common.define_flags(
+    pretrain_epochs=10,
+    kl_weight=10.0,
+    flatten_features=True,
+    epochs_per_stage=3,
+    finetune_epochs=4,
+    output_dir="out/lenet_300_100",
+)
+
+if __name__ == "__main__":
+    common.main("lenet_300_100", "mnist")

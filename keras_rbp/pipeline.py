@@ -1,0 +1,159 @@
+"""The whole keras_rbp path as one recipe: train a baseline, prune it with
+`RecursivePruning`, `shrink` it, `export` it, and report what changed.
+
+The examples and the paper benchmark run it with their own budgets.
+"""
+
+import dataclasses
+import time
+
+import numpy as np
+
+from keras_rbp import datasets, models
+from keras_rbp._keras import keras
+from keras_rbp.export import export
+from keras_rbp.metrics import report
+from keras_rbp.schedule import RecursivePruning
+from keras_rbp.surgery import shrink
+from keras_rbp.wrapper import prune, pruning_groups
+
+LOADERS = {"mnist": datasets.load_mnist, "cifar10": datasets.load_cifar10}
+
+
+@dataclasses.dataclass
+class Recipe:
+    """Every setting of one run. Epochs and example counts are the budget."""
+
+    model: str  # a builder of keras_rbp.models, e.g. "lenet5_caffe"
+    dataset: str  # "mnist" or "cifar10"
+    data_dir: str = None
+    output_dir: str = None  # where export() writes; None skips the export
+    seed: int = 0
+    train_examples: int = None  # a subset of the training set, for small budgets
+    test_examples: int = None
+    validation_split: float = 0.1
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    pretrain_epochs: int = 10
+    # prune()
+    kl_weight: float = 10.0
+    prior_keep_prob: float = 0.01
+    initial_keep_prob: float = 0.9
+    input_features: bool = False
+    flatten_features: bool = False
+    cost_aware: bool = False
+    # RecursivePruning
+    epochs_per_stage: int = 3
+    finetune_epochs: int = 2
+    groups_per_stage: int = 1  # 0: every group in one stage (all-at-once)
+    max_noise_scale: float = 3.0
+    finetune_learning_rate: float = 1e-4
+    quantize: tuple = ()
+
+
+def load_data(recipe):
+    """(x_train, y_train), (x_test, y_test), cut to the recipe's budget."""
+    (x_train, y_train), (x_test, y_test) = LOADERS[recipe.dataset](recipe.data_dir)
+    return (
+        (x_train[: recipe.train_examples], y_train[: recipe.train_examples]),
+        (x_test[: recipe.test_examples], y_test[: recipe.test_examples]),
+    )
+
+
+def run(recipe, verbose=1):
+    """Runs the recipe; returns its figures as a dict (see the README)."""
+    keras.utils.set_random_seed(recipe.seed)
+    (x_train, y_train), (x_test, y_test) = load_data(recipe)
+    fit_size = int(round(len(x_train) * (1.0 - recipe.validation_split)))
+    clock = _Clock()
+
+    baseline = getattr(models, recipe.model)(x_train.shape[1:], int(y_train.max()) + 1)
+    _compile(baseline, _decaying(recipe, fit_size))
+    baseline.fit(x_train, y_train, batch_size=recipe.batch_size, epochs=recipe.pretrain_epochs,
+                 validation_split=recipe.validation_split, verbose=2 if verbose else 0)
+    clock.lap("pretrain")
+
+    pruned = prune(
+        baseline,
+        dataset_size=fit_size,
+        kl_weight=recipe.kl_weight,
+        prior_keep_prob=recipe.prior_keep_prob,
+        initial_keep_prob=recipe.initial_keep_prob,
+        input_features=recipe.input_features,
+        flatten_features=recipe.flatten_features,
+        cost_aware=recipe.cost_aware,
+        seed=recipe.seed,
+    )
+    _compile(pruned, recipe.learning_rate)
+    schedule = RecursivePruning(
+        epochs_per_stage=recipe.epochs_per_stage,
+        finetune_epochs=recipe.finetune_epochs,
+        groups_per_stage=recipe.groups_per_stage or None,
+        max_noise_scale=recipe.max_noise_scale,
+        finetune_learning_rate=recipe.finetune_learning_rate,
+        verbose=verbose,
+    )
+    history = pruned.fit(x_train, y_train, batch_size=recipe.batch_size,
+                         epochs=schedule.total_epochs(pruned), callbacks=[schedule],
+                         validation_split=recipe.validation_split, verbose=2 if verbose else 0)
+    clock.lap("prune")
+
+    small = shrink(pruned)
+    _compile(small, recipe.learning_rate)
+    clock.lap("shrink")
+    summary = report(baseline, small)
+    results = {
+        "recipe": dataclasses.asdict(recipe),
+        "baseline_error": _error(baseline, x_test, y_test),
+        "pruned_error": _error(pruned, x_test, y_test),
+        "final_error": _error(small, x_test, y_test),
+        "epochs": {"pretrain": recipe.pretrain_epochs, "pruning": len(history.epoch)},
+        "kept": {name: int(noise.mask.numpy().sum()) for name, noise in pruning_groups(pruned).items()},
+        "report": summary.to_dict(),
+    }
+    if recipe.output_dir:
+        results["export"] = export(
+            small,
+            recipe.output_dir,
+            representative_data=x_train[:256],
+            check_data=x_test[:512],
+            original=baseline,
+            quantize=recipe.quantize,
+            overwrite=True,
+        )
+        clock.lap("export")
+    results["seconds"] = clock.laps
+    if verbose:
+        print(summary)
+    return results
+
+
+def _compile(model, learning_rate):
+    model.compile(
+        keras.optimizers.Adam(learning_rate),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+def _decaying(recipe, fit_size):
+    """The baseline's learning rate: cosine decay to a tenth over its epochs."""
+    steps = max(1, recipe.pretrain_epochs * -(-fit_size // recipe.batch_size))
+    return keras.optimizers.schedules.CosineDecay(recipe.learning_rate, steps, alpha=0.1)
+
+
+def _error(model, x, y):
+    logits = model.predict(x, batch_size=512, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=-1) != y))
+
+
+class _Clock:
+    def __init__(self):
+        self.laps = {}
+        self._start = time.perf_counter()
+
+    def lap(self, name):
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._start, 2)
+        self._start = now
+
