@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 
 from keras_rbp import graph as graph_lib
-from keras_rbp._keras import IS_KERAS_3, keras, serialize
+from keras_rbp._keras import keras, serialize
 from keras_rbp.layers import RBPNoise
 from keras_rbp.wrapper import RBPWrapper
 
