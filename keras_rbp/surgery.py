@@ -76,9 +76,12 @@ def shrink(model, keep_input_shape=True, strict=False):
 
     A channel is removed only where every layer sharing its index (through
     Add, BatchNormalization, activations, pooling, ...) removed it or leaves
-    it unread. Input-feature and Flatten-feature groups become a
-    non-trainable, bias-free Dense named ``<layer>_select`` that picks (and
-    scales) the kept features.
+    it unread. Input-feature and Flatten-feature groups read by Dense layers
+    fold their theta into those layers' kernel rows (zero rows for removed
+    features: a Keras model has no cheaper gather); read by other layers,
+    they become a non-trainable, bias-free Dense named ``<layer>_select``
+    that picks and scales the kept features. With ``keep_input_shape=False``
+    removed input features are physically gone.
 
     Args:
         model: a model returned by `prune`, its groups frozen with `freeze`
@@ -520,6 +523,7 @@ class _Rebuilder:
         self.entries = {}  # (path, name) -> new config entry, or None to drop it
         self.renames = {}  # (path, name) -> new name
         self.weights = {}  # (path, name) -> weights of the new layer
+        self.row_scales = {}  # tensor key -> theta of each physical feature, for its Dense readers
 
     def build(self):
         plan = self.plan
@@ -610,6 +614,8 @@ class _Rebuilder:
         else:
             out_index = self.plan.kept(op.outputs[0])
         weights, config_changes = _sliced_weights(inner, in_index, out_index, theta[out_index])
+        if op.inputs[0] in self.row_scales:
+            weights[0] = weights[0] * self.row_scales[op.inputs[0]][:, None]
         key = (op.path, op.name)
         self.weights[key] = weights
         if isinstance(inner, FULL_MIX):
@@ -623,12 +629,36 @@ class _Rebuilder:
         self.entries[key] = (entry, config_changes)
         return out_index
 
+    def _dense_inputs(self, key):
+        """The tensors, `key` or a rank-2 Flatten of it, through which only
+        Dense layers read `key`; empty if anything else reads it."""
+        found = []
+        for reader in [op for op in self.plan.ops if key in op.inputs]:
+            if _is_dense_reader(reader):
+                found.append(key)
+            elif reader.kind == "flatten" and len(self.plan.tensors[key].shape) == 2:
+                through = self._dense_inputs(reader.outputs[0])
+                if not through:
+                    return []
+                found.extend(through)
+            else:
+                return []
+        return sorted(set(found))
+
     def _plan_selection(self, op, in_index):
-        """Turns a standalone RBPNoise into a Dense that selects and scales
-        the kept features, or drops it where it would do nothing."""
+        """Drops a standalone RBPNoise. Where only Dense layers read it, its
+        theta (0 for removed features) scales their kernel rows; elsewhere
+        it becomes a Dense that selects and scales the kept features."""
         tensor = self.plan.tensors[op.outputs[0]]
         kept = self.plan.kept(op.outputs[0])
         key = (op.path, op.name)
+        dense_inputs = self._dense_inputs(op.outputs[0])
+        if dense_inputs:
+            for dense_input in dense_inputs:
+                self.row_scales[dense_input] = op.theta[in_index]
+            self.entries[key] = None
+            del self.weights[key]
+            return in_index
         same_model_input = op.inputs[0][0] == op.path
         if same_model_input and np.array_equal(in_index, kept) and np.all(op.theta[kept] == 1):
             self.entries[key] = None
@@ -730,6 +760,12 @@ def _sliced_weights(layer, in_index, out_index, theta):
         return [depthwise, pointwise] + bias, changes
     kernel = weights[0][..., in_index, :][..., out_index] * theta
     return [kernel] + bias, changes
+
+
+def _is_dense_reader(op):
+    """Whether `op` is a Dense layer, wrapped or not, reading one tensor."""
+    inner = op.layer.layer if op.kind == "wrapper" else op.layer
+    return op.kind in ("wrapper", "prunable") and type(inner) is L.Dense and len(op.inputs) == 1
 
 
 def _all_layers(model):

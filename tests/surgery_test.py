@@ -149,12 +149,17 @@ def _check_flatten(data_format, flatten_format, images, jit):
         ("channels_first", "channels_last"): positions // 16,
         ("channels_first", "channels_first"): positions % 5,
     }[data_format, flatten_format]
-    positions = int((masks["conv"][channel] & masks["flatten_rbp_noise"]).sum())
+    kept = masks["conv"][channel] & masks["flatten_rbp_noise"]
+    assert rbp.kept_channels(pruned)["flatten_rbp_noise"].size == kept.sum()
+    # The Flatten output keeps every position of a kept conv channel; the
+    # removed features are zero rows of fc1's kernel.
+    physical = masks["conv"][channel]
     fc1 = int(masks["fc1"].sum())
-    assert rbp.kept_channels(pruned)["flatten_rbp_noise"].size == positions
     params, macs = _counts(small)
-    assert macs == 18 * masks["conv"].sum() * 16 + positions * fc1 + fc1 * 3
-    assert small.get_layer("fc1").kernel.shape == (positions, fc1)
+    assert macs == 18 * masks["conv"].sum() * 16 + physical.sum() * fc1 + fc1 * 3
+    kernel = small.get_layer("fc1").get_weights()[0]
+    assert kernel.shape == (physical.sum(), fc1)
+    np.testing.assert_array_equal(np.any(kernel, axis=1), kept[physical])
 
 
 def _residual(projection):
@@ -291,7 +296,7 @@ def test_multi_output():
     assert _counts(small)[1] == 10 * merged + merged * k["shared"] + 5 * k["shared"]
 
 
-def test_input_features_select_or_drop():
+def test_input_features_fold_into_dense_rows():
     model = lenet_300_100(input_shape=(784,))
     pruned = rbp.prune(model, dataset_size=100, input_features=True)
     masks = _freeze_random(pruned)
@@ -299,13 +304,16 @@ def test_input_features_select_or_drop():
     small = rbp.shrink(pruned)
     assert_same_outputs(pruned, small, images)
     assert small.input.shape[-1] == 784
+    assert not any(layer.name.endswith("_select") for layer in small.layers)
+    zero_rows = ~np.any(small.get_layer("fc1").get_weights()[0], axis=1)
+    np.testing.assert_array_equal(zero_rows, ~masks["image_rbp_noise"])
     kept = rbp.kept_channels(pruned)["image_rbp_noise"]
     np.testing.assert_array_equal(kept, np.flatnonzero(masks["image_rbp_noise"]))
     narrow = rbp.shrink(pruned, keep_input_shape=False)
     assert narrow.input.shape[-1] == kept.size
     np.testing.assert_allclose(narrow(images[:, kept]), small(images), rtol=1e-5, atol=1e-5)
+    assert rbp.report(model, small).architecture_after == f"784-{masks['fc1'].sum()}-{masks['fc2'].sum()}"
     expected = f"{kept.size}-{masks['fc1'].sum()}-{masks['fc2'].sum()}"
-    assert rbp.report(model, small).architecture_after == expected
     assert rbp.report(model, narrow).architecture_after == expected
 
 
