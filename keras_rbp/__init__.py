@@ -5,8 +5,10 @@ pruned channels with `shrink`, and write mobile files with `export`.
 """
 
 from keras_rbp import datasets, models
+from keras_rbp.export import ExportCheckError, benchmark_tflite, export
 from keras_rbp.layers import RBPNoise
 from keras_rbp.metrics import Report, report
+from keras_rbp.quantize import quantize_aware
 from keras_rbp.schedule import PruningSummaries, RecursivePruning
 from keras_rbp.surgery import ShrinkError, kept_channels, shrink
 from keras_rbp.wrapper import RBPWrapper, freeze, prune, pruning_groups
@@ -14,16 +16,20 @@ from keras_rbp.wrapper import RBPWrapper, freeze, prune, pruning_groups
 __version__ = "0.1.0"
 
 __all__ = [
+    "ExportCheckError",
     "PruningSummaries",
     "RBPNoise",
     "RBPWrapper",
     "RecursivePruning",
     "Report",
     "ShrinkError",
+    "benchmark_tflite",
+    "export",
     "freeze",
     "kept_channels",
     "prune",
     "pruning_groups",
+    "quantize_aware",
     "report",
     "shrink",
 ]

@@ -1,0 +1,447 @@
+"""`export`: SavedModel and TFLite files of a Keras model, each checked
+against the model, with sizes and LiteRT latencies in report.json."""
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from keras_rbp._keras import IS_KERAS_3, keras
+from keras_rbp.metrics import report as metrics_report
+
+try:
+    from ai_edge_litert.interpreter import Interpreter
+except ImportError:  # LiteRT missing: TensorFlow's deprecated interpreter.
+    Interpreter = tf.lite.Interpreter
+
+QUANTIZATIONS = ("dynamic_range", "int8")
+SAVED_MODEL = "saved_model"
+FLOAT_TFLITE = "model.tflite"
+TFLITE_FILES = {
+    "float32": FLOAT_TFLITE,
+    "dynamic_range": "model_dynamic_range.tflite",
+    "int8": "model_int8.tflite",
+}
+REPORT = "report.json"
+RANDOM_CHECK_SAMPLES = 32
+BATCH_SIZE = 256
+
+
+class ExportCheckError(RuntimeError):
+    """An exported file does not compute what the Keras model computes."""
+
+
+def export(
+    model,
+    out_dir,
+    representative_data=None,
+    original=None,
+    quantize=None,
+    overwrite=False,
+    check_data=None,
+    float_atol=1e-5,
+    min_agreement=0.98,
+    benchmark=True,
+):
+    """Writes a Keras model as SavedModel and TFLite files a device can run.
+
+    Writes into `out_dir`: ``saved_model/``, ``model.tflite`` (float32),
+    ``model_dynamic_range.tflite`` and ``model_int8.tflite`` on request, and
+    ``report.json``. Every file is run on check inputs and compared with
+    `model`: float files by their largest absolute difference, quantised
+    files by the agreement of their top-1 class (the last axis of each
+    output). Everything is written to a temporary folder beside `out_dir`
+    and moved into place only when every file passed; on any error nothing
+    is left behind.
+
+    Args:
+        model: a plain Keras model, such as the one `keras_rbp.shrink` returns.
+        out_dir: the folder to create.
+        representative_data: inputs of the model (an array, or a list of
+            arrays for several inputs), used to calibrate the int8 file and,
+            unless `check_data` is given, for the checks.
+        original: the unpruned model; when given, report.json holds
+            `keras_rbp.report(original, model)` and, with `benchmark`, the
+            LiteRT speed-up of `model` over `original`.
+        quantize: the quantised files to write, from "dynamic_range" and
+            "int8". None writes the int8 file when `representative_data` is
+            given and none otherwise.
+        overwrite: whether to replace an existing `out_dir`.
+        check_data: the inputs of the checks; by default
+            `representative_data`, else random inputs in [0, 1) (float files
+            only).
+        float_atol: the largest absolute difference allowed for float files,
+            for outputs of magnitude up to 1; it scales with the largest
+            output magnitude above 1, as float32 rounding does.
+        min_agreement: the smallest top-1 agreement allowed for quantised
+            files.
+        benchmark: whether to time every TFLite file with `benchmark_tflite`.
+
+    Returns:
+        The contents of report.json, as a dict.
+
+    Raises:
+        FileExistsError: `out_dir` exists and `overwrite` is False.
+        ExportCheckError: a file failed its check.
+    """
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    quantize = _check_quantize(quantize, representative_data, check_data)
+    if not 0.0 <= min_agreement <= 1.0:
+        raise ValueError(f"export: min_agreement must be in [0, 1], received: {min_agreement!r}")
+    if float_atol < 0:
+        raise ValueError(f"export: float_atol must be >= 0, received: {float_atol!r}")
+    if os.path.lexists(out_dir) and not overwrite:
+        raise FileExistsError(
+            f"export: out_dir {out_dir!r} exists; pass overwrite=True to replace it"
+        )
+    if representative_data is not None:
+        representative_data = _as_inputs(representative_data, model, "representative_data")
+    if check_data is not None:
+        check_data = _as_inputs(check_data, model, "check_data")
+    else:
+        check_data = representative_data if representative_data is not None else _random_inputs(model)
+    expected = _keras_outputs(model, check_data)
+
+    parent = os.path.dirname(out_dir)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", dir=parent)
+    except OSError as error:
+        raise OSError(f"export: cannot write beside out_dir {out_dir!r}: {error}") from error
+    try:
+        files = {}
+        saved_model = os.path.join(tmp_dir, SAVED_MODEL)
+        save_model(model, saved_model)
+        got = _saved_model_outputs(saved_model, model, check_data)
+        files[SAVED_MODEL] = _entry(saved_model, "float32", _check(SAVED_MODEL, expected, got, float_atol, None))
+        for kind in ("float32",) + quantize:
+            path = os.path.join(tmp_dir, TFLITE_FILES[kind])
+            with open(path, "wb") as file:
+                file.write(convert(model, saved_model, kind, representative_data))
+            got = tflite_outputs(path, model, check_data)
+            check = _check(TFLITE_FILES[kind], expected, got, float_atol, None if kind == "float32" else min_agreement)
+            files[TFLITE_FILES[kind]] = _entry(path, kind, check)
+            if benchmark:
+                files[TFLITE_FILES[kind]]["latency_ms"] = benchmark_tflite(path)
+        summary = {"keras": keras.__version__, "files": files}
+        if original is not None:
+            summary.update(_compare_with_original(original, model, files, benchmark))
+        with open(os.path.join(tmp_dir, REPORT), "w", encoding="utf-8") as file:
+            json.dump(summary, file, indent=2)
+        _move_into_place(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return summary
+
+
+def save_model(model, path):
+    """Writes `model` as a SavedModel with a serving_default signature."""
+    if IS_KERAS_3:
+        model.export(path, format="tf_saved_model", verbose=False)
+    else:
+        tf.saved_model.save(model, path)
+
+
+def convert(model, saved_model, kind="float32", representative_data=None):
+    """The TFLite flatbuffer of `model`, as bytes.
+
+    Args:
+        model: the Keras model, which names the inputs.
+        saved_model: the SavedModel folder `save_model` wrote from `model`.
+        kind: "float32", "dynamic_range" or "int8" (int8 weights,
+            activations, inputs and outputs, calibrated on
+            `representative_data`).
+        representative_data: a list of arrays, one per model input.
+    """
+    input_names = _input_names(model)
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+    if kind != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if kind == "int8":
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+
+        def samples():
+            for i in range(len(representative_data[0])):
+                yield {name: x[i : i + 1] for name, x in zip(input_names, representative_data)}
+
+        converter.representative_dataset = samples
+    return converter.convert()
+
+
+def tflite_outputs(path, model, inputs):
+    """Runs a TFLite file of `model` with LiteRT.
+
+    Args:
+        path: a TFLite file written from `model`, by `export` or `convert`.
+        model: the Keras model, which names the file's inputs and outputs.
+        inputs: a list of arrays, one per model input.
+
+    Returns:
+        The outputs as a list of float32 arrays, in the order of the model's
+        outputs; quantised inputs and outputs are converted with the file's
+        scale and zero point.
+    """
+    input_names, output_names = _input_names(model), _output_names(model)
+    runner = Interpreter(model_path=path).get_signature_runner()
+    input_details = runner.get_input_details()
+    output_details = runner.get_output_details()
+    batches = []
+    for start in range(0, len(inputs[0]), BATCH_SIZE):
+        feed = {
+            name: _quantize(x[start : start + BATCH_SIZE], input_details[name])
+            for name, x in zip(input_names, inputs)
+        }
+        result = runner(**feed)
+        batches.append({k: _dequantize(v, output_details[k]) for k, v in result.items()})
+    return _ordered({k: np.concatenate([b[k] for b in batches]) for k in batches[0]}, output_names)
+
+
+def benchmark_tflite(path, num_threads=None, warmup=10, runs=100):
+    """LiteRT latency of a TFLite file on one example, in milliseconds.
+
+    Runs the file on random inputs `warmup` times, then times `runs` calls
+    of `invoke` and takes the median, once with one thread and once with
+    `num_threads`.
+
+    Args:
+        path: the TFLite file.
+        num_threads: the threads of the multi-thread run; by default every
+            CPU of the machine.
+        warmup: the untimed runs before timing.
+        runs: the timed runs.
+
+    Returns:
+        A dict with "single_thread" and "multi_thread" medians, "num_threads"
+        and "runs".
+    """
+    num_threads = num_threads or os.cpu_count()
+    for arg, value, low in (("num_threads", num_threads, 1), ("warmup", warmup, 0), ("runs", runs, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"benchmark_tflite: {arg} must be an integer >= {low}, received: {value!r}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"benchmark_tflite: path {path!r} is not a file")
+    return {
+        "single_thread": _median_latency(path, 1, warmup, runs),
+        "multi_thread": _median_latency(path, num_threads, warmup, runs),
+        "num_threads": num_threads,
+        "runs": runs,
+    }
+
+
+def _median_latency(path, num_threads, warmup, runs):
+    interpreter = Interpreter(model_path=path, num_threads=num_threads)
+    interpreter.allocate_tensors()
+    rng = np.random.default_rng(0)
+    for detail in interpreter.get_input_details():
+        shape = [max(1, int(d)) for d in detail["shape"]]
+        if np.issubdtype(detail["dtype"], np.integer):
+            info = np.iinfo(detail["dtype"])
+            value = rng.integers(info.min, info.max, size=shape, endpoint=True)
+        else:
+            value = rng.random(shape)
+        interpreter.set_tensor(detail["index"], value.astype(detail["dtype"]))
+    for _ in range(warmup):
+        interpreter.invoke()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        interpreter.invoke()
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def _check_quantize(quantize, representative_data, check_data):
+    if quantize is None:
+        return ("int8",) if representative_data is not None else ()
+    quantize = (quantize,) if isinstance(quantize, str) else tuple(quantize)
+    for kind in quantize:
+        if kind not in QUANTIZATIONS:
+            raise ValueError(f"export: quantize holds {kind!r}; choose from {QUANTIZATIONS}")
+    if "int8" in quantize and representative_data is None:
+        raise ValueError(
+            f"export: quantize={quantize!r} asks for an int8 file, which needs "
+            "representative_data to calibrate it; representative_data is None"
+        )
+    if quantize and representative_data is None and check_data is None:
+        raise ValueError(
+            f"export: quantize={quantize!r} asks for quantised files, which are "
+            "checked by top-1 agreement on real inputs; pass check_data or representative_data"
+        )
+    return tuple(k for k in QUANTIZATIONS if k in quantize)
+
+
+def _input_names(model):
+    if IS_KERAS_3:
+        return [x.name for x in model.inputs]
+    return list(model.input_names)
+
+
+def _as_inputs(data, model, arg):
+    """`data` as a list of float32 arrays, one per model input."""
+    arrays = list(data) if isinstance(data, (list, tuple)) else [data]
+    arrays = [np.asarray(x, dtype="float32") for x in arrays]
+    if len(arrays) != len(model.inputs):
+        raise ValueError(
+            f"export: {arg} holds {len(arrays)} arrays; model {model.name!r} has "
+            f"{len(model.inputs)} inputs"
+        )
+    for x, spec in zip(arrays, model.inputs):
+        expected = tuple(spec.shape[1:])
+        if x.ndim != len(expected) + 1 or any(
+            d is not None and d != got for d, got in zip(expected, x.shape[1:])
+        ):
+            raise ValueError(
+                f"export: {arg} has shape {x.shape}; model {model.name!r} expects "
+                f"(batch,) + {expected}"
+            )
+    if len({len(x) for x in arrays}) != 1 or len(arrays[0]) == 0:
+        raise ValueError(
+            f"export: {arg} needs the same, positive number of examples for "
+            f"every input; received {[len(x) for x in arrays]}"
+        )
+    return arrays
+
+
+def _random_inputs(model):
+    rng = np.random.default_rng(0)
+    inputs = []
+    for spec in model.inputs:
+        if any(d is None for d in spec.shape[1:]):
+            raise ValueError(
+                f"export: input {spec.name!r} of model {model.name!r} has shape "
+                f"{tuple(spec.shape)}; pass check_data to check the exported files"
+            )
+        inputs.append(rng.random((RANDOM_CHECK_SAMPLES,) + tuple(spec.shape[1:]), dtype="float32"))
+    return inputs
+
+
+def _keras_outputs(model, inputs):
+    batches = []
+    for start in range(0, len(inputs[0]), BATCH_SIZE):
+        batch = [x[start : start + BATCH_SIZE] for x in inputs]
+        outputs = model(batch if len(batch) > 1 else batch[0], training=False)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        batches.append([np.asarray(y) for y in outputs])
+    return [np.concatenate(ys) for ys in zip(*batches)]
+
+
+def _saved_model_outputs(path, model, inputs):
+    input_names, output_names = _input_names(model), _output_names(model)
+    signature = tf.saved_model.load(path).signatures["serving_default"]
+    batches = []
+    for start in range(0, len(inputs[0]), BATCH_SIZE):
+        feed = {name: tf.constant(x[start : start + BATCH_SIZE]) for name, x in zip(input_names, inputs)}
+        batches.append({k: v.numpy() for k, v in signature(**feed).items()})
+    return _ordered({k: np.concatenate([b[k] for b in batches]) for k in batches[0]}, output_names)
+
+
+def _output_names(model):
+    """The signature names of the model outputs, in the model's order."""
+    if IS_KERAS_3:
+        return [f"output_{i}" for i in range(len(model.outputs))]
+    return list(model.output_names)
+
+
+def _ordered(outputs, output_names):
+    missing = sorted(set(output_names) - set(outputs))
+    if missing:
+        raise ExportCheckError(
+            f"export: the exported signature lacks outputs {missing}; it has {sorted(outputs)}"
+        )
+    return [outputs[name] for name in output_names]
+
+
+def _quantize(x, detail):
+    if not np.issubdtype(detail["dtype"], np.integer):
+        return np.asarray(x, dtype=detail["dtype"])
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(detail["dtype"])
+
+
+def _dequantize(y, detail):
+    if not np.issubdtype(detail["dtype"], np.integer):
+        return y
+    scale, zero_point = detail["quantization"]
+    return (y.astype("float32") - zero_point) * scale
+
+
+def _check(name, expected, got, float_atol, min_agreement):
+    """Compares a file's outputs with the Keras model's; raises
+    `ExportCheckError` when they differ more than allowed."""
+    for e, g in zip(expected, got):
+        if e.shape != g.shape:
+            raise ExportCheckError(f"export: {name} gives an output of shape {g.shape}; the model gives {e.shape}")
+    if min_agreement is None:
+        diff = max(float(np.max(np.abs(e - g))) for e, g in zip(expected, got))
+        scale = max(1.0, max(float(np.max(np.abs(e))) for e in expected))
+        check = {
+            "metric": "max_abs_diff",
+            "value": diff,
+            "limit": float_atol * scale,
+            "output_scale": scale,
+            "samples": len(expected[0]),
+        }
+        passed = diff <= check["limit"]
+    else:
+        agreement = min(
+            float(np.mean(np.argmax(e, axis=-1) == np.argmax(g, axis=-1))) for e, g in zip(expected, got)
+        )
+        check = {"metric": "top1_agreement", "value": agreement, "limit": min_agreement, "samples": len(expected[0])}
+        passed = agreement >= min_agreement
+    if not passed:
+        raise ExportCheckError(
+            f"export: {name} failed its check against the Keras model: "
+            f"{check['metric']} {check['value']:.6g} against a limit of {check['limit']:.6g} "
+            f"on {check['samples']} inputs"
+        )
+    return check
+
+
+def _entry(path, kind, check):
+    return {"kind": kind, "size_bytes": _size(path), "check": check}
+
+
+def _size(path):
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, fs in os.walk(path) for f in fs)
+
+
+def _compare_with_original(original, model, files, benchmark):
+    """The report of `original` against `model` and, with `benchmark`, the
+    float TFLite latency of each and their ratio."""
+    result = {"report": metrics_report(original, model).to_dict()}
+    if benchmark:
+        with tempfile.TemporaryDirectory() as folder:
+            saved_model = os.path.join(folder, SAVED_MODEL)
+            save_model(original, saved_model)
+            path = os.path.join(folder, FLOAT_TFLITE)
+            with open(path, "wb") as file:
+                file.write(convert(original, saved_model))
+            original_latency = benchmark_tflite(path)
+        latency = files[FLOAT_TFLITE]["latency_ms"]
+        result["original_latency_ms"] = original_latency
+        result["speedup"] = {
+            key: original_latency[key] / latency[key] for key in ("single_thread", "multi_thread")
+        }
+    return result
+
+
+def _move_into_place(tmp_dir, out_dir):
+    """Renames `tmp_dir` to `out_dir`, replacing an existing `out_dir`."""
+    if not os.path.lexists(out_dir):
+        os.rename(tmp_dir, out_dir)
+        return
+    trash = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old.", dir=os.path.dirname(out_dir))
+    os.rename(out_dir, os.path.join(trash, "old"))
+    os.rename(tmp_dir, out_dir)
+    shutil.rmtree(trash, ignore_errors=True)

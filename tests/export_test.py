@@ -1,0 +1,222 @@
+"""Tests of export(): every file written, loadable and checked; atomic
+writes; argument errors; benchmark_tflite."""
+
+import functools
+import importlib
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+
+import keras_rbp as rbp
+from keras_rbp._keras import keras
+from keras_rbp.datasets import load_mnist
+from keras_rbp.models import lenet5_caffe
+
+from conftest import mnist_dir
+
+export_lib = importlib.import_module("keras_rbp.export")  # keras_rbp.export is the function
+L = keras.layers
+TRAIN_SAMPLES = 3000
+CHECK_SAMPLES = 1000
+
+
+def small_resnet(input_shape=(28, 28, 1), classes=10, width=8):
+    """A ResNet-style network: a stem, two residual blocks with BN, a dense head."""
+    inputs = keras.Input(input_shape, name="image")
+    x = L.Conv2D(width, 3, padding="same", name="stem")(inputs)
+    x = L.BatchNormalization(momentum=0.9, name="stem_bn")(x)
+    x = L.ReLU(name="stem_relu")(x)
+    for block in (1, 2):
+        y = L.Conv2D(width, 3, padding="same", name=f"block{block}_conv1")(x)
+        y = L.BatchNormalization(momentum=0.9, name=f"block{block}_bn1")(y)
+        y = L.ReLU(name=f"block{block}_relu1")(y)
+        y = L.Conv2D(width, 3, padding="same", name=f"block{block}_conv2")(y)
+        y = L.BatchNormalization(momentum=0.9, name=f"block{block}_bn2")(y)
+        x = L.ReLU(name=f"block{block}_out")(L.Add(name=f"block{block}_add")([x, y]))
+        x = L.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    x = L.Flatten(name="flatten")(x)
+    outputs = L.Dense(classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="small_resnet")
+
+
+@functools.lru_cache(maxsize=None)
+def _mnist():
+    (x_train, y_train), (x_test, _) = load_mnist(mnist_dir())
+    return x_train[:TRAIN_SAMPLES], y_train[:TRAIN_SAMPLES], x_test[:CHECK_SAMPLES]
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_and_shrunk(builder):
+    """(original, small): `builder`'s model, and its shrunk copy trained one
+    epoch without every fourth channel of each pruning group."""
+    x_train, y_train, _ = _mnist()
+    keras.utils.set_random_seed(7)
+    original = builder()
+    pruned = rbp.prune(original, dataset_size=len(x_train))
+    masks = {name: np.arange(noise.channels) % 4 != 0 for name, noise in rbp.pruning_groups(pruned).items()}
+    rbp.freeze(pruned, masks, {name: np.ones(len(mask)) for name, mask in masks.items()})
+    pruned.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(x_train, y_train, epochs=1, batch_size=64, verbose=0)
+    return original, rbp.shrink(pruned)
+
+
+@pytest.fixture
+def mnist():
+    return _mnist()
+
+
+@pytest.fixture(params=[lenet5_caffe, small_resnet], ids=["lenet5", "resnet"])
+def shrunk(request):
+    return _trained_and_shrunk(request.param)
+
+
+@pytest.fixture
+def small_lenet():
+    return _trained_and_shrunk(lenet5_caffe)[1]
+
+
+def test_export_writes_every_file_and_each_passes_its_check(tmp_path, mnist, shrunk):
+    x_train, _, x_test = mnist
+    original, small = shrunk
+    out_dir = tmp_path / "out"
+    report = rbp.export(
+        small,
+        out_dir,
+        representative_data=x_train[:256],
+        check_data=x_test,
+        original=original,
+        quantize=("dynamic_range", "int8"),
+    )
+
+    assert sorted(os.listdir(out_dir)) == sorted(
+        ["saved_model", "model.tflite", "model_dynamic_range.tflite", "model_int8.tflite", "report.json"]
+    )
+    with open(out_dir / "report.json", encoding="utf-8") as file:
+        assert json.load(file) == json.loads(json.dumps(report))
+    files = report["files"]
+    for name in ("saved_model", "model.tflite"):
+        assert files[name]["check"]["metric"] == "max_abs_diff"
+        check = files[name]["check"]
+        # 1e-5 for outputs up to 1, scaled by the largest logit above that.
+        assert check["value"] <= 1e-5 * check["output_scale"]
+    for name in ("model_dynamic_range.tflite", "model_int8.tflite"):
+        assert files[name]["check"]["metric"] == "top1_agreement"
+        assert files[name]["check"]["value"] >= 0.98
+        assert files[name]["check"]["samples"] == CHECK_SAMPLES
+    assert files["model_int8.tflite"]["size_bytes"] < files["model.tflite"]["size_bytes"]
+    for name, entry in files.items():
+        assert entry["size_bytes"] > 0
+        if name.endswith(".tflite"):
+            assert entry["latency_ms"]["single_thread"] > 0
+    assert report["speedup"]["single_thread"] > 0
+    assert report["report"]
+
+    # The files load and compute the model's outputs on their own.
+    expected = small(x_test[:8], training=False).numpy()
+    signature = tf.saved_model.load(str(out_dir / "saved_model")).signatures["serving_default"]
+    (got,) = signature(image=tf.constant(x_test[:8])).values()
+    tolerance = 1e-5 * max(1.0, np.abs(expected).max())
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=tolerance)
+    runner = Interpreter(model_path=str(out_dir / "model.tflite")).get_signature_runner()
+    (got,) = runner(image=x_test[:8]).values()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=tolerance)
+    int8_input = Interpreter(model_path=str(out_dir / "model_int8.tflite")).get_input_details()[0]
+    assert int8_input["dtype"] == np.int8
+
+
+def test_multi_input_multi_output_model(tmp_path):
+    a, b = keras.Input((5,), name="a"), keras.Input((3,), name="b")
+    hidden = L.Concatenate()([L.Dense(4, name="dense_a")(a), b])
+    model = keras.Model([a, b], [L.Dense(2, name="zz")(hidden), L.Dense(3, name="aa")(hidden)])
+    rng = np.random.default_rng(0)
+    data = [rng.random((40, 5)), rng.random((40, 3))]
+    report = rbp.export(model, tmp_path / "out", check_data=data, benchmark=False)
+    outputs = export_lib.tflite_outputs(str(tmp_path / "out" / "model.tflite"), model, data)
+    assert [y.shape for y in outputs] == [(40, 2), (40, 3)]
+    assert report["files"]["model.tflite"]["check"]["value"] <= 1e-5
+
+
+def test_existing_out_dir_is_refused_unless_overwrite(tmp_path, small_lenet):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "old.txt").write_text("old")
+    with pytest.raises(FileExistsError, match="out_dir.*overwrite=True"):
+        rbp.export(small_lenet, out_dir, benchmark=False)
+    assert os.listdir(out_dir) == ["old.txt"]
+    rbp.export(small_lenet, out_dir, overwrite=True, benchmark=False)
+    assert sorted(os.listdir(out_dir)) == ["model.tflite", "report.json", "saved_model"]
+    assert os.listdir(tmp_path) == ["out"]
+
+
+def test_failed_check_leaves_nothing_behind(tmp_path, monkeypatch, small_lenet):
+    real = export_lib.tflite_outputs
+    monkeypatch.setattr(
+        export_lib, "tflite_outputs", lambda *args: [y + 1e-3 for y in real(*args)]
+    )
+    with pytest.raises(rbp.ExportCheckError, match="model.tflite failed its check.*max_abs_diff"):
+        rbp.export(small_lenet, tmp_path / "out", benchmark=False)
+    assert os.listdir(tmp_path) == []
+
+    # With overwrite, the folder already there is kept as it was.
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.txt").write_text("old")
+    with pytest.raises(rbp.ExportCheckError):
+        rbp.export(small_lenet, tmp_path / "out", overwrite=True, benchmark=False)
+    assert os.listdir(tmp_path) == ["out"]
+    assert os.listdir(tmp_path / "out") == ["old.txt"]
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch, small_lenet):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export_lib, "convert", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        rbp.export(small_lenet, tmp_path / "out", benchmark=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_unwritable_folder(tmp_path, small_lenet):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError, match="out_dir .*file/out"):
+        rbp.export(small_lenet, tmp_path / "file" / "out", benchmark=False)
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    (tmp_path / "locked").mkdir(mode=0o555)
+    with pytest.raises(OSError, match="out_dir .*locked/out"):
+        rbp.export(small_lenet, tmp_path / "locked" / "out", benchmark=False)
+    assert os.listdir(tmp_path / "locked") == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"quantize": "int4"}, "quantize holds 'int4'"),
+        ({"quantize": "int8"}, "quantize=.*representative_data is None"),
+        ({"quantize": "dynamic_range"}, "pass check_data or representative_data"),
+        ({"representative_data": np.zeros((4, 28, 28))}, r"representative_data has shape \(4, 28, 28\)"),
+        ({"check_data": [np.zeros((4, 28, 28, 1))] * 2}, "check_data holds 2 arrays"),
+        ({"min_agreement": 1.5}, "min_agreement must be in"),
+        ({"float_atol": -1.0}, "float_atol must be >= 0"),
+    ],
+)
+def test_argument_errors_name_the_argument(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        rbp.export(lenet5_caffe(), tmp_path / "out", **kwargs)
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_benchmark_tflite(tmp_path):
+    model = lenet5_caffe()
+    rbp.export(model, tmp_path / "out", benchmark=False)
+    latency = rbp.benchmark_tflite(str(tmp_path / "out" / "model.tflite"), num_threads=2, warmup=2, runs=5)
+    assert latency["single_thread"] > 0 and latency["multi_thread"] > 0
+    assert (latency["num_threads"], latency["runs"]) == (2, 5)
+    with pytest.raises(ValueError, match="runs must be an integer >= 1, received: 0"):
+        rbp.benchmark_tflite(str(tmp_path / "out" / "model.tflite"), runs=0)
+    with pytest.raises(FileNotFoundError, match="missing.tflite"):
+        rbp.benchmark_tflite(str(tmp_path / "missing.tflite"))
