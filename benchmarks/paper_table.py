@@ -37,7 +37,7 @@ flags.DEFINE_float("epoch_scale", 1.0, "Multiplies every epoch budget (smoke run
 # cosine decay to 1e-4), logits 10x faster (logit_scale), fine-tune at 1e-4.
 BUDGETS = {
     "lenet_300_100": dict(
-        pretrain_epochs=20, flatten_features=True, epochs_per_stage=5, finetune_epochs=10,
+        pretrain_epochs=20, input_features=True, epochs_per_stage=5, finetune_epochs=10,
     ),
     "lenet5_caffe": dict(
         pretrain_epochs=10, flatten_features=True, cost_aware=True, epochs_per_stage=4,

@@ -1,5 +1,6 @@
 """LeNet-300-100 on MNIST: train, prune input pixels and both hidden layers
-recursively, shrink, export.
+recursively, shrink, export. The small model takes only the kept pixels:
+results.json lists them (`kept_features`).
 
     python examples/lenet_300_100.py --data_dir ../shared/data --output_dir out/lenet_300_100
 """
@@ -9,7 +10,7 @@ import common
 common.define_flags(
     pretrain_epochs=10,
     kl_weight=10.0,
-    flatten_features=True,
+    input_features=True,
     epochs_per_stage=3,
     finetune_epochs=4,
     output_dir="out/lenet_300_100",

@@ -14,7 +14,7 @@ from keras_rbp._keras import keras
 from keras_rbp.export import export
 from keras_rbp.metrics import report
 from keras_rbp.schedule import RecursivePruning
-from keras_rbp.surgery import shrink
+from keras_rbp.surgery import kept_channels, shrink
 from keras_rbp.wrapper import prune, pruning_groups
 
 LOADERS = {"mnist": datasets.load_mnist, "cifar10": datasets.load_cifar10}
@@ -39,7 +39,7 @@ class Recipe:
     kl_weight: float = 10.0
     prior_keep_prob: float = 0.01
     initial_keep_prob: float = 0.9
-    input_features: bool = False
+    input_features: bool = False  # the small model then takes the kept features
     flatten_features: bool = False
     cost_aware: bool = False
     # RecursivePruning
@@ -52,8 +52,11 @@ class Recipe:
 
 
 def load_data(recipe):
-    """(x_train, y_train), (x_test, y_test), cut to the recipe's budget."""
+    """(x_train, y_train), (x_test, y_test), cut to the recipe's budget; with
+    `input_features`, each example flattened to a vector of features."""
     (x_train, y_train), (x_test, y_test) = LOADERS[recipe.dataset](recipe.data_dir)
+    if recipe.input_features:
+        x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
     return (
         (x_train[: recipe.train_examples], y_train[: recipe.train_examples]),
         (x_test[: recipe.test_examples], y_test[: recipe.test_examples]),
@@ -98,7 +101,14 @@ def run(recipe, verbose=1):
                          validation_split=recipe.validation_split, verbose=2 if verbose else 0)
     clock.lap("prune")
 
-    small = shrink(pruned)
+    # With input features pruned, the small model takes only the kept ones.
+    small = shrink(pruned, keep_input_shape=not recipe.input_features)
+    small_x_test, small_x_train = x_test, x_train
+    results_features = {}
+    if recipe.input_features:
+        features = kept_channels(pruned)[next(iter(pruning_groups(pruned)))]
+        results_features = {"kept_features": features.tolist()}
+        small_x_test, small_x_train = x_test[:, features], x_train[:, features]
     _compile(small, recipe.learning_rate)
     clock.lap("shrink")
     summary = report(baseline, small)
@@ -106,17 +116,18 @@ def run(recipe, verbose=1):
         "recipe": dataclasses.asdict(recipe),
         "baseline_error": _error(baseline, x_test, y_test),
         "pruned_error": _error(pruned, x_test, y_test),
-        "final_error": _error(small, x_test, y_test),
+        "final_error": _error(small, small_x_test, y_test),
         "epochs": {"pretrain": recipe.pretrain_epochs, "pruning": len(history.epoch)},
         "kept": {name: int(noise.mask.numpy().sum()) for name, noise in pruning_groups(pruned).items()},
         "report": summary.to_dict(),
+        **results_features,
     }
     if recipe.output_dir:
         results["export"] = export(
             small,
             recipe.output_dir,
-            representative_data=x_train[:256],
-            check_data=x_test[:512],
+            representative_data=small_x_train[:256],
+            check_data=small_x_test[:512],
             original=baseline,
             quantize=recipe.quantize,
             overwrite=True,
