@@ -33,7 +33,7 @@ from keras_rbp._keras import IS_KERAS_3, keras
 MODELS = {
     # name: (builder, prune options of the literature's set-up)
     "lenet5_caffe": (models.lenet5_caffe, {"flatten_features": True}),
-    "lenet_300_100": (models.lenet_300_100, {"input_features": True}),
+    "lenet_300_100": (models.lenet_300_100, {"flatten_features": True}),
 }
 
 FLAGS = flags.FLAGS
