@@ -44,16 +44,16 @@ def small_resnet(input_shape=(28, 28, 1), classes=10, width=8):
 
 
 @functools.lru_cache(maxsize=None)
-def _mnist():
+def mnist_subset():
     (x_train, y_train), (x_test, _) = load_mnist(mnist_dir())
     return x_train[:TRAIN_SAMPLES], y_train[:TRAIN_SAMPLES], x_test[:CHECK_SAMPLES]
 
 
 @functools.lru_cache(maxsize=None)
-def _trained_and_shrunk(builder):
+def trained_and_shrunk(builder):
     """(original, small): `builder`'s model, and its shrunk copy trained one
     epoch without every fourth channel of each pruning group."""
-    x_train, y_train, _ = _mnist()
+    x_train, y_train, _ = mnist_subset()
     keras.utils.set_random_seed(7)
     original = builder()
     pruned = rbp.prune(original, dataset_size=len(x_train))
@@ -66,17 +66,17 @@ def _trained_and_shrunk(builder):
 
 @pytest.fixture
 def mnist():
-    return _mnist()
+    return mnist_subset()
 
 
 @pytest.fixture(params=[lenet5_caffe, small_resnet], ids=["lenet5", "resnet"])
 def shrunk(request):
-    return _trained_and_shrunk(request.param)
+    return trained_and_shrunk(request.param)
 
 
 @pytest.fixture
 def small_lenet():
-    return _trained_and_shrunk(lenet5_caffe)[1]
+    return trained_and_shrunk(lenet5_caffe)[1]
 
 
 def test_export_writes_every_file_and_each_passes_its_check(tmp_path, mnist, shrunk):
