@@ -15,7 +15,7 @@ import numpy as np
 from keras_rbp import graph as graph_lib
 from keras_rbp._keras import keras
 from keras_rbp.layers import RBPNoise
-from keras_rbp.wrapper import RBPWrapper
+from keras_rbp.wrapper import RBPWrapper, channel_axis
 
 L = keras.layers
 CONVOLUTIONS = (L.Conv1D, L.Conv2D, L.Conv3D, L.DepthwiseConv2D, L.SeparableConv2D)
@@ -47,7 +47,7 @@ def layer_stats(model):
             LayerStats(
                 name=layer.name,
                 kind=kind,
-                channels=int(output_shape[_channel_axis(inner)] or 0),
+                channels=int(output_shape[channel_axis(inner)] or 0),
                 params=int(sum(np.prod(w.shape) for w in inner.weights)),
                 macs=_macs(inner, tuple(layer.input.shape), output_shape),
             )
@@ -78,7 +78,7 @@ def architecture(model):
         if layer.name in outputs or is_selection(inner):
             continue
         if isinstance(inner, CONVOLUTIONS):
-            widths.append(int(layer.output.shape[_channel_axis(inner)]))
+            widths.append(int(layer.output.shape[channel_axis(inner)]))
         elif type(inner) is L.Dense:
             if not dense_seen:
                 widths.append(int(inner.kernel.shape[0]))
@@ -198,16 +198,9 @@ def _output_producers(model):
     return {ref.layer for ref in graph.outputs}
 
 
-def _channel_axis(layer):
-    if isinstance(layer, L.BatchNormalization):
-        axis = layer.axis
-        return int(axis[0] if isinstance(axis, (list, tuple)) else axis)
-    return 1 if getattr(layer, "data_format", None) == "channels_first" else -1
-
-
 def _spatial(shape, layer):
     """The number of output positions of a convolution or Dense layer."""
-    axis = _channel_axis(layer) % len(shape)
+    axis = channel_axis(layer) % len(shape)
     return int(np.prod([d for i, d in enumerate(shape[1:], 1) if i != axis]))
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from keras_rbp import graph as graph_lib
 from keras_rbp._keras import keras, serialize
 from keras_rbp.layers import RBPNoise
-from keras_rbp.wrapper import RBPWrapper
+from keras_rbp.wrapper import RBPWrapper, channel_axis
 
 L = keras.layers
 SELECTION_SUFFIX = "_select"
@@ -350,7 +350,7 @@ class _Plan:
             else:
                 self._new(op, zero=tensor.zero[op.flatten_map])
         elif kind == "reshape":
-            axis = _reshaped_channel_axis(ins[0], op.shapes[0])
+            axis = _reshapedchannel_axis(ins[0], op.shapes[0])
             if axis is None:
                 return self._forward_boundary(op, ins, "mixes channels with other axes")
             self._new(op, axis=axis, slots=ins[0].slots, zero=ins[0].zero)
@@ -370,7 +370,7 @@ class _Plan:
         inner = layer.layer if op.kind == "wrapper" else layer
         op.theta = _theta(layer)
         op.activation = layer.activation if hasattr(layer, "activation") else None
-        out_axis = _channel_axis(inner)
+        out_axis = channel_axis(inner)
         if op.kind == "wrapper":
             self.groups[op.name] = _Group(op, op.outputs[0], layer.noise.mode)
         if getattr(inner, "groups", 1) != 1:
@@ -603,7 +603,7 @@ class _Rebuilder:
     def _plan_prunable(self, op):
         layer = op.layer
         inner = layer.layer if op.kind == "wrapper" else layer
-        axis = _channel_axis(inner)
+        axis = channel_axis(inner)
         in_index = self._input_indices(op, axis)
         theta = np.ones(self.plan.tensors[op.outputs[0]].channels, np.float32) if op.theta is None else op.theta
         if isinstance(inner, NORMALIZATION):
@@ -809,13 +809,6 @@ def _kind(layer):
     return "boundary"
 
 
-def _channel_axis(layer):
-    if isinstance(layer, NORMALIZATION):
-        axis = layer.axis
-        return int(axis[0] if isinstance(axis, (list, tuple)) else axis)
-    return 1 if getattr(layer, "data_format", None) == "channels_first" else -1
-
-
 def _data_format_axis(layer, rank):
     """The channel axis a data_format layer reads, None for the others."""
     if not hasattr(layer, "data_format"):
@@ -855,7 +848,7 @@ def _maps_zero_to_zero(layer, shape):
     return bool(np.all(np.asarray(layer(zeros)) == 0))
 
 
-def _reshaped_channel_axis(tensor, out_shape):
+def _reshapedchannel_axis(tensor, out_shape):
     """Where a Reshape that keeps channels last, or only adds or drops axes
     of size 1, puts the channels; None for any other Reshape."""
     other_dims = [d for i, d in enumerate(tensor.shape[1:], 1) if i != tensor.axis]

@@ -28,3 +28,15 @@ def mnist_dir():
     if not os.path.exists(os.path.join(folder, "mnist.npz")):
         pytest.skip(f"mnist.npz not found in {folder}")
     return folder
+
+
+def write_cifar10_npz(folder, train=256, test=64):
+    """Writes a cifar10.npz of random images and labels, CIFAR-10's shapes."""
+    rng = np.random.RandomState(0)
+    np.savez(
+        os.path.join(folder, "cifar10.npz"),
+        x_train=rng.randint(0, 256, (train, 32, 32, 3)).astype("uint8"),
+        y_train=rng.randint(0, 10, (train, 1)).astype("uint8"),
+        x_test=rng.randint(0, 256, (test, 32, 32, 3)).astype("uint8"),
+        y_test=rng.randint(0, 10, (test, 1)).astype("uint8"),
+    )

@@ -5,7 +5,7 @@ import pytest
 
 from keras_rbp import datasets
 
-from conftest import mnist_dir
+from conftest import mnist_dir, write_cifar10_npz
 
 
 def test_mnist_from_a_local_folder():
@@ -22,14 +22,7 @@ def test_mnist_folder_from_the_environment(monkeypatch):
 
 
 def test_cifar10_from_a_local_folder(tmp_path):
-    rng = np.random.RandomState(0)
-    np.savez(
-        tmp_path / "cifar10.npz",
-        x_train=rng.randint(0, 256, (20, 32, 32, 3)).astype("uint8"),
-        y_train=rng.randint(0, 10, (20, 1)).astype("uint8"),
-        x_test=rng.randint(0, 256, (5, 32, 32, 3)).astype("uint8"),
-        y_test=rng.randint(0, 10, (5, 1)).astype("uint8"),
-    )
+    write_cifar10_npz(str(tmp_path), train=20, test=5)
     (x_train, y_train), (x_test, y_test) = datasets.load_cifar10(str(tmp_path))
     assert x_train.shape == (20, 32, 32, 3) and y_train.shape == (20,) and y_test.shape == (5,)
 

@@ -5,10 +5,9 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from conftest import mnist_dir
+from conftest import mnist_dir, write_cifar10_npz
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 TINY = ["--pretrain_epochs=1", "--epochs_per_stage=1", "--finetune_epochs=1",
@@ -47,14 +46,7 @@ def test_mnist_example_end_to_end(tmp_path, script, architecture):
 
 
 def test_vgg16_cifar10_example_on_generated_data(tmp_path):
-    rng = np.random.RandomState(0)
-    np.savez(
-        tmp_path / "cifar10.npz",
-        x_train=rng.randint(0, 256, (256, 32, 32, 3)).astype("uint8"),
-        y_train=rng.randint(0, 10, (256, 1)).astype("uint8"),
-        x_test=rng.randint(0, 256, (64, 32, 32, 3)).astype("uint8"),
-        y_test=rng.randint(0, 10, (64, 1)).astype("uint8"),
-    )
+    write_cifar10_npz(str(tmp_path))
     out = str(tmp_path / "out")
     done = _run("vgg16_cifar10.py", f"--data_dir={tmp_path}", f"--output_dir={out}", *TINY)
     assert done.returncode == 0, done.stderr[-3000:]
