@@ -13,6 +13,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["keras_rbp", "keras_rbp.*"]),
     python_requires=">=3.10",
+    entry_points={"console_scripts": ["keras-rbp=keras_rbp.__main__:run"]},
     install_requires=[
         # tf-keras requires the full tensorflow package, not tensorflow-cpu.
         "tensorflow>=2.16,<2.22",

@@ -50,9 +50,9 @@ def mnist_subset():
 
 
 @functools.lru_cache(maxsize=None)
-def trained_and_shrunk(builder):
-    """(original, small): `builder`'s model, and its shrunk copy trained one
-    epoch without every fourth channel of each pruning group."""
+def trained_pruned(builder):
+    """(original, pruned): `builder`'s model, and its pruned copy trained one
+    epoch with every fourth channel of each pruning group frozen at 0."""
     x_train, y_train, _ = mnist_subset()
     keras.utils.set_random_seed(7)
     original = builder()
@@ -61,6 +61,13 @@ def trained_and_shrunk(builder):
     rbp.freeze(pruned, masks, {name: np.ones(len(mask)) for name, mask in masks.items()})
     pruned.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     pruned.fit(x_train, y_train, epochs=1, batch_size=64, verbose=0)
+    return original, pruned
+
+
+@functools.lru_cache(maxsize=None)
+def trained_and_shrunk(builder):
+    """(original, small): `trained_pruned`'s models, the pruned one shrunk."""
+    original, pruned = trained_pruned(builder)
     return original, rbp.shrink(pruned)
 
 
