@@ -27,3 +27,28 @@ def lenet5_caffe(input_shape=(28, 28, 1), classes=10):
     x = layers.Dense(500, activation="relu", name="fc1")(x)
     outputs = layers.Dense(classes, name="logits")(x)
     return keras.Model(inputs, outputs, name="lenet5_caffe")
+
+
+VGG16_CHANNELS = (64, 64, "pool", 128, 128, "pool", 256, 256, 256, "pool", 512, 512, 512, "pool", 512, 512, 512, "pool")
+
+
+def vgg16_cifar10(input_shape=(32, 32, 3), classes=10):
+    """VGG-16 for CIFAR-10 images: 13 conv layers (3x3) with
+    BatchNormalization and ReLU in five blocks, then dense 512 and the
+    classifier, as in the pruning literature's CIFAR-10 experiments."""
+    inputs = keras.Input(input_shape, name="image")
+    x = inputs
+    conv, block = 0, 1
+    for channels in VGG16_CHANNELS:
+        if channels == "pool":
+            x = layers.MaxPooling2D(2, name=f"pool{block}")(x)
+            block += 1
+            continue
+        conv += 1
+        x = layers.Conv2D(channels, 3, padding="same", name=f"conv{conv}")(x)
+        x = layers.BatchNormalization(name=f"bn{conv}")(x)
+        x = layers.ReLU(name=f"relu{conv}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(512, activation="relu", name="fc1")(x)
+    outputs = layers.Dense(classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="vgg16_cifar10")

@@ -1,0 +1,180 @@
+"""Measured LiteRT speed-up of shrunk models beside their MAC reduction.
+
+For LeNet-5-Caffe and a CIFAR-10 VGG-16, removes channels with `freeze` and
+a fixed pattern (the kept counts in PATTERNS, spread evenly over each
+group), shrinks the model with `shrink`, converts the unpruned and the
+shrunk model to float32 TFLite files, and times both with
+`benchmark_tflite` (batch 1, warm-up, then the median of --runs calls),
+alternating the two models over --repetitions. The figure per model is the
+median over repetitions of the single-thread latency ratio unpruned /
+shrunk, beside the MAC ratio (its physical limit); the target is a measured
+speed-up of at least 70 % of the MAC ratio. Latencies depend on the machine
+and on its load: quote the medians with the machine they ran on.
+
+Run from the repository root:
+
+    python -m benchmarks.tflite_speedup
+
+Writes tflite_speedup_<keras mode>.json and .md to --output_dir.
+"""
+
+import os
+import platform
+import statistics
+import tempfile
+
+from absl import app, flags, logging
+import numpy as np
+import tensorflow as tf
+
+import keras_rbp as rbp
+from benchmarks import results_io
+from keras_rbp import models
+from keras_rbp._keras import IS_KERAS_3, keras
+from keras_rbp.export import convert, save_model
+
+# Kept channels per pruning group: LeNet-5-Caffe as 20-50-800-500 ->
+# 5-9-144-21 (the design's example); VGG-16 with half the channels of
+# blocks 1-3 and a quarter of those of blocks 4-5 and of the dense layer.
+PATTERNS = {
+    "lenet5_caffe": {"conv1": 5, "conv2": 9, "fc1": 21},
+    "vgg16_cifar10": {
+        **{f"bn{i}": c // 2 for i, c in enumerate((64, 64, 128, 128, 256, 256, 256), start=1)},
+        **{f"bn{i}": 128 for i in range(8, 14)},
+        "fc1": 128,
+    },
+}
+TARGET = 0.7
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", list(PATTERNS), f"Models to time, of {list(PATTERNS)}.")
+flags.DEFINE_integer("repetitions", 5, "Alternating timings of each unpruned/shrunk pair.")
+flags.DEFINE_integer("warmup", 20, "Untimed runs before each timing.")
+flags.DEFINE_integer("runs", 200, "Timed runs per timing; the median is kept.")
+flags.DEFINE_string(
+    "output_dir",
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
+    "Where the JSON and markdown results are written.",
+)
+
+
+def shrunk_model(name):
+    """(unpruned, shrunk) `name`, channels removed as PATTERNS says."""
+    keras.utils.set_random_seed(0)
+    original = getattr(models, name)()
+    pruned = rbp.prune(original, dataset_size=1)
+    groups = rbp.pruning_groups(pruned)
+    masks = {}
+    for group, kept in PATTERNS[name].items():
+        mask = np.zeros(groups[group].channels, dtype=bool)
+        mask[np.linspace(0, len(mask) - 1, kept).round().astype(int)] = True
+        masks[group] = mask
+    rbp.freeze(pruned, masks, {group: np.ones(len(mask)) for group, mask in masks.items()})
+    return original, rbp.shrink(pruned)
+
+
+def tflite_file(model, folder, name):
+    saved_model = os.path.join(folder, name)
+    save_model(model, saved_model)
+    path = saved_model + ".tflite"
+    with open(path, "wb") as file:
+        file.write(convert(model, saved_model))
+    return path
+
+
+def time_model(name, folder):
+    original, small = shrunk_model(name)
+    report = rbp.report(original, small)
+    paths = {"unpruned": tflite_file(original, folder, name), "shrunk": tflite_file(small, folder, name + "_shrunk")}
+    timings = {variant: [] for variant in paths}
+    for repetition in range(FLAGS.repetitions):
+        order = list(paths) if repetition % 2 == 0 else list(reversed(paths))
+        for variant in order:
+            timings[variant].append(rbp.benchmark_tflite(paths[variant], warmup=FLAGS.warmup, runs=FLAGS.runs))
+    result = {"architecture": f"{report.architecture_before} -> {report.architecture_after}"}
+    for threads in ("single_thread", "multi_thread"):
+        latency = {v: statistics.median(t[threads] for t in timings[v]) for v in timings}
+        ratios = [u[threads] / s[threads] for u, s in zip(timings["unpruned"], timings["shrunk"])]
+        result[threads] = {
+            "median_latency_ms": latency,
+            "speedup_per_repetition": ratios,
+            "median_speedup": statistics.median(ratios),
+        }
+    result["num_threads"] = timings["shrunk"][0]["num_threads"]
+    result["macs"] = {"unpruned": report.totals["macs_before"], "shrunk": report.totals["macs_after"]}
+    result["mac_ratio"] = report.totals["macs_reduction"]
+    result["speedup_over_mac_ratio"] = result["single_thread"]["median_speedup"] / result["mac_ratio"]
+    result["meets_target"] = result["speedup_over_mac_ratio"] >= TARGET
+    result["tflite_bytes"] = {variant: os.path.getsize(path) for variant, path in paths.items()}
+    logging.info("%s: %s", name, result)
+    return result
+
+
+def main(argv):
+    del argv  # Unused.
+    unknown = set(FLAGS.models) - set(PATTERNS)
+    if unknown:
+        raise app.UsageError(f"--models: unknown {sorted(unknown)}; known: {list(PATTERNS)}")
+    keras_mode = "keras3" if IS_KERAS_3 else "tf_keras"
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as folder:
+        results = {name: time_model(name, folder) for name in FLAGS.models}
+    result = {
+        "benchmark": "tflite_speedup",
+        "keras_mode": keras_mode,
+        "keras_version": keras.__version__,
+        "tensorflow_version": tf.__version__,
+        "repetitions": FLAGS.repetitions,
+        "warmup": FLAGS.warmup,
+        "runs": FLAGS.runs,
+        "target_speedup_over_mac_ratio": TARGET,
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },
+        "models": results,
+    }
+    rows = [
+        [
+            name,
+            r["architecture"],
+            f"{r['single_thread']['median_latency_ms']['unpruned']:.3f}",
+            f"{r['single_thread']['median_latency_ms']['shrunk']:.3f}",
+            f"{r['single_thread']['median_speedup']:.2f}x",
+            f"{r['mac_ratio']:.2f}x",
+            f"{100 * r['speedup_over_mac_ratio']:.0f} %",
+            f"{r['multi_thread']['median_speedup']:.2f}x",
+        ]
+        for name, r in results.items()
+    ]
+    markdown = (
+        f"# LiteRT speed-up of shrunk models ({keras_mode}, Keras {keras.__version__}, "
+        f"TensorFlow {tf.__version__})\n\n"
+        f"Float32 TFLite, batch 1, LiteRT with XNNPACK; median of {FLAGS.runs} runs after "
+        f"{FLAGS.warmup} warm-up runs, median over {FLAGS.repetitions} alternating repetitions; "
+        f"{os.cpu_count()} CPUs ({platform.machine()}), load average {load_before[0]:.1f} at start "
+        "(a shared machine: the latencies are medians, not best cases). "
+        f"Target: single-thread speed-up >= {100 * TARGET:.0f} % of the MAC ratio.\n\n"
+        + results_io.markdown_table(
+            [
+                "model",
+                "architecture",
+                "unpruned ms (1 thread)",
+                "shrunk ms (1 thread)",
+                "speed-up (1 thread)",
+                "MAC ratio",
+                "speed-up / MAC ratio",
+                f"speed-up ({results[next(iter(results))]['num_threads']} threads)",
+            ],
+            rows,
+        )
+    )
+    for path in results_io.write_results(FLAGS.output_dir, f"tflite_speedup_{keras_mode}", result, markdown):
+        print(path)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    app.run(main)
