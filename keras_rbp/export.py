@@ -118,13 +118,15 @@ def export(
         saved_model = os.path.join(tmp_dir, SAVED_MODEL)
         save_model(model, saved_model)
         got = _saved_model_outputs(saved_model, model, check_data)
-        files[SAVED_MODEL] = _entry(saved_model, "float32", _check(SAVED_MODEL, expected, got, float_atol, None))
+        check = _check(SAVED_MODEL, expected, got, float_atol, None)
+        files[SAVED_MODEL] = _entry(saved_model, "float32", check)
         for kind in ("float32",) + quantize:
             path = os.path.join(tmp_dir, TFLITE_FILES[kind])
             with open(path, "wb") as file:
                 file.write(convert(model, saved_model, kind, representative_data))
             got = tflite_outputs(path, model, check_data)
-            check = _check(TFLITE_FILES[kind], expected, got, float_atol, None if kind == "float32" else min_agreement)
+            agreement = None if kind == "float32" else min_agreement
+            check = _check(TFLITE_FILES[kind], expected, got, float_atol, agreement)
             files[TFLITE_FILES[kind]] = _entry(path, kind, check)
             if benchmark:
                 files[TFLITE_FILES[kind]]["latency_ms"] = benchmark_tflite(path)
@@ -379,7 +381,9 @@ def _check(name, expected, got, float_atol, min_agreement):
     `ExportCheckError` when they differ more than allowed."""
     for e, g in zip(expected, got):
         if e.shape != g.shape:
-            raise ExportCheckError(f"export: {name} gives an output of shape {g.shape}; the model gives {e.shape}")
+            raise ExportCheckError(
+                f"export: {name} gives an output of shape {g.shape}; the model gives {e.shape}"
+            )
     if min_agreement is None:
         diff = max(float(np.max(np.abs(e - g))) for e, g in zip(expected, got))
         scale = max(1.0, max(float(np.max(np.abs(e))) for e in expected))
@@ -395,7 +399,12 @@ def _check(name, expected, got, float_atol, min_agreement):
         agreement = min(
             float(np.mean(np.argmax(e, axis=-1) == np.argmax(g, axis=-1))) for e, g in zip(expected, got)
         )
-        check = {"metric": "top1_agreement", "value": agreement, "limit": min_agreement, "samples": len(expected[0])}
+        check = {
+            "metric": "top1_agreement",
+            "value": agreement,
+            "limit": min_agreement,
+            "samples": len(expected[0]),
+        }
         passed = agreement >= min_agreement
     if not passed:
         raise ExportCheckError(

@@ -29,7 +29,11 @@ def lenet5_caffe(input_shape=(28, 28, 1), classes=10):
     return keras.Model(inputs, outputs, name="lenet5_caffe")
 
 
-VGG16_CHANNELS = (64, 64, "pool", 128, 128, "pool", 256, 256, 256, "pool", 512, 512, 512, "pool", 512, 512, 512, "pool")
+# VGG-16's conv channels, block by block, each block closed by a max pooling.
+VGG16_CHANNELS = (
+    64, 64, "pool", 128, 128, "pool", 256, 256, 256, "pool",
+    512, 512, 512, "pool", 512, 512, 512, "pool",
+)  # fmt: skip
 
 
 def vgg16_cifar10(input_shape=(32, 32, 3), classes=10):

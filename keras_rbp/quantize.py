@@ -66,7 +66,8 @@ def quantize_aware(
         )
     x_train, y_train = _labelled(train_data, "train_data")
     x_eval, y_eval = _labelled(eval_data, "eval_data")
-    for arg, value in (("epochs", epochs), ("batch_size", batch_size), ("calibration_samples", calibration_samples)):
+    counts = (("epochs", epochs), ("batch_size", batch_size), ("calibration_samples", calibration_samples))
+    for arg, value in counts:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"quantize_aware: {arg} must be a positive integer, received: {value!r}")
 
@@ -106,7 +107,9 @@ def _labelled(data, arg):
     try:
         x, y = data
     except (TypeError, ValueError):
-        raise ValueError(f"quantize_aware: {arg} must be a pair (inputs, labels), received: {type(data).__name__}") from None
+        raise ValueError(
+            f"quantize_aware: {arg} must be a pair (inputs, labels), received: {type(data).__name__}"
+        ) from None
     x, y = np.asarray(x, dtype="float32"), np.asarray(y)
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(
