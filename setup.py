@@ -32,6 +32,8 @@ setuptools.setup(
             "tf-keras>=2.16,<2.22",
             "tensorflow-model-optimization>=0.8,<0.9",
             "pytest",
+            # -n 2: the suite runs on both cores of a CI machine.
+            "pytest-xdist",
             "hypothesis",
         ],
         "benchmarks": ["matplotlib"],

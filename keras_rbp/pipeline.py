@@ -43,8 +43,8 @@ class Recipe:
     flatten_features: bool = False
     cost_aware: bool = False
     # RecursivePruning
-    epochs_per_stage: int = 3
-    finetune_epochs: int = 2
+    epochs_per_stage: int = 5
+    finetune_epochs: int = 5
     groups_per_stage: int = 1  # 0: every group in one stage (all-at-once)
     max_noise_scale: float = 3.0
     finetune_learning_rate: float = 1e-4

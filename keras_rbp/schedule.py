@@ -50,8 +50,8 @@ class RecursivePruning(keras.callbacks.Callback):
 
     def __init__(
         self,
-        epochs_per_stage=3,
-        finetune_epochs=2,
+        epochs_per_stage=5,
+        finetune_epochs=5,
         groups_per_stage=1,
         threshold=0.5,
         min_channels=1,

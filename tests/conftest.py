@@ -17,6 +17,13 @@ from keras_rbp._keras import keras  # noqa: E402
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
+@pytest.fixture(scope="session")
+def strategy():
+    """A MirroredStrategy over the two logical CPUs, one for the whole run:
+    the collective ops of several strategies in one process interfere."""
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)

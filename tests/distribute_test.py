@@ -10,13 +10,6 @@ from keras_rbp._keras import keras
 L = keras.layers
 
 
-@pytest.fixture(scope="module")
-def strategy():
-    """One strategy for the module: collective ops of several strategies in
-    one process interfere with each other."""
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-
-
 def _train(strategy, kl_weight):
     """One epoch of plain SGD on a deterministic pruned model."""
     with strategy.scope():

@@ -222,8 +222,7 @@ def test_mnist_lenet_300_100_prunes_every_hidden_group():
     assert accuracy > 0.97
 
 
-def test_mirrored_strategy_runs_the_plan():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_mirrored_strategy_runs_the_plan(strategy):
     with strategy.scope():
         pruned = _small_pruned(6)
         pruned.compile("adam", LOSS)

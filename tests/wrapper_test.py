@@ -49,11 +49,13 @@ CASES = [
 
 
 def _call(layer, x, training=False):
-    """Calls `layer`, returning its outputs and loss values. Compiled with XLA,
-    which runs channels_first convolutions on the CPU (TensorFlow's own CPU
-    kernels support channels_last only)."""
+    """Calls `layer` in a tf.function, returning its outputs and loss values.
+    Channels_first convolutions are compiled with XLA, which runs them on
+    the CPU (TensorFlow's own CPU kernels support channels_last only)."""
+    inner = getattr(layer, "layer", layer)
+    xla = getattr(inner, "data_format", None) == "channels_first"
 
-    @tf.function(jit_compile=True)
+    @tf.function(jit_compile=xla)
     def run():
         outputs = layer(x, training=training)
         return outputs, list(layer.losses)
