@@ -188,15 +188,14 @@ class RBPNoise(keras.layers.Layer):
         """The deterministic theta of the current mode, shape (channels,)."""
         return self._deterministic_theta(tf.convert_to_tensor(self.mode_variable))
 
-    def _deterministic_theta(self, mode):
-        return tf.switch_case(
-            mode,
-            [
-                lambda: tf.ones([self.channels]),
-                lambda: noise_lib.keep_probability(self.logits),
-                lambda: self.mask * self.frozen_value,
-            ],
-        )
+    def _deterministic_theta(self, mode, active_theta=None):
+        """theta of `mode`: 1 when off, `active_theta` (default pi) when
+        active, mask * frozen value when frozen. Selected with tf.where, not
+        control flow, which would cost more than the noise itself."""
+        if active_theta is None:
+            active_theta = noise_lib.keep_probability(self.logits)
+        frozen = tf.where(tf.equal(mode, FROZEN), self.mask * self.frozen_value, 1.0)
+        return tf.where(tf.equal(mode, ACTIVE), active_theta, frozen)
 
     def _next_counter(self):
         """A number unique to this training step and replica, for the seed.
@@ -211,9 +210,15 @@ class RBPNoise(keras.layers.Layer):
         self.noise_step.assign_add(1)
         return step * replicas + tf.cast(replica, tf.int64)
 
-    def _sampled_theta(self, batch_size, counter):
+    def _sampled_theta(self, batch_size, counter, mode):
+        """theta drawn per example, shape (batch, channels); groups that are
+        not active draw no random numbers."""
         seed = tf.stack([tf.constant(self.seed, tf.int64), counter])
-        eps = tf.random.stateless_normal([batch_size, self.channels], seed=seed)
+        eps = tf.cond(
+            tf.equal(mode, ACTIVE),
+            lambda: tf.random.stateless_normal([batch_size, self.channels], seed=seed),
+            lambda: tf.zeros([batch_size, self.channels]),
+        )
         return noise_lib.sample(self.logits, eps, self.noise_scale)
 
     def _broadcast(self, theta, rank):
@@ -226,31 +231,17 @@ class RBPNoise(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         mode = tf.convert_to_tensor(self.mode_variable)
-        rank = inputs.shape.rank
-        counter = self._next_counter() if training else None
-
-        def active():
-            if training:
-                theta = self._sampled_theta(tf.shape(inputs)[0], counter)
-            else:
-                theta = noise_lib.keep_probability(self.logits)
-            return inputs * tf.cast(self._broadcast(theta, rank), inputs.dtype)
-
-        def frozen():
-            theta = self.mask * self.frozen_value
-            return inputs * tf.cast(self._broadcast(theta, rank), inputs.dtype)
-
-        outputs = tf.switch_case(mode, [lambda: tf.identity(inputs), active, frozen])
+        sampled = None
+        if training:
+            sampled = self._sampled_theta(tf.shape(inputs)[0], self._next_counter(), mode)
+        theta = self._deterministic_theta(mode, sampled)
         self.add_loss(self._kl_term(mode))
-        return outputs
+        return inputs * tf.cast(self._broadcast(theta, inputs.shape.rank), inputs.dtype)
 
     def _kl_term(self, mode):
-        def kl():
-            kl_per_channel = noise_lib.kl_divergence(self.logits, self.prior_keep_prob)
-            scale = self.kl_weight * self.cost / self.dataset_size
-            return scale * tf.reduce_sum(kl_per_channel)
-
-        return tf.cond(tf.equal(mode, ACTIVE), kl, lambda: tf.constant(0.0))
+        kl_per_channel = noise_lib.kl_divergence(self.logits, self.prior_keep_prob)
+        scale = self.kl_weight * self.cost / self.dataset_size
+        return tf.where(tf.equal(mode, ACTIVE), scale * tf.reduce_sum(kl_per_channel), 0.0)
 
     def compute_output_shape(self, input_shape):
         return input_shape
