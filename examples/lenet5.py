@@ -7,12 +7,12 @@ neurons recursively with the cost-aware prior, shrink, export.
 import common
 
 common.define_flags(
-    pretrain_epochs=8,
+    pretrain_epochs=10,
     kl_weight=60.0,
     flatten_features=True,
     cost_aware=True,
-    epochs_per_stage=3,
-    finetune_epochs=3,
+    epochs_per_stage=4,
+    finetune_epochs=6,
     output_dir="out/lenet5",
     quantize=["int8"],
 )

@@ -8,11 +8,11 @@ results.json lists them (`kept_features`).
 import common
 
 common.define_flags(
-    pretrain_epochs=10,
+    pretrain_epochs=20,
     kl_weight=10.0,
     input_features=True,
-    epochs_per_stage=3,
-    finetune_epochs=4,
+    epochs_per_stage=5,
+    finetune_epochs=10,
     output_dir="out/lenet_300_100",
 )
 
