@@ -182,20 +182,21 @@ class RBPNoise(keras.layers.Layer):
 
     def kl_loss(self):
         """The loss term this layer adds now, as a float (0 unless active)."""
-        return float(self._kl_term(tf.convert_to_tensor(self.mode_variable)))
+        return float(self._kl_term(self.logits, tf.equal(self.mode_variable, ACTIVE)))
 
     def theta(self):
         """The deterministic theta of the current mode, shape (channels,)."""
-        return self._deterministic_theta(tf.convert_to_tensor(self.mode_variable))
+        return self._deterministic_theta(
+            tf.convert_to_tensor(self.mode_variable), self.logits
+        )
 
-    def _deterministic_theta(self, mode, active_theta=None):
-        """theta of `mode`: 1 when off, `active_theta` (default pi) when
-        active, mask * frozen value when frozen. Selected with tf.where, not
-        control flow, which would cost more than the noise itself."""
-        if active_theta is None:
-            active_theta = noise_lib.keep_probability(self.logits)
+    def _deterministic_theta(self, mode, logits):
+        """theta of `mode`: 1 when off, pi when active, mask * frozen value
+        when frozen. Selected with tf.where, not control flow, which would
+        cost more than the noise itself."""
+        pi = noise_lib.keep_probability(logits)
         frozen = tf.where(tf.equal(mode, FROZEN), self.mask * self.frozen_value, 1.0)
-        return tf.where(tf.equal(mode, ACTIVE), active_theta, frozen)
+        return tf.where(tf.equal(mode, ACTIVE), pi, frozen)
 
     def _next_counter(self):
         """A number unique to this training step and replica, for the seed.
@@ -210,17 +211,6 @@ class RBPNoise(keras.layers.Layer):
         self.noise_step.assign_add(1)
         return step * replicas + tf.cast(replica, tf.int64)
 
-    def _sampled_theta(self, batch_size, counter, mode):
-        """theta drawn per example, shape (batch, channels); groups that are
-        not active draw no random numbers."""
-        seed = tf.stack([tf.constant(self.seed, tf.int64), counter])
-        eps = tf.cond(
-            tf.equal(mode, ACTIVE),
-            lambda: tf.random.stateless_normal([batch_size, self.channels], seed=seed),
-            lambda: tf.zeros([batch_size, self.channels]),
-        )
-        return noise_lib.sample(self.logits, eps, self.noise_scale)
-
     def _broadcast(self, theta, rank):
         """Reshapes theta, (channels,) or (batch, channels), onto the input."""
         shape = [1] * rank
@@ -229,19 +219,39 @@ class RBPNoise(keras.layers.Layer):
             shape[0] = -1
         return tf.reshape(theta, shape)
 
-    def call(self, inputs, training=None):
-        mode = tf.convert_to_tensor(self.mode_variable)
-        sampled = None
-        if training:
-            sampled = self._sampled_theta(tf.shape(inputs)[0], self._next_counter(), mode)
-        theta = self._deterministic_theta(mode, sampled)
-        self.add_loss(self._kl_term(mode))
+    def _scale(self, inputs, theta):
         return inputs * tf.cast(self._broadcast(theta, inputs.shape.rank), inputs.dtype)
 
-    def _kl_term(self, mode):
-        kl_per_channel = noise_lib.kl_divergence(self.logits, self.prior_keep_prob)
+    def _sampled_outputs(self, inputs, logits, counter):
+        """inputs times theta drawn per example and per channel."""
+        seed = tf.stack([tf.constant(self.seed, tf.int64), counter])
+        eps = tf.random.stateless_normal([tf.shape(inputs)[0], self.channels], seed=seed)
+        return self._scale(inputs, noise_lib.sample(logits, eps, self.noise_scale))
+
+    def call(self, inputs, training=None):
+        # The step counter comes first: under tf.distribute its update
+        # switches replicas, which must not happen between add_loss and the
+        # end of this call.
+        counter = self._next_counter() if training else None
+        mode = tf.convert_to_tensor(self.mode_variable)
+        active = tf.equal(mode, ACTIVE)
+        logits = self.logits
+        self.add_loss(self._kl_term(logits, active))
+        theta = self._deterministic_theta(mode, logits)
+        if not training:
+            return self._scale(inputs, theta)
+        # A group that is not active draws no random numbers and sends no
+        # gradient to its logits, which it does not use.
+        return tf.cond(
+            active,
+            lambda: self._sampled_outputs(inputs, logits, counter),
+            lambda: self._scale(inputs, tf.stop_gradient(theta)),
+        )
+
+    def _kl_term(self, logits, active):
+        kl_per_channel = noise_lib.kl_divergence(logits, self.prior_keep_prob)
         scale = self.kl_weight * self.cost / self.dataset_size
-        return tf.where(tf.equal(mode, ACTIVE), scale * tf.reduce_sum(kl_per_channel), 0.0)
+        return tf.where(active, scale * tf.reduce_sum(kl_per_channel), 0.0)
 
     def compute_output_shape(self, input_shape):
         return input_shape
