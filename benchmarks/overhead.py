@@ -4,11 +4,13 @@ Times training steps of LeNet-5-Caffe and LeNet-300-100, plain and wrapped by
 `keras_rbp.prune`, in the same process. The pruned model is timed once with
 each of its groups active in turn (the others off), as the stages of
 `RecursivePruning` have them; the modes are switched through their variables,
-without retracing. Each repetition times `model.fit(dataset, epochs=1,
+without retracing. Each repetition runs `model.fit(dataset, epochs=1,
 steps_per_epoch=--steps)` for every variant, in an order reversed every other
 repetition, after one untimed warm-up fit of each model that traces and
-compiles its train function. The figure per variant is the median time per
-step over the repetitions, and the ratio pruned / plain for each active group
+compiles its train function, and a callback records the wall time of every
+step. The figure per variant is the median step time over all repetitions,
+which a stray slow step (on a shared or virtual machine, a whole slow fit)
+does not move, and the ratio pruned / plain for each active group
 (target <= 1.10).
 
 Run from the repository root, under Keras 3 and under tf_keras:
@@ -57,9 +59,10 @@ flags.DEFINE_string(
 )
 
 MEASURED = (
-    "wall time of model.fit(dataset, epochs=1, steps_per_epoch=steps) divided "
-    "by steps, after an untimed warm-up fit of each model; the variants' "
-    "fits interleave; median over repetitions"
+    "wall time of each training step (on_train_batch_begin to "
+    "on_train_batch_end) in repetitions of model.fit(dataset, epochs=1, "
+    "steps_per_epoch=steps), after an untimed warm-up fit of each model; "
+    "the variants' fits interleave; median over all steps"
 )
 
 
@@ -85,10 +88,31 @@ def _compiled(model):
     return model
 
 
-def _seconds_per_step(model, dataset):
-    start = time.perf_counter()
-    model.fit(dataset, epochs=1, steps_per_epoch=FLAGS.steps, shuffle=False, verbose=0)
-    return (time.perf_counter() - start) / FLAGS.steps
+class _StepTimer(keras.callbacks.Callback):
+    """Records the wall time of every training step of a fit."""
+
+    def on_train_begin(self, logs=None):
+        self.seconds = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def _step_seconds(model, dataset):
+    """Times one fit of --steps steps; returns the seconds of each step."""
+    timer = _StepTimer()
+    model.fit(
+        dataset,
+        epochs=1,
+        steps_per_epoch=FLAGS.steps,
+        shuffle=False,
+        verbose=0,
+        callbacks=[timer],
+    )
+    return timer.seconds
 
 
 def _time_model(name, dataset, dataset_size):
@@ -101,13 +125,13 @@ def _time_model(name, dataset, dataset_size):
     plain = _compiled(plain)
     groups = rbp.pruning_groups(pruned)
 
-    def seconds_per_step(variant):
+    def step_seconds(variant):
         """Times the plain model, or the pruned one with group `variant` active."""
         if variant == "plain":
-            return _seconds_per_step(plain, dataset)
+            return _step_seconds(plain, dataset)
         for group, noise in groups.items():
             noise.mode = "active" if group == variant else "off"
-        return _seconds_per_step(pruned, dataset)
+        return _step_seconds(pruned, dataset)
 
     for model in (plain, pruned):  # warm-up: traces and compiles
         model.fit(dataset, epochs=1, steps_per_epoch=2, shuffle=False, verbose=0)
@@ -115,14 +139,20 @@ def _time_model(name, dataset, dataset_size):
     times = {variant: [] for variant in variants}
     for repetition in range(FLAGS.repetitions):
         for variant in variants if repetition % 2 == 0 else reversed(variants):
-            times[variant].append(seconds_per_step(variant))
+            times[variant].extend(step_seconds(variant))
 
     medians = {variant: statistics.median(t) for variant, t in times.items()}
+    fit_medians = {
+        variant: statistics.median(
+            statistics.mean(t[i : i + FLAGS.steps]) for i in range(0, len(t), FLAGS.steps)
+        )
+        for variant, t in times.items()
+    }
     ratios = {group: medians[group] / medians["plain"] for group in groups}
     result = {
         "groups": list(groups),
-        "seconds_per_step": times,
         "median_seconds_per_step": medians,
+        "median_of_fit_mean_seconds_per_step": fit_medians,
         "steps_per_second": {variant: 1.0 / t for variant, t in medians.items()},
         "ratio_pruned_to_plain": ratios,
         "mean_ratio": statistics.mean(ratios.values()),
