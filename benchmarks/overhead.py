@@ -45,7 +45,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("models", list(MODELS), f"Models to time, of {list(MODELS)}.")
 flags.DEFINE_integer("batch_size", 128, "Training batch size.")
 flags.DEFINE_integer("steps", 200, "Training steps per timed repetition.")
-flags.DEFINE_integer("repetitions", 7, "Timed repetitions of each model.")
+flags.DEFINE_integer("repetitions", 7, "Timed repetitions of each variant.")
 flags.DEFINE_string(
     "data_dir", None, f"Folder holding mnist.npz; default ${datasets.DATA_DIR_ENV}."
 )
@@ -125,7 +125,7 @@ def _time_model(name, dataset, dataset_size):
     plain = _compiled(plain)
     groups = rbp.pruning_groups(pruned)
 
-    def step_seconds(variant):
+    def time_variant(variant):
         """Times the plain model, or the pruned one with group `variant` active."""
         if variant == "plain":
             return _step_seconds(plain, dataset)
@@ -139,7 +139,7 @@ def _time_model(name, dataset, dataset_size):
     times = {variant: [] for variant in variants}
     for repetition in range(FLAGS.repetitions):
         for variant in variants if repetition % 2 == 0 else reversed(variants):
-            times[variant].extend(step_seconds(variant))
+            times[variant].extend(time_variant(variant))
 
     medians = {variant: statistics.median(t) for variant, t in times.items()}
     fit_medians = {
