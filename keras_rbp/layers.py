@@ -31,6 +31,12 @@ class RBPNoise(keras.layers.Layer):
     variables also hold `mode_epochs`, the epochs trained in the current mode,
     which `RecursivePruning` counts, so that checkpoints carry its progress.
 
+    A layer that is not trainable (``layer.trainable = False``) computes
+    theta as at inference, in training too, and its loss term is 0, like a
+    non-trainable BatchNormalization; its logits are not updated.
+    `RecursivePruning` uses this to leave the groups outside the current
+    stage out of the training step. The flag is not part of the config.
+
     Args:
         dataset_size: number of training examples N; the KL is divided by it.
         axis: the channel axis of the input: -1 for channels_last, 1 for
@@ -225,10 +231,13 @@ class RBPNoise(keras.layers.Layer):
     def _sampled_outputs(self, inputs, logits, counter):
         """inputs times theta drawn per example and per channel."""
         seed = tf.stack([tf.constant(self.seed, tf.int64), counter])
-        eps = tf.random.stateless_normal([tf.shape(inputs)[0], self.channels], seed=seed)
+        eps = noise_lib.standard_normal([tf.shape(inputs)[0], self.channels], seed)
         return self._scale(inputs, noise_lib.sample(logits, eps, self.noise_scale))
 
     def call(self, inputs, training=None):
+        if not self.trainable:
+            self.add_loss(tf.constant(0.0))
+            return self._scale(inputs, self.theta())
         # The step counter comes first: under tf.distribute its update
         # switches replicas, which must not happen between add_loss and the
         # end of this call.
@@ -258,6 +267,9 @@ class RBPNoise(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
+        # Who trains the logits is decided by RecursivePruning per stage, not
+        # saved: a model saved in a stage must load with every group trainable.
+        config.pop("trainable", None)
         config.update(
             dataset_size=self.dataset_size,
             axis=self.axis,

@@ -25,6 +25,11 @@ class RecursivePruning(keras.callbacks.Callback):
     the largest pi). After the last stage, `finetune_epochs` epochs train with
     every group frozen, then training stops.
 
+    Only the stage's groups train their logits: the others are made
+    non-trainable for the stage (they then cost a multiply, see `RBPNoise`),
+    and the model's train and test functions are rebuilt when that changes,
+    once a stage. Every group is trainable again when fit ends.
+
     All progress lives in the noises' variables (modes, masks, frozen values,
     epochs in the current mode), so a model saved by `ModelCheckpoint` or
     `BackupAndRestore` resumes the plan where it stopped: list those
@@ -131,9 +136,16 @@ class RecursivePruning(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         groups = _groups(self.model)
-        if getattr(self.model, "optimizer", None) is None:
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None:
             raise RuntimeError(f"RecursivePruning: model {self.model.name!r} was not compiled")
-        del groups
+        _set_trainable(self.model, groups, {name: True for name in groups})
+        # The optimiser must know every group's logits before a stage leaves
+        # some out; it would otherwise be built at the first step, on the
+        # first stage's. (tf_keras' legacy optimisers have no build.)
+        if hasattr(optimizer, "build") and not getattr(optimizer, "built", False):
+            with self.model.distribute_strategy.scope():
+                optimizer.build(self.model.trainable_variables)
 
     def on_epoch_begin(self, epoch, logs=None):
         groups = _groups(self.model)
@@ -148,12 +160,18 @@ class RecursivePruning(keras.callbacks.Callback):
                     "over several fit calls"
                 )
         self._last_good_weights = self.model.get_weights()
-        stages = self.stages(self.model)
         current = self._current_stage(self.model, groups)
         if current is None:
             if self.finetune_learning_rate is not None:
                 self.model.optimizer.learning_rate.assign(self.finetune_learning_rate)
-            return
+        else:
+            self._start_stage_epoch(self.stages(self.model), current, groups)
+        _set_trainable(
+            self.model, groups, {name: noise.mode == "active" for name, noise in groups.items()}
+        )
+
+    def _start_stage_epoch(self, stages, current, groups):
+        """Sets the modes and the noise scale for an epoch of stage `current`."""
         for stage in stages[current + 1 :]:
             for name in stage:
                 groups[name].mode = "off"
@@ -178,6 +196,8 @@ class RecursivePruning(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._fit_first_epoch = None
+        groups = _groups(self.model)
+        _set_trainable(self.model, groups, {name: True for name in groups})
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
@@ -265,6 +285,19 @@ def _kept_channels(noise, threshold):
     if noise.mode == "active":
         return int((noise.keep_probability() >= threshold).sum())
     return noise.channels
+
+
+def _set_trainable(model, groups, trainable):
+    """Sets which groups train their logits, a dict from group name to bool;
+    rebuilds the model's train and test functions if that changes."""
+    changed = False
+    for name, value in trainable.items():
+        if groups[name].trainable != value:
+            groups[name].trainable = value
+            changed = True
+    if changed:
+        model.make_train_function(force=True)
+        model.make_test_function(force=True)
 
 
 def _groups(model):

@@ -1,5 +1,7 @@
 """Tests of the Dirac-like noise formulas."""
 
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -62,3 +64,26 @@ def test_bad_probabilities_are_refused():
         noise.kl_divergence(tf.constant([0.0]), 1.5)
     with pytest.raises(ValueError, match="received: 0.0"):
         noise.logit(0.0)
+
+
+def test_standard_normal_is_standard_normal():
+    eps = noise.standard_normal([20_000, 5], tf.constant([7, 8], tf.int64)).numpy()
+    assert eps.shape == (20_000, 5)  # an odd number of columns
+    assert eps.mean() == pytest.approx(0.0, abs=0.01)
+    assert eps.var() == pytest.approx(1.0, rel=0.01)
+    # Kolmogorov-Smirnov distance to the N(0, 1) CDF; 0.006 is about the 1 %
+    # critical value for 100k draws.
+    values = np.sort(eps.ravel())
+    cdf = 0.5 * (1.0 + np.vectorize(math.erf)(values / math.sqrt(2.0)))
+    empirical = np.arange(1, values.size + 1) / values.size
+    assert np.max(np.abs(empirical - cdf)) < 0.006
+    # Columns are not correlated with each other (the two halves of a pair).
+    assert np.max(np.abs(np.corrcoef(eps.T) - np.eye(5))) < 0.03
+
+
+def test_standard_normal_is_reproducible_per_seed():
+    def draw(*seed):
+        return noise.standard_normal([4, 6], tf.constant(seed, tf.int64)).numpy()
+
+    np.testing.assert_array_equal(draw(1, 2), draw(1, 2))
+    assert not np.allclose(draw(1, 2), draw(1, 3))

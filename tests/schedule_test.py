@@ -45,12 +45,15 @@ class _ModeRecorder(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.modes, self.scales, self.masks = [], [], []
+        self.trainable, self.logits = [], []
 
     def on_epoch_begin(self, epoch, logs=None):
         groups = rbp.pruning_groups(self.model)
         self.modes.append([g.mode for g in groups.values()])
         self.scales.append([round(float(g.noise_scale.numpy()), 4) for g in groups.values()])
         self.masks.append([g.mask.numpy().copy() for g in groups.values()])
+        self.trainable.append([g.trainable for g in groups.values()])
+        self.logits.append([g.scaled_logits.numpy().copy() for g in groups.values()])
 
 
 def _fit(pruned, schedule, epochs=None, optimizer=None, **kwargs):
@@ -77,6 +80,23 @@ def test_stages_switch_modes_in_topological_order():
     assert recorder.scales[0][0] == 1.0 and recorder.scales[1][0] == 3.0
     assert history.history["rbp_stage"] == [1, 1, 2, 2, 3, 3, 4]
     assert [g.mode for g in rbp.pruning_groups(pruned).values()] == [F, F, F]
+
+
+def test_only_the_stage_groups_train_their_logits():
+    pruned = _small_pruned()
+    schedule = rbp.RecursivePruning(epochs_per_stage=2, finetune_epochs=1, verbose=0)
+    recorder, _ = _fit(pruned, schedule, optimizer=keras.optimizers.Adam(0.01))
+    assert recorder.trainable == [
+        [True, False, False], [True, False, False], [False, True, False],
+        [False, True, False], [False, False, True], [False, False, True],
+        [False, False, False],
+    ]
+    final = [g.scaled_logits.numpy() for g in rbp.pruning_groups(pruned).values()]
+    for epoch, (flags, logits) in enumerate(zip(recorder.trainable, recorder.logits)):
+        after = recorder.logits[epoch + 1] if epoch + 1 < len(recorder.logits) else final
+        for group, trained in enumerate(flags):
+            assert np.array_equal(logits[group], after[group]) != trained, (epoch, group)
+    assert all(g.trainable for g in rbp.pruning_groups(pruned).values())
 
 
 def test_masks_are_monotone_and_thresholded_at_pi():

@@ -197,6 +197,19 @@ def test_frozen_and_off_modes_give_no_gradient_to_the_logits():
     assert np.all(tape.gradient(loss, layer.scaled_logits).numpy() != 0)
 
 
+def test_non_trainable_noise_is_deterministic_in_training():
+    layer = RBPNoise(dataset_size=N, seed=1, initial_keep_prob=0.4)
+    layer.build((None, 4))
+    layer.mode = "active"
+    layer.trainable = False
+    assert layer.trainable_weights == []
+    outputs = layer(tf.ones([3, 4]), training=True)
+    np.testing.assert_allclose(outputs.numpy(), np.full([3, 4], 0.4), rtol=1e-6)
+    assert [float(term) for term in layer.losses] == [0.0]
+    assert "trainable" not in layer.get_config()
+    assert RBPNoise.from_config(layer.get_config()).trainable
+
+
 def test_logit_scale_multiplies_the_variable():
     layer = RBPNoise(dataset_size=N, logit_scale=10.0, initial_keep_prob=0.9)
     layer.build((None, 2))
