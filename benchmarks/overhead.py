@@ -1,17 +1,20 @@
 """Training-speed overhead of the RBP wrapper: plain versus pruned models.
 
 Times training steps of LeNet-5-Caffe and LeNet-300-100, plain and wrapped by
-`keras_rbp.prune`, in the same process. The pruned model is timed once with
-each of its groups active in turn (the others off), as the stages of
-`RecursivePruning` have them; the modes are switched through their variables,
-without retracing. Each repetition runs `model.fit(dataset, epochs=1,
-steps_per_epoch=--steps)` for every variant, in an order reversed every other
-repetition, after one untimed warm-up fit of each model that traces and
-compiles its train function, and a callback records the wall time of every
-step. The figure per variant is the median step time over all repetitions,
-which a stray slow step (on a shared or virtual machine, a whole slow fit)
-does not move, and the ratio pruned / plain for each active group
-(target <= 1.10).
+`keras_rbp.prune`, in the same process. The pruned model is timed with each
+of its groups in turn set as in a stage of `RecursivePruning`: that group
+active and trainable, the others off and not trainable. For LeNet-300-100 it
+also times the floor of pruning input pixels: the plain model with a
+trainable, noise-free scale per pixel, which alone adds the gradient with
+respect to the input (a matrix product as large as the first layer's).
+
+Every variant is its own compiled model, warmed up (traced) before timing.
+The timing runs --rounds rounds; a round calls each variant's train function
+for --chunk steps, in an order reversed every other round, and records the
+wall time of every step. Interleaving in short chunks makes the variants
+share the machine's slow and fast phases (on a shared or virtual machine
+whole seconds run at half speed). The figure per variant is the median step
+time, and the ratio pruned / plain per group (target <= 1.10).
 
 Run from the repository root, under Keras 3 and under tf_keras:
 
@@ -36,16 +39,18 @@ from keras_rbp import datasets, models
 from keras_rbp._keras import IS_KERAS_3, keras
 
 MODELS = {
-    # name: (builder, prune options of the literature's set-up)
-    "lenet5_caffe": (models.lenet5_caffe, {"flatten_features": True}),
-    "lenet_300_100": (models.lenet_300_100, {"flatten_features": True}),
+    # name: (builder, prune options of the literature's set-up, whether to
+    # time the floor of pruning the input pixels)
+    "lenet5_caffe": (models.lenet5_caffe, {"flatten_features": True}, False),
+    "lenet_300_100": (models.lenet_300_100, {"flatten_features": True}, True),
 }
+INPUT_GATE = "input gate (floor)"
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", list(MODELS), f"Models to time, of {list(MODELS)}.")
 flags.DEFINE_integer("batch_size", 128, "Training batch size.")
-flags.DEFINE_integer("steps", 200, "Training steps per timed repetition.")
-flags.DEFINE_integer("repetitions", 7, "Timed repetitions of each variant.")
+flags.DEFINE_integer("rounds", 40, "Timed rounds; each runs every variant once.")
+flags.DEFINE_integer("chunk", 5, "Training steps of a variant in a round.")
 flags.DEFINE_string(
     "data_dir", None, f"Folder holding mnist.npz; default ${datasets.DATA_DIR_ENV}."
 )
@@ -59,10 +64,9 @@ flags.DEFINE_string(
 )
 
 MEASURED = (
-    "wall time of each training step (on_train_batch_begin to "
-    "on_train_batch_end) in repetitions of model.fit(dataset, epochs=1, "
-    "steps_per_epoch=steps), after an untimed warm-up fit of each model; "
-    "the variants' fits interleave; median over all steps"
+    "wall time of each call of the model's train function (one step), in "
+    "rounds that run every variant for a chunk of steps, after a warm-up fit "
+    "of each; median over all steps"
 )
 
 
@@ -80,86 +84,96 @@ def _training_data():
     return x, y, "random"
 
 
-def _compiled(model):
+def _compiled(model, dataset):
+    """Compiles `model` and traces its train function with a short fit."""
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
+    model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
     return model
 
 
-class _StepTimer(keras.callbacks.Callback):
-    """Records the wall time of every training step of a fit."""
+class _InputGate(keras.layers.Layer):
+    """A trainable scale per input feature, without noise or KL."""
 
-    def on_train_begin(self, logs=None):
-        self.seconds = []
+    def build(self, input_shape):
+        self.scale = self.add_weight(name="scale", shape=(input_shape[-1],), initializer="ones")
 
-    def on_train_batch_begin(self, batch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
+    def call(self, inputs):
+        return inputs * self.scale
 
 
-def _step_seconds(model, dataset):
-    """Times one fit of --steps steps; returns the seconds of each step."""
-    timer = _StepTimer()
-    model.fit(
-        dataset,
-        epochs=1,
-        steps_per_epoch=FLAGS.steps,
-        shuffle=False,
-        verbose=0,
-        callbacks=[timer],
-    )
-    return timer.seconds
+def _with_input_gate(model):
+    """`model`, a chain of a Flatten and Dense layers, with an `_InputGate`
+    after its Flatten."""
+    flatten, *dense = [
+        layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)
+    ]
+    inputs = keras.Input(model.input_shape[1:])
+    x = _InputGate(name="input_gate")(flatten(inputs))
+    for layer in dense:
+        x = layer(x)
+    return keras.Model(inputs, x)
+
+
+def _pruned_for_stage(builder, options, dataset_size, active):
+    """A pruned model with group `active` set as in its stage of
+    RecursivePruning (active, trainable) and the others off, not trainable."""
+    keras.utils.set_random_seed(0)
+    pruned = rbp.prune(builder(), dataset_size=dataset_size, **options)
+    for group, noise in rbp.pruning_groups(pruned).items():
+        noise.mode = "active" if group == active else "off"
+        noise.trainable = group == active
+    return pruned
+
+
+def _time_variants(variants, dataset):
+    """Interleaved per-step times of each variant's train function: a dict
+    from variant to a list of seconds."""
+    functions = {name: model.make_train_function() for name, model in variants.items()}
+    iterators = {name: iter(dataset) for name in variants}
+    times = {name: [] for name in variants}
+    order = list(variants)
+    for round_index in range(FLAGS.rounds):
+        for name in order if round_index % 2 == 0 else reversed(order):
+            function, iterator = functions[name], iterators[name]
+            for _ in range(FLAGS.chunk):
+                start = time.perf_counter()
+                function(iterator)
+                times[name].append(time.perf_counter() - start)
+    return times
 
 
 def _time_model(name, dataset, dataset_size):
-    """Times plain `name` and pruned `name` with each group active; returns
-    a dict of plain data."""
-    builder, options = MODELS[name]
+    """Times plain `name`, pruned `name` with each group active, and the
+    input-gate floor where asked; returns a dict of plain data."""
+    builder, options, input_gate = MODELS[name]
     keras.utils.set_random_seed(0)
-    plain = builder()
-    pruned = _compiled(rbp.prune(plain, dataset_size=dataset_size, **options))
-    plain = _compiled(plain)
-    groups = rbp.pruning_groups(pruned)
-
-    def time_variant(variant):
-        """Times the plain model, or the pruned one with group `variant` active."""
-        if variant == "plain":
-            return _step_seconds(plain, dataset)
-        for group, noise in groups.items():
-            noise.mode = "active" if group == variant else "off"
-        return _step_seconds(pruned, dataset)
-
-    for model in (plain, pruned):  # warm-up: traces and compiles
-        model.fit(dataset, epochs=1, steps_per_epoch=2, shuffle=False, verbose=0)
-    variants = ["plain", *groups]
-    times = {variant: [] for variant in variants}
-    for repetition in range(FLAGS.repetitions):
-        for variant in variants if repetition % 2 == 0 else reversed(variants):
-            times[variant].extend(time_variant(variant))
+    variants = {"plain": _compiled(builder(), dataset)}
+    if input_gate:
+        keras.utils.set_random_seed(0)
+        variants[INPUT_GATE] = _compiled(_with_input_gate(builder()), dataset)
+    keras.utils.set_random_seed(0)
+    groups = list(rbp.pruning_groups(rbp.prune(builder(), dataset_size=dataset_size, **options)))
+    for group in groups:
+        variants[group] = _compiled(_pruned_for_stage(builder, options, dataset_size, group), dataset)
+    times = _time_variants(variants, dataset)
 
     medians = {variant: statistics.median(t) for variant, t in times.items()}
-    fit_medians = {
-        variant: statistics.median(
-            statistics.mean(t[i : i + FLAGS.steps]) for i in range(0, len(t), FLAGS.steps)
-        )
-        for variant, t in times.items()
+    ratios = {
+        variant: medians[variant] / medians["plain"] for variant in variants if variant != "plain"
     }
-    ratios = {group: medians[group] / medians["plain"] for group in groups}
+    group_ratios = [ratios[group] for group in groups]
     result = {
-        "groups": list(groups),
+        "groups": groups,
         "median_seconds_per_step": medians,
-        "median_of_fit_mean_seconds_per_step": fit_medians,
         "steps_per_second": {variant: 1.0 / t for variant, t in medians.items()},
-        "ratio_pruned_to_plain": ratios,
-        "mean_ratio": statistics.mean(ratios.values()),
-        "worst_ratio": max(ratios.values()),
+        "ratio_to_plain": ratios,
+        "mean_ratio": statistics.mean(group_ratios),
+        "worst_ratio": max(group_ratios),
+        "steps_timed_per_variant": FLAGS.rounds * FLAGS.chunk,
     }
-    if IS_KERAS_3:
-        result["jit_compile"] = {"plain": bool(plain.jit_compile), "pruned": bool(pruned.jit_compile)}
     logging.info("%s: %s", name, result)
     return result
 
@@ -187,8 +201,8 @@ def main(argv):
         "tensorflow_version": tf.__version__,
         "data": source,
         "batch_size": FLAGS.batch_size,
-        "steps": FLAGS.steps,
-        "repetitions": FLAGS.repetitions,
+        "rounds": FLAGS.rounds,
+        "chunk": FLAGS.chunk,
         "machine": {
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
@@ -201,24 +215,26 @@ def main(argv):
     rows = [
         [
             name,
-            group,
+            variant,
             f"{r['steps_per_second']['plain']:.1f}",
-            f"{r['steps_per_second'][group]:.1f}",
+            f"{r['steps_per_second'][variant]:.1f}",
             f"{ratio:.3f}",
         ]
         for name, r in results.items()
-        for group, ratio in r["ratio_pruned_to_plain"].items()
+        for variant, ratio in r["ratio_to_plain"].items()
     ]
     markdown = (
         f"# RBP wrapper overhead ({keras_mode}, Keras {keras.__version__}, "
         f"TensorFlow {tf.__version__})\n\n"
         f"Training steps per second at batch {FLAGS.batch_size} on {source} data, "
-        f"{FLAGS.steps} steps x {FLAGS.repetitions} repetitions, "
+        f"{FLAGS.rounds} rounds x {FLAGS.chunk} steps a variant, "
         f"{os.cpu_count()} CPUs, load average {load_before[0]:.1f} at start. "
-        f"Measured: {MEASURED}. Target ratio <= 1.10. The pruned model has "
-        f"one group active and the others off, as in a stage of RecursivePruning.\n\n"
+        f"Measured: {MEASURED}. Target ratio <= 1.10. Each pruned variant has "
+        "one group active and trainable and the others off and not trainable, as in "
+        f"a stage of RecursivePruning; \"{INPUT_GATE}\" is the plain model with a "
+        "trainable scale per input pixel, the least that pruning input pixels adds.\n\n"
         + results_io.markdown_table(
-            ["model", "active group", "plain steps/s", "pruned steps/s", "pruned/plain time"],
+            ["model", "variant", "plain steps/s", "variant steps/s", "variant/plain time"],
             rows,
         )
     )

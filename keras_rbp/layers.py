@@ -237,7 +237,7 @@ class RBPNoise(keras.layers.Layer):
     def call(self, inputs, training=None):
         if not self.trainable:
             self.add_loss(tf.constant(0.0))
-            return self._scale(inputs, self.theta())
+            return self._deterministic_outputs(inputs, training)
         # The step counter comes first: under tf.distribute its update
         # switches replicas, which must not happen between add_loss and the
         # end of this call.
@@ -246,15 +246,26 @@ class RBPNoise(keras.layers.Layer):
         active = tf.equal(mode, ACTIVE)
         logits = self.logits
         self.add_loss(self._kl_term(logits, active))
-        theta = self._deterministic_theta(mode, logits)
         if not training:
-            return self._scale(inputs, theta)
+            return self._scale(inputs, self._deterministic_theta(mode, logits))
         # A group that is not active draws no random numbers and sends no
         # gradient to its logits, which it does not use.
         return tf.cond(
             active,
             lambda: self._sampled_outputs(inputs, logits, counter),
-            lambda: self._scale(inputs, tf.stop_gradient(theta)),
+            lambda: self._deterministic_outputs(inputs, training),
+        )
+
+    def _deterministic_outputs(self, inputs, training):
+        """inputs times the deterministic theta, with no gradient to it. In
+        training an off layer skips the product (a cond costs less); at
+        inference the graph has no control flow, which export prefers."""
+        if not training:
+            return self._scale(inputs, self.theta())
+        return tf.cond(
+            tf.equal(tf.convert_to_tensor(self.mode_variable), OFF),
+            lambda: tf.identity(inputs),
+            lambda: self._scale(inputs, tf.stop_gradient(self.theta())),
         )
 
     def _kl_term(self, logits, active):
