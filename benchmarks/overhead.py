@@ -36,6 +36,7 @@ import tensorflow as tf
 import keras_rbp as rbp
 from benchmarks import results_io
 from keras_rbp import datasets, models
+from keras_rbp import noise as noise_lib
 from keras_rbp._keras import IS_KERAS_3, keras
 
 MODELS = {
@@ -145,6 +146,30 @@ def _time_variants(variants, dataset):
     return times
 
 
+def _draw_seconds(channels, calls=20, repetitions=15):
+    """Median seconds of one draw of batch x channels normals as RBPNoise
+    makes them (`noise.standard_normal`), each summed to keep it: the part of
+    an active group's cost that no other change to the layer can remove."""
+
+    @tf.function
+    def draws(seed):
+        return tf.add_n(
+            [
+                tf.reduce_sum(noise_lib.standard_normal([FLAGS.batch_size, channels], seed + i))
+                for i in range(calls)
+            ]
+        )
+
+    seed = tf.constant([0, 0], tf.int64)
+    draws(seed).numpy()
+    times = []
+    for repetition in range(repetitions):
+        start = time.perf_counter()
+        draws(seed + repetition).numpy()
+        times.append((time.perf_counter() - start) / calls)
+    return statistics.median(times)
+
+
 def _time_model(name, dataset, dataset_size):
     """Times plain `name`, pruned `name` with each group active, and the
     input-gate floor where asked; returns a dict of plain data."""
@@ -155,7 +180,8 @@ def _time_model(name, dataset, dataset_size):
         keras.utils.set_random_seed(0)
         variants[INPUT_GATE] = _compiled(_with_input_gate(builder()), dataset)
     keras.utils.set_random_seed(0)
-    groups = list(rbp.pruning_groups(rbp.prune(builder(), dataset_size=dataset_size, **options)))
+    noises = rbp.pruning_groups(rbp.prune(builder(), dataset_size=dataset_size, **options))
+    groups = list(noises)
     for group in groups:
         variants[group] = _compiled(_pruned_for_stage(builder, options, dataset_size, group), dataset)
     times = _time_variants(variants, dataset)
@@ -165,6 +191,7 @@ def _time_model(name, dataset, dataset_size):
         variant: medians[variant] / medians["plain"] for variant in variants if variant != "plain"
     }
     group_ratios = [ratios[group] for group in groups]
+    draws = {group: _draw_seconds(noise.channels) for group, noise in noises.items()}
     result = {
         "groups": groups,
         "median_seconds_per_step": medians,
@@ -173,6 +200,8 @@ def _time_model(name, dataset, dataset_size):
         "mean_ratio": statistics.mean(group_ratios),
         "worst_ratio": max(group_ratios),
         "steps_timed_per_variant": FLAGS.rounds * FLAGS.chunk,
+        "normal_draw_seconds": draws,
+        "normal_draw_to_plain_step": {g: t / medians["plain"] for g, t in draws.items()},
     }
     logging.info("%s: %s", name, result)
     return result
@@ -219,6 +248,9 @@ def main(argv):
             f"{r['steps_per_second']['plain']:.1f}",
             f"{r['steps_per_second'][variant]:.1f}",
             f"{ratio:.3f}",
+            f"{r['normal_draw_to_plain_step'][variant]:.3f}"
+            if variant in r["normal_draw_to_plain_step"]
+            else "",
         ]
         for name, r in results.items()
         for variant, ratio in r["ratio_to_plain"].items()
@@ -232,9 +264,17 @@ def main(argv):
         f"Measured: {MEASURED}. Target ratio <= 1.10. Each pruned variant has "
         "one group active and trainable and the others off and not trainable, as in "
         f"a stage of RecursivePruning; \"{INPUT_GATE}\" is the plain model with a "
-        "trainable scale per input pixel, the least that pruning input pixels adds.\n\n"
+        "trainable scale per input pixel, the least that pruning input pixels adds. The last column is the time of the "
+        "group's batch x channels normal draws alone, timed apart, over the plain step.\n\n"
         + results_io.markdown_table(
-            ["model", "variant", "plain steps/s", "variant steps/s", "variant/plain time"],
+            [
+                "model",
+                "variant",
+                "plain steps/s",
+                "variant steps/s",
+                "variant/plain time",
+                "normal draws / plain step",
+            ],
             rows,
         )
     )
