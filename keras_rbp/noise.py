@@ -69,13 +69,13 @@ def standard_normal(shape, seed):
     of `tf.random.stateless_normal`, whose Box-Muller is not vectorised."""
     rows, columns = shape
     pairs = (columns + 1) // 2
-    uniform = tf.random.stateless_uniform([2, rows, pairs], seed=seed)
+    for_radius, for_angle = tf.unstack(tf.random.stateless_uniform([2, rows, pairs], seed=seed))
     # 1 - u is exact and in (0, 1]. (log1p(-u) would be a chain of two unary
     # ops, which TensorFlow's graph optimiser fuses into a much slower one.)
-    radius = tf.sqrt(-2.0 * tf.math.log(1.0 - uniform[0]))
-    angle = (2.0 * math.pi) * uniform[1]
+    radius = tf.sqrt(-2.0 * tf.math.log(1.0 - for_radius))
+    angle = (2.0 * math.pi) * for_angle
     normal = tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], axis=1)
-    return normal[:, :columns]
+    return normal if 2 * pairs == columns else normal[:, :columns]
 
 
 def logit(probability):
