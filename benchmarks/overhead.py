@@ -264,8 +264,9 @@ def main(argv):
         f"Measured: {MEASURED}. Target ratio <= 1.10. Each pruned variant has "
         "one group active and trainable and the others off and not trainable, as in "
         f"a stage of RecursivePruning; \"{INPUT_GATE}\" is the plain model with a "
-        "trainable scale per input pixel, the least that pruning input pixels adds. The last column is the time of the "
-        "group's batch x channels normal draws alone, timed apart, over the plain step.\n\n"
+        "trainable scale per input pixel, the least that pruning input pixels adds. "
+        "The last column is the time of the group's batch x channels normal draws "
+        "alone, timed apart, over the plain step.\n\n"
         + results_io.markdown_table(
             [
                 "model",
