@@ -9,6 +9,7 @@ from keras_rbp.export import ExportCheckError, benchmark_tflite, export
 from keras_rbp.layers import RBPNoise
 from keras_rbp.metrics import Report, report
 from keras_rbp.quantize import quantize_aware
+from keras_rbp.rules import LayerRule, register_rule
 from keras_rbp.schedule import PruningSummaries, RecursivePruning
 from keras_rbp.surgery import ShrinkError, kept_channels, shrink
 from keras_rbp.wrapper import RBPWrapper, freeze, prune, pruning_groups
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ExportCheckError",
+    "LayerRule",
     "PruningSummaries",
     "RBPNoise",
     "RBPWrapper",
@@ -30,6 +32,7 @@ __all__ = [
     "prune",
     "pruning_groups",
     "quantize_aware",
+    "register_rule",
     "report",
     "shrink",
 ]

@@ -6,6 +6,7 @@ does. Every other module imports Keras from here.
 """
 
 import os
+import re
 
 import tensorflow as tf
 
@@ -23,17 +24,54 @@ if IS_KERAS_3:
     register_serializable = keras.saving.register_keras_serializable
     serialize = keras.saving.serialize_keras_object
     ONLY_FIRST_REPLICA = "only_first_replica"
+    # Keras 3 records `x + 3.0` and `keras.ops.*` calls as operations that
+    # are not layers.
+    OPERATION_CLASSES = (keras.Operation,)
 else:
     import tf_keras as keras
 
     register_serializable = keras.utils.register_keras_serializable
     serialize = keras.utils.serialize_keras_object
     ONLY_FIRST_REPLICA = tf.VariableAggregation.ONLY_FIRST_REPLICA
+    from tf_keras.src.layers.core import TFOpLambda
+
+    # tf_keras records TensorFlow functions called on Keras tensors as
+    # TFOpLambda layers (SlicingOpLambda for `x[...]`).
+    OPERATION_CLASSES = (TFOpLambda,)
 
 layers = keras.layers
 
+def model_operations(model):
+    """Every layer and operation of a Functional or Sequential model, by
+    name: Keras 3 keeps operation layers out of `model.layers`."""
+    return {op.name: op for op in getattr(model, "operations", model.layers)}
+
+
+def operation_name(operation):
+    """The snake_case name of the function an operation layer calls:
+    'add' for Keras 3's Add and tf_keras's ``__operators__.add``."""
+    if IS_KERAS_3:
+        return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", type(operation).__name__).lower()
+    return operation.get_config()["function"].rsplit(".", 1)[-1]
+
+
+def custom_objects(layers):
+    """The classes of `layers` that are not public Keras layers, by class
+    name, for `from_config`. Keras's own layers are left to Keras: a layer
+    and an operation may share a class name (Keras 3's Add)."""
+    return {
+        type(layer).__name__: type(layer)
+        for layer in layers
+        if getattr(keras.layers, type(layer).__name__, None) is not type(layer)
+    }
+
+
 __all__ = [
     "IS_KERAS_3",
+    "OPERATION_CLASSES",
+    "custom_objects",
+    "model_operations",
+    "operation_name",
     "ONLY_FIRST_REPLICA",
     "keras",
     "layers",

@@ -7,6 +7,8 @@ Keras 3 and tf_keras write a functional model's `inbound_nodes` differently;
 
 import dataclasses
 
+import numpy as np
+
 SEQUENTIAL = "Sequential"
 FUNCTIONAL = ("Functional", "Model")
 KERAS_TENSOR = "__keras_tensor__"
@@ -59,21 +61,40 @@ class Graph:
         ]
 
     def topological_order(self):
-        """Layer names, each after every layer it reads; ties keep config order."""
-        order, placed = [], set()
-        remaining = list(self.layers.values())
+        """Layer names in the order of their first call, inputs first; ties
+        keep config order."""
+        order = dict.fromkeys(node.name for node in self.layers.values() if not node.calls)
+        for name, _ in self.call_order():
+            order.setdefault(name)
+        return list(order)
+
+    def call_order(self):
+        """(layer name, call index) of every call, each after the calls
+        whose outputs it reads; layers without calls (inputs) first."""
+        placed = {(node.name, 0) for node in self.layers.values() if not node.calls}
+        order = []
+        remaining = [(node, index) for node in self.layers.values() for index in range(len(node.calls))]
         while remaining:
-            ready = [n for n in remaining if all(r.layer in placed for r in n.inputs)]
+            ready = [
+                (node, index) for node, index in remaining
+                if all((ref.layer, ref.node_index) in placed for ref in node.calls[index])
+            ]
             if not ready:
                 raise ValueError(f"model {self.name!r}: the layer graph has a cycle")
-            for node in ready:
-                order.append(node.name)
-                placed.add(node.name)
-            remaining = [n for n in remaining if n.name not in placed]
+            for node, index in ready:
+                order.append((node.name, index))
+                placed.add((node.name, index))
+            remaining = [item for item in remaining if (item[0].name, item[1]) not in placed]
         return order
 
     def is_output(self, name):
         return any(ref.layer == name for ref in self.outputs)
+
+
+def graph_of(model):
+    """The `Graph` of a Sequential or Functional Keras model."""
+    class_name = SEQUENTIAL if type(model).__name__ == SEQUENTIAL else "Functional"
+    return Graph.from_config(class_name, model.get_config())
 
 
 def model_class_name(entry):
@@ -122,27 +143,87 @@ def _refs(value):
     return [TensorRef(*item[:3]) for item in value]
 
 
+NUMPY_CONSTANTS = ("__numpy__", "__tensor__")
+
+
+def _map_record(value, on_tensor, on_constant):
+    """A copy of a call record (either config format) in which every tensor
+    reference is replaced by `on_tensor(TensorRef)` and every numeric
+    constant operand by `on_constant(numpy array)`, visited in call order."""
+    if isinstance(value, dict):
+        if value.get("class_name") == KERAS_TENSOR:
+            return on_tensor(TensorRef(*value["config"]["keras_history"]))
+        if value.get("class_name") in NUMPY_CONSTANTS:
+            config = value["config"]
+            return on_constant(np.asarray(config["value"], dtype=config.get("dtype")))
+        return {key: _map_record(item, on_tensor, on_constant) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        if _is_legacy_ref(value):
+            ref = on_tensor(TensorRef(*value[:3]))
+            kwargs = value[3] if len(value) > 3 else {}
+            return [ref, _map_record(kwargs, on_tensor, on_constant)]
+        if value and _is_numeric(value):
+            return on_constant(np.asarray(value))
+        return [_map_record(item, on_tensor, on_constant) for item in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return on_constant(np.asarray(value))
+    return value
+
+
+def _is_numeric(value):
+    if isinstance(value, (list, tuple)):
+        return all(_is_numeric(item) for item in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _node_refs(node):
     """The tensors read by one call, in order, in either config format."""
     refs = []
-
-    def visit(value):
-        if isinstance(value, dict):
-            if value.get("class_name") == KERAS_TENSOR:
-                refs.append(TensorRef(*value["config"]["keras_history"]))
-            else:
-                for item in value.values():
-                    visit(item)
-        elif isinstance(value, (list, tuple)):
-            if _is_legacy_ref(value):
-                refs.append(TensorRef(*value[:3]))
-                visit(value[3] if len(value) > 3 else {})
-            else:
-                for item in value:
-                    visit(item)
-
-    visit(node)
+    _map_record(node, refs.append, lambda constant: constant)
     return refs
+
+
+def call_constants(record):
+    """The numeric constant operands of one call record, as numpy arrays."""
+    constants = []
+    _map_record(record, lambda ref: ref, constants.append)
+    return constants
+
+
+def call_arguments(record, tensors):
+    """The positional and keyword arguments of an operation layer's call,
+    with its tensor references replaced by `tensors` in call order and its
+    constants as numpy arrays."""
+    values = iter(tensors)
+    mapped = _map_record(record, lambda ref: next(values), lambda constant: constant)
+    if isinstance(record, dict):
+        return mapped["args"], mapped["kwargs"]
+    first, kwargs = mapped  # tf_keras: [tensor, kwargs]
+    return [first], kwargs
+
+
+def map_call_constants(record, function):
+    """A copy of a call record with every numeric constant replaced by
+    `function(array)`, written back in the form it had."""
+
+    def rewrite(value):
+        if isinstance(value, dict):
+            if value.get("class_name") in NUMPY_CONSTANTS:
+                config = value["config"]
+                array = function(np.asarray(config["value"], dtype=config.get("dtype")))
+                return dict(value, config=dict(config, value=array.tolist()))
+            return {key: rewrite(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            if _is_legacy_ref(value):
+                return [*value[:3], *(rewrite(item) for item in value[3:])]
+            if value and _is_numeric(value):
+                return function(np.asarray(value)).tolist()
+            return [rewrite(item) for item in value]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return function(np.asarray(value)).item()
+        return value
+
+    return rewrite(record)
 
 
 def entry_inputs(entry):

@@ -15,7 +15,8 @@ import numpy as np
 from keras_rbp import graph as graph_lib
 from keras_rbp._keras import keras
 from keras_rbp.layers import RBPNoise
-from keras_rbp.wrapper import RBPWrapper, channel_axis
+from keras_rbp.rules import channel_axis
+from keras_rbp.wrapper import RBPWrapper
 
 L = keras.layers
 CONVOLUTIONS = (L.Conv1D, L.Conv2D, L.Conv3D, L.DepthwiseConv2D, L.SeparableConv2D)

@@ -2,38 +2,27 @@
 
 import copy
 
+from keras_rbp import _keras
 from keras_rbp import graph as graph_lib
+from keras_rbp import rules
 from keras_rbp._keras import IS_KERAS_3, keras, register_serializable, serialize
 from keras_rbp.layers import RBPNoise
 
-# The layers whose output channels RBPWrapper can prune. BatchNormalization is
-# wrapped only where it directly follows one of the others (see `prune`).
-PRUNABLE_LAYERS = (
-    keras.layers.Dense,
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-    keras.layers.DepthwiseConv2D,
-    keras.layers.SeparableConv2D,
-)
-WRAPPABLE_LAYERS = PRUNABLE_LAYERS + (keras.layers.BatchNormalization,)
+def is_wrappable(layer):
+    """Whether RBPWrapper can wrap `layer`: its rule folds a theta into its
+    output channels (see `rules.register_rule`)."""
+    return rules.rule_for(layer).prunable
 
 
 def is_prunable(layer):
-    """Whether RBPWrapper can wrap `layer` (its exact class is registered)."""
-    return type(layer) in PRUNABLE_LAYERS
-
-
-def channel_axis(layer):
-    """The axis of `layer`'s output that holds its channels."""
-    if isinstance(layer, keras.layers.BatchNormalization):
-        axis = layer.axis
-        return int(axis[0] if isinstance(axis, (list, tuple)) else axis)
-    return 1 if getattr(layer, "data_format", None) == "channels_first" else -1
+    """Whether `prune` puts a noise on `layer` of its own accord: a wrappable
+    layer other than BatchNormalization, which is wrapped only where it
+    directly follows one of the others (see `prune`)."""
+    return is_wrappable(layer) and not isinstance(layer, keras.layers.BatchNormalization)
 
 
 def _supported_names():
-    return ", ".join(cls.__name__ for cls in WRAPPABLE_LAYERS)
+    return ", ".join(sorted(cls.__name__ for cls in rules.prunable_classes()))
 
 
 @register_serializable(package="keras_rbp")
@@ -46,8 +35,9 @@ class RBPWrapper(keras.layers.Wrapper):
     BatchNormalization puts the noise on its output.
 
     Args:
-        layer: a Dense, Conv1D, Conv2D, Conv3D, DepthwiseConv2D,
-            SeparableConv2D or BatchNormalization layer.
+        layer: a layer whose rule is prunable: Dense, Conv1D/2D/3D (grouped
+            too), their transposed and separable forms, DepthwiseConv1D/2D,
+            BatchNormalization, or a user layer registered so.
         noise: an `RBPNoise` or its config; its `axis` is set from the layer.
         activation: the activation to apply after the noise; by default the
             wrapped layer's own, which is then replaced by "linear".
@@ -59,7 +49,7 @@ class RBPWrapper(keras.layers.Wrapper):
     """
 
     def __init__(self, layer, noise, activation=None, **kwargs):
-        if type(layer) not in WRAPPABLE_LAYERS:
+        if not is_wrappable(layer):
             raise ValueError(
                 f"RBPWrapper cannot wrap layer {layer.name!r} of class "
                 f"{type(layer).__name__}; supported: {_supported_names()}"
@@ -72,7 +62,7 @@ class RBPWrapper(keras.layers.Wrapper):
             layer.activation = keras.activations.get("linear")
         self.activation = keras.activations.get(activation)
         if isinstance(noise, dict):
-            noise = dict(noise, axis=channel_axis(layer))
+            noise = dict(noise, axis=rules.channel_axis(layer))
             noise.setdefault("name", f"{layer.name}_rbp_noise")
             noise = RBPNoise(**noise)
         self.noise = noise
@@ -147,7 +137,7 @@ def freeze(model, masks, values=None):
 
 def _topological_layers(model):
     by_name = {layer.name: layer for layer in model.layers}
-    return [by_name[name] for name in _graph(model).topological_order() if name in by_name]
+    return [by_name[name] for name in graph_lib.graph_of(model).topological_order() if name in by_name]
 
 
 def _flatten_layers(model):
@@ -222,9 +212,8 @@ def prune(
     config = copy.deepcopy(model.get_config())
     class_name = graph_lib.SEQUENTIAL if isinstance(model, keras.Sequential) else "Functional"
     rewriter.rewrite(class_name, config, input_features, flatten_features)
-    custom_objects = {type(layer).__name__: type(layer) for layer in by_name.values()}
     model_class = keras.Sequential if class_name == graph_lib.SEQUENTIAL else keras.Model
-    pruned = model_class.from_config(config, custom_objects=custom_objects)
+    pruned = model_class.from_config(config, custom_objects=_keras.custom_objects(by_name.values()))
     _copy_weights(model, pruned)
     if cost_aware:
         _set_costs(pruned)
@@ -277,7 +266,7 @@ def _choose_layers(model, by_name, layers):
         if not is_prunable(layer):
             raise ValueError(
                 f"prune: layer {name!r} of class {type(layer).__name__} cannot be "
-                f"pruned; supported: {', '.join(c.__name__ for c in PRUNABLE_LAYERS)}"
+                f"pruned; supported: {_supported_names()}"
             )
     return set(names)
 
@@ -290,7 +279,7 @@ def _output_producers(model):
     def walk_back(sub_model, refs):
         """Marks the producers behind `refs`; tells whether the walk went
         through to the inputs of `sub_model`."""
-        graph = _graph(sub_model)
+        graph = graph_lib.graph_of(sub_model)
         inputs = {ref.layer for ref in graph.inputs}
         layers = {layer.name: layer for layer in sub_model.layers}
         pending, seen, reached_inputs = list(refs), set(), False
@@ -304,17 +293,12 @@ def _output_producers(model):
                 reached_inputs = True
             elif is_prunable(layer):
                 found.add(name)
-            elif not isinstance(layer, keras.Model) or walk_back(layer, _graph(layer).outputs):
+            elif not isinstance(layer, keras.Model) or walk_back(layer, graph_lib.graph_of(layer).outputs):
                 pending.extend(graph.layers[name].inputs)
         return reached_inputs
 
-    walk_back(model, _graph(model).outputs)
+    walk_back(model, graph_lib.graph_of(model).outputs)
     return found
-
-
-def _graph(model):
-    class_name = graph_lib.SEQUENTIAL if isinstance(model, keras.Sequential) else "Functional"
-    return graph_lib.Graph.from_config(class_name, model.get_config())
 
 
 class _Rewriter:

@@ -9,7 +9,8 @@ import tensorflow as tf
 from keras_rbp import noise as noise_lib
 from keras_rbp._keras import keras
 from keras_rbp.layers import RBPNoise
-from keras_rbp.wrapper import RBPWrapper, channel_axis
+from keras_rbp.rules import channel_axis
+from keras_rbp.wrapper import RBPWrapper
 
 L = keras.layers
 N = 1000

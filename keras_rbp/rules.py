@@ -1,0 +1,785 @@
+"""Layer rules: how each layer class's channels flow, slice and fold.
+
+`shrink` follows every channel of every tensor through a model. For each
+layer call it asks the rule registered for the layer's class:
+
+- `forward`: which output channels share an index with which input channels
+  (the dependency groups), which output channels are exactly zero, and which
+  channels must be kept (a boundary);
+- `backward`: which input channels the needed output channels read;
+- `rebuild`: given the input channels the small model holds, which output
+  channels it holds, and the sliced weights and config of the new layer,
+  with a frozen theta folded in where the layer carries one.
+
+The built-in layers use the same registry that users extend for their own
+layers with `register_rule`. A layer whose class has no rule is a boundary:
+the channels that feed it are kept, with a warning naming it.
+"""
+
+import warnings
+
+import numpy as np
+
+from keras_rbp import _keras
+from keras_rbp import graph as graph_lib
+from keras_rbp._keras import keras
+from keras_rbp.layers import RBPNoise
+
+L = keras.layers
+
+
+class ShrinkError(ValueError):
+    """`shrink` cannot remove channels it was asked to remove, or cannot
+    rewrite the model; the message names the layer and the reason."""
+
+
+class LayerRule:
+    """The channel behaviour of one layer class; subclass and register it.
+
+    Attributes:
+        prunable: whether `prune` may put a noise on the layer's output
+            channels; the rule's `rebuild` then folds `op.theta` into them.
+
+    The default methods make the layer a boundary: its input channels are all
+    kept and its outputs are new channels that are all kept.
+    """
+
+    prunable = False
+
+    def forward(self, plan, op):
+        """Creates the tensors of `op.outputs` with `plan.new` or
+        `plan.boundary`, joining slots with `plan.join`."""
+        plan.boundary(op, "cannot be sliced channel by channel")
+
+    def backward(self, plan, op):
+        """Marks the input channels that the needed output channels read."""
+        for tensor in plan.ins(op):
+            tensor.needed[:] = True
+
+    def rebuild(self, build, op, ins):
+        """Returns the physical channels (indices into each output's channels)
+        of every output; `ins` holds those of every input. Sets the new
+        layer's weights and config through `build`."""
+        for key, physical in zip(op.inputs, ins):
+            if len(physical) != build.plan.tensors[key].channels:
+                raise ShrinkError(
+                    f"shrink: {type(op.layer).__name__} layer {op.name!r} reads a "
+                    "tensor whose channels were removed"
+                )
+        return [np.arange(build.plan.tensors[key].channels) for key in op.outputs]
+
+
+_RULES = {}
+
+
+def register_rule(layer_class, rule):
+    """Registers `rule` (a `LayerRule`) for `layer_class` and its subclasses
+    that have no rule of their own. A later registration replaces an earlier
+    one."""
+    if not isinstance(rule, LayerRule):
+        raise TypeError(
+            f"register_rule: rule for {getattr(layer_class, '__name__', layer_class)!r} "
+            f"must be a LayerRule, received {type(rule).__name__}"
+        )
+    _RULES[layer_class] = rule
+
+
+def rule_for(layer):
+    """The rule of `layer`'s class or its nearest registered base class; a
+    boundary rule for a class with none."""
+    for cls in type(layer).__mro__:
+        if cls in _RULES:
+            return _RULES[cls]
+    return BOUNDARY
+
+
+BOUNDARY = LayerRule()
+
+
+def prunable_classes():
+    """The registered layer classes whose rule is prunable."""
+    return [cls for cls, rule in _RULES.items() if rule.prunable]
+
+
+def channel_axis(layer):
+    """The axis of `layer`'s output that holds its channels."""
+    if isinstance(layer, L.BatchNormalization):
+        axis = layer.axis
+        return int(axis[0] if isinstance(axis, (list, tuple)) else axis)
+    if hasattr(L, "GroupNormalization") and isinstance(layer, L.GroupNormalization):
+        return int(layer.axis)
+    return 1 if getattr(layer, "data_format", None) == "channels_first" else -1
+
+
+def activation_name(activation):
+    return getattr(activation, "__name__", str(activation))
+
+
+MIXING_ACTIVATIONS = ("softmax", "log_softmax")
+
+
+def _maps_zero_to_zero(function, channels):
+    """Per channel, whether `function` maps an all-zero input to zero."""
+    return np.asarray(function(np.zeros((1, channels), np.float32))).reshape(-1) == 0
+
+
+# Layers with a kernel: the noise's theta folds into their output channels.
+
+
+class _ProducerRule(LayerRule):
+    """A layer that makes its output channels from its input channels, with
+    an optional activation after a frozen theta (RBPWrapper)."""
+
+    prunable = True
+
+    def output_slots(self, plan, op, tensor):
+        """Slots of the output channels; new ones by default."""
+        return None
+
+    def forward(self, plan, op):
+        inner = op.inner
+        tensor = plan.input_on_axis(op, op.inputs[0], channel_axis(inner))
+        if tensor is None and self.passes_channels:
+            raise ShrinkError(
+                f"shrink: layer {op.name!r} reads channels on axis {channel_axis(inner)}, "
+                "which its input does not hold its channels on"
+            )
+        out = plan.new(op, axis=channel_axis(inner), slots=self.output_slots(plan, op, tensor))
+        if op.theta is None:
+            op.theta = np.ones(out.channels, np.float32)
+        activation = op.activation
+        if activation is not None and activation_name(activation) in MIXING_ACTIVATIONS:
+            plan.keep(out.slots, f"layer {op.name!r} has a softmax activation over its channels")
+            return
+        zero_to_zero = activation is None or bool(_maps_zero_to_zero(activation, 1)[0])
+        inner_zero = self.zero_from_input(op, tensor) if tensor is not None else False
+        zeroed = (op.theta == 0) | inner_zero
+        out.zero = zeroed & zero_to_zero
+        if tensor is not None and self.passes_channels:
+            zero_in = np.repeat(tensor.zero, out.channels // tensor.channels)
+            plan.note_zero_lost(out.slots[zero_in & ~out.zero], f"layer {op.name!r} maps 0 to a non-zero value")
+        if not zero_to_zero:
+            plan.note_zero_lost(
+                out.slots[zeroed], f"the activation of layer {op.name!r} maps 0 to a non-zero value"
+            )
+
+    passes_channels = False
+
+    def zero_from_input(self, op, tensor):
+        return False
+
+    def backward(self, plan, op):
+        (out,), (tensor,) = plan.outs(op), plan.ins(op)
+        if (out.needed & (op.theta != 0)).any():
+            tensor.needed[:] = True
+
+    def rebuild(self, build, op, ins):
+        in_index = build.input_indices(op, channel_axis(op.inner))
+        out_index = self.output_indices(build, op, in_index)
+        weights, changes = self.sliced_weights(op.inner, in_index, out_index, op.theta[out_index])
+        build.set_layer(op, weights, changes)
+        return [out_index]
+
+    def output_indices(self, build, op, in_index):
+        return build.plan.kept(op.outputs[0])
+
+    def sliced_weights(self, layer, in_index, out_index, theta):
+        raise NotImplementedError
+
+
+class DenseConvRule(_ProducerRule):
+    """Dense and Conv1D/2D/3D, grouped convolutions included. A Dense on a
+    tensor of rank above 2 mixes its last axis like a 1x1 convolution.
+
+    A grouped convolution (``groups`` > 1) reads input group g only into
+    output group g. With one input channel a group (a depthwise convolution
+    written as a grouped one), output channels follow their input channel
+    as in DepthwiseConv2D and whole groups are removed; otherwise a channel
+    position is removed from every group or from none.
+    """
+
+    def output_slots(self, plan, op, tensor):
+        groups = getattr(op.inner, "groups", 1)
+        if groups == 1:
+            return None
+        if tensor is None:
+            raise ShrinkError(
+                f"shrink: grouped convolution {op.name!r} reads channels on another "
+                "axis than the one its input holds them on"
+            )
+        out_channels = op.shapes[0][channel_axis(op.inner)]
+        if tensor.channels == groups:
+            return plan.repeat_slots(tensor.slots, out_channels // groups)
+        plan.join_positions(tensor.slots, groups)
+        slots = plan.fresh(out_channels)
+        plan.join_positions(slots, groups)
+        return slots
+
+    def zero_from_input(self, op, tensor):
+        groups = getattr(op.inner, "groups", 1)
+        if groups == 1 or tensor.channels != groups or op.inner.use_bias:
+            return False
+        return np.repeat(tensor.zero, op.shapes[0][channel_axis(op.inner)] // groups)
+
+    def backward(self, plan, op):
+        groups = getattr(op.inner, "groups", 1)
+        (out,), (tensor,) = plan.outs(op), plan.ins(op)
+        needed = out.needed & (op.theta != 0)
+        if groups > 1 and tensor.channels == groups:
+            tensor.needed |= needed.reshape(groups, -1).any(1)
+        elif needed.any():
+            tensor.needed[:] = True
+
+    def output_indices(self, build, op, in_index):
+        groups = getattr(op.inner, "groups", 1)
+        tensor = build.plan.tensors[op.inputs[0]]
+        if groups > 1 and tensor.channels == groups:
+            per_group = op.shapes[0][channel_axis(op.inner)] // groups
+            return (in_index[:, None] * per_group + np.arange(per_group)).reshape(-1)
+        return build.plan.kept(op.outputs[0])
+
+    def sliced_weights(self, layer, in_index, out_index, theta):
+        weights = layer.get_weights()
+        bias = [weights[-1][out_index] * theta] if layer.use_bias else []
+        kernel = weights[0]
+        changes = {"units" if isinstance(layer, L.Dense) else "filters": len(out_index)}
+        groups = getattr(layer, "groups", 1)
+        if groups > 1 and kernel.shape[-2] == 1:
+            changes["groups"] = len(in_index)
+        elif groups > 1:
+            kernel = kernel[..., in_index[: len(in_index) // groups] % kernel.shape[-2], :]
+        else:
+            kernel = kernel[..., in_index, :]
+        return [kernel[..., out_index] * theta] + bias, changes
+
+
+class TransposedConvRule(_ProducerRule):
+    """Conv1DTranspose, Conv2DTranspose, Conv3DTranspose: the kernel holds
+    output channels before input channels."""
+
+    def sliced_weights(self, layer, in_index, out_index, theta):
+        weights = layer.get_weights()
+        bias = [weights[-1][out_index] * theta] if layer.use_bias else []
+        kernel = weights[0][..., out_index, :][..., in_index]
+        kernel = kernel * theta.reshape(-1, 1)
+        return [kernel] + bias, {"filters": len(out_index)}
+
+
+class DepthwiseRule(_ProducerRule):
+    """DepthwiseConv1D/2D: output channel c*m+k reads input channel c only."""
+
+    passes_channels = True
+
+    def output_slots(self, plan, op, tensor):
+        return plan.repeat_slots(tensor.slots, op.inner.depth_multiplier)
+
+    def zero_from_input(self, op, tensor):
+        return np.repeat(tensor.zero, op.inner.depth_multiplier) & (not op.inner.use_bias)
+
+    def backward(self, plan, op):
+        (out,), (tensor,) = plan.outs(op), plan.ins(op)
+        tensor.needed |= (out.needed & (op.theta != 0)).reshape(tensor.channels, -1).any(1)
+
+    def output_indices(self, build, op, in_index):
+        multiplier = op.inner.depth_multiplier
+        return (in_index[:, None] * multiplier + np.arange(multiplier)).reshape(-1)
+
+    def sliced_weights(self, layer, in_index, out_index, theta):
+        weights = layer.get_weights()
+        bias = [weights[-1][out_index] * theta] if layer.use_bias else []
+        kernel = weights[0][..., in_index, :]
+        return [kernel * theta.reshape(kernel.shape[-2:])] + bias, {}
+
+
+class SeparableConvRule(_ProducerRule):
+    """SeparableConv1D/2D: a depthwise part sliced on its input channels and
+    a pointwise part sliced on both."""
+
+    def sliced_weights(self, layer, in_index, out_index, theta):
+        weights = layer.get_weights()
+        bias = [weights[-1][out_index] * theta] if layer.use_bias else []
+        depthwise = weights[0][..., in_index, :]
+        multiplier = depthwise.shape[-1]
+        rows = (in_index[:, None] * multiplier + np.arange(multiplier)).reshape(-1)
+        pointwise = weights[1][..., rows, :][..., out_index] * theta
+        return [depthwise, pointwise] + bias, {"filters": len(out_index)}
+
+
+class BatchNormalizationRule(_ProducerRule):
+    """BatchNormalization: per channel; theta folds into gamma and beta."""
+
+    passes_channels = True
+
+    def output_slots(self, plan, op, tensor):
+        return tensor.slots
+
+    def backward(self, plan, op):
+        (out,), (tensor,) = plan.outs(op), plan.ins(op)
+        tensor.needed |= out.needed & (op.theta != 0)
+
+    def output_indices(self, build, op, in_index):
+        return in_index
+
+    def sliced_weights(self, layer, in_index, out_index, theta):
+        names = (["gamma"] if layer.scale else []) + (["beta"] if layer.center else [])
+        values = dict(zip(names + ["moving_mean", "moving_variance"], layer.get_weights()))
+        sliced = {name: value[in_index] for name, value in values.items()}
+        changes = {}
+        if "gamma" in sliced:
+            sliced["gamma"] = sliced["gamma"] * theta
+        elif np.any(theta != 1):
+            sliced["gamma"] = theta
+            changes["scale"] = True
+        if "beta" in sliced:
+            sliced["beta"] = sliced["beta"] * theta
+        order = ["gamma", "beta", "moving_mean", "moving_variance"]
+        return [sliced[name] for name in order if name in sliced], changes
+
+
+class GroupNormalizationRule(LayerRule):
+    """GroupNormalization: the channels of one group are normalised together,
+    so a group is removed whole or not at all."""
+
+    def forward(self, plan, op):
+        layer = op.layer
+        tensor = plan.input_on_axis(op, op.inputs[0], layer.axis)
+        if tensor is None:
+            return plan.boundary(op, "normalises another axis than its input's channels")
+        plan.join_within(tensor.slots, layer.groups)
+        beta = _group_norm_weights(layer).get("beta")
+        group_zero = np.repeat(tensor.zero.reshape(layer.groups, -1).all(1), tensor.channels // layer.groups)
+        zero = group_zero & (beta == 0 if beta is not None else True)
+        plan.note_zero_lost(tensor.slots[tensor.zero & ~zero], f"layer {op.name!r} maps 0 to its beta")
+        plan.new(op, axis=tensor.axis, slots=tensor.slots, zero=zero)
+
+    def backward(self, plan, op):
+        (out,), (tensor,) = plan.outs(op), plan.ins(op)
+        tensor.needed |= out.needed
+
+    def rebuild(self, build, op, ins):
+        layer = op.layer
+        tensor = build.plan.tensors[op.inputs[0]]
+        weights = _group_norm_weights(layer)
+        build.set_layer(
+            op,
+            [weights[name][ins[0]] for name in ("gamma", "beta") if name in weights],
+            {"groups": len(ins[0]) * layer.groups // tensor.channels},
+        )
+        return [ins[0]]
+
+
+def _group_norm_weights(layer):
+    names = (["gamma"] if layer.scale else []) + (["beta"] if layer.center else [])
+    return dict(zip(names, layer.get_weights()))
+
+
+# Layers that keep channel indices.
+
+
+class PerChannelRule(LayerRule):
+    """A layer that acts on each channel alone (activations, dropout,
+    pooling, padding, cropping, upsampling): output channel c is input
+    channel c."""
+
+    def forward(self, plan, op):
+        layer = op.layer
+        (tensor,) = plan.ins(op)
+        axis = _data_format_axis(layer, len(tensor.shape))
+        if axis is not None and plan.input_on_axis(op, op.inputs[0], axis) is None:
+            return plan.boundary(op, "reads channels on another axis")
+        if _mixes_channels(layer, tensor):
+            return plan.boundary(op, "normalises over the channels")
+        zero = tensor.zero & self.maps_zero_to_zero(layer, tensor)
+        plan.note_zero_lost(tensor.slots[tensor.zero & ~zero], f"layer {op.name!r} maps 0 to a non-zero value")
+        out_shape = op.shapes[0]
+        if len(out_shape) == 2:
+            axis = 1
+        elif len(out_shape) == len(tensor.shape):
+            axis = tensor.axis
+        else:
+            return plan.boundary(op, "changes the rank of its input")
+        plan.new(op, axis=axis, slots=tensor.slots, zero=zero)
+
+    def maps_zero_to_zero(self, layer, tensor):
+        return True
+
+    def backward(self, plan, op):
+        (out,), (tensor,) = plan.outs(op), plan.ins(op)
+        tensor.needed |= out.needed
+
+    def rebuild(self, build, op, ins):
+        return [ins[0]]
+
+
+class ActivationRule(PerChannelRule):
+    """Activation, ReLU, LeakyReLU, ELU, Softmax, Rescaling: per channel,
+    except a softmax over the channels, which is a boundary."""
+
+    def maps_zero_to_zero(self, layer, tensor):
+        shape = [1] + [1 if d is None else d for d in tensor.shape[1:]]
+        return bool(np.all(np.asarray(layer(np.zeros(shape, np.float32))) == 0))
+
+
+def _data_format_axis(layer, rank):
+    """The channel axis a data_format layer reads, None for the others."""
+    if not hasattr(layer, "data_format"):
+        return None
+    return 1 if layer.data_format == "channels_first" else rank - 1
+
+
+def _mixes_channels(layer, tensor):
+    if isinstance(layer, L.Softmax):
+        axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+        return any(axis % len(tensor.shape) == tensor.axis for axis in axes)
+    if isinstance(layer, L.Activation):
+        return activation_name(layer.activation) in MIXING_ACTIVATIONS
+    return False
+
+
+class ElementwiseRule(LayerRule):
+    """Merges and operations that combine their inputs channel by channel:
+    Add, Subtract, Multiply, Average, Maximum, Minimum, and operation layers
+    such as ``x + y``, ``x * 3.0`` or ``keras.ops.relu6(x)``.
+
+    Inputs of shape (B, ..., C) and broadcast inputs of shape
+    (B, 1, ..., 1, C) or (B, C) (a squeeze-and-excitation scale) join one
+    dependency group. Constants are scalars or hold one value a channel
+    (sliced with the channels); any other input makes the layer a boundary.
+    Zeros and needed channels are found by evaluating the layer on a few
+    inputs, so any elementwise function is followed exactly.
+    """
+
+    def forward(self, plan, op):
+        ins = plan.ins(op)
+        out_shape = op.shapes[0]
+        main = next((t for t in ins if len(t.shape) == len(out_shape)
+                     and t.shape[t.axis] == out_shape[t.axis]), None)
+        if main is None:
+            return plan.boundary(op, "broadcasts its inputs to a shape none of them has")
+        axis, channels = main.axis, main.channels
+        for tensor in ins:
+            if not _broadcasts_on_channels(tensor.shape, tensor.axis, out_shape, axis):
+                return plan.boundary(op, f"broadcasts an input of shape {tensor.shape} over its channels")
+        for constant in self.constants(plan, op):
+            if _constant_channel_axis(constant.shape, out_shape, axis) is False:
+                return plan.boundary(op, f"combines its channels with a constant of shape {constant.shape}")
+        for tensor in ins:
+            if tensor is not main:
+                plan.join(main.slots, tensor.slots)
+        probe = _Probe(self, plan, op, ins, out_shape, axis, channels)
+        zero = probe.zero()
+        if len(ins) == 1:
+            plan.note_zero_lost(main.slots[main.zero & ~zero], f"layer {op.name!r} maps 0 to a non-zero value")
+        op.state["reads"] = probe.reads()
+        plan.new(op, axis=axis, slots=main.slots, zero=zero)
+
+    def constants(self, plan, op):
+        """The constant operands of the call, as numpy arrays."""
+        return []
+
+    def evaluate(self, op, arrays):
+        """The layer's output for input arrays given in the order of `op.inputs`."""
+        return op.layer(arrays if len(arrays) > 1 else arrays[0])
+
+    def backward(self, plan, op):
+        (out,) = plan.outs(op)
+        for tensor, reads in zip(plan.ins(op), op.state["reads"]):
+            tensor.needed |= out.needed & reads
+
+    def rebuild(self, build, op, ins):
+        first = ins[0]
+        if any(not np.array_equal(first, other) for other in ins[1:]):
+            raise ShrinkError(
+                f"shrink: layer {op.name!r} merges tensors that keep different "
+                "channels (a model input or Flatten output with removed features)"
+            )
+        return [first]
+
+
+def _broadcasts_on_channels(shape, axis, out_shape, out_axis):
+    """Whether a tensor of `shape` with channels on `axis` broadcasts to
+    `out_shape` with its channels on `out_axis` (aligned from the right)."""
+    offset = len(out_shape) - len(shape)
+    if offset < 0 or axis + offset != out_axis or shape[axis] != out_shape[out_axis]:
+        return False
+    return all(d in (1, o) for i, (d, o) in enumerate(zip(shape, out_shape[offset:])) if i not in (0, axis))
+
+
+def _constant_channel_axis(shape, out_shape, out_axis):
+    """None for a scalar constant, the constant's axis that holds one value
+    a channel, or False for any other constant."""
+    if int(np.prod(shape)) == 1:
+        return None
+    offset = len(out_shape) - len(shape)
+    axis = out_axis - offset
+    if offset < 0 or axis < 0 or shape[axis] != out_shape[out_axis]:
+        return False
+    if any(d != 1 for i, d in enumerate(shape) if i != axis):
+        return False
+    return axis
+
+
+class _Probe:
+    """Evaluates an elementwise layer on small inputs (every axis but the
+    channels of size 1) to learn, per channel, which outputs are exactly
+    zero and which inputs the output depends on."""
+
+    def __init__(self, rule, plan, op, ins, out_shape, axis, channels):
+        self.rule, self.op, self.ins = rule, op, ins
+        self.shapes = [_probe_shape(t.shape, t.axis) for t in ins]
+        self.out_axis, self.channels = axis, channels
+        self.rng = np.random.RandomState(0)
+
+    def _run(self, arrays):
+        out = np.asarray(self.rule.evaluate(self.op, arrays), np.float64)
+        return np.moveaxis(out, self.out_axis, -1).reshape(-1, self.channels)
+
+    def _inputs(self, replace=None):
+        arrays = []
+        for index, (tensor, shape) in enumerate(zip(self.ins, self.shapes)):
+            values = self.rng.uniform(0.5, 1.5, shape).astype(np.float32)
+            if index != replace:
+                values *= _along(~tensor.zero, shape, tensor.axis)
+            arrays.append(values)
+        return arrays
+
+    def zero(self):
+        outputs = [self._run(self._inputs()) for _ in range(2)]
+        return np.all([np.all(out == 0, axis=0) for out in outputs], axis=0)
+
+    def reads(self):
+        reads = []
+        for index in range(len(self.ins)):
+            first, second = self._inputs(index), self._inputs(index)
+            for arrays in (first, second):
+                arrays[:index] = first[:index]
+                arrays[index + 1:] = first[index + 1:]
+            reads.append(np.any(self._run(first) != self._run(second), axis=0)
+                         | np.zeros(self.channels, bool))
+        return reads
+
+
+def _probe_shape(shape, axis):
+    return [shape[axis] if i == axis else 1 for i in range(len(shape))]
+
+
+def _along(values, shape, axis):
+    view = [1] * len(shape)
+    view[axis] = len(values)
+    return values.reshape(view).astype(np.float32)
+
+
+class OperationRule(ElementwiseRule):
+    """Operation layers: Keras 3's ``x + 3.0``, ``keras.ops.*`` calls and
+    tf_keras's TFOpLambda. Elementwise functions (`ELEMENTWISE_OPERATIONS`)
+    follow `ElementwiseRule`; any other operation is a boundary."""
+
+    def forward(self, plan, op):
+        name = _keras.operation_name(op.layer)
+        if name not in ELEMENTWISE_OPERATIONS:
+            return plan.boundary(op, f"is the operation {name!r}, which keras_rbp does not slice")
+        super().forward(plan, op)
+
+    def constants(self, plan, op):
+        return graph_lib.call_constants(op.record)
+
+    def evaluate(self, op, arrays):
+        args, kwargs = graph_lib.call_arguments(op.record, arrays)
+        return op.layer(*args, **kwargs)
+
+    def rebuild(self, build, op, ins):
+        (physical,) = super().rebuild(build, op, ins)
+        out_shape, axis = op.shapes[0], build.plan.tensors[op.outputs[0]].axis
+
+        def sliced(value):
+            constant_axis = _constant_channel_axis(value.shape, out_shape, axis)
+            return value if constant_axis is None else np.take(value, physical, axis=constant_axis)
+
+        build.set_call(op, graph_lib.map_call_constants(op.record, sliced))
+        return [physical]
+
+
+ELEMENTWISE_OPERATIONS = frozenset(
+    "add subtract multiply divide true_divide truediv floor_divide floordiv maximum "
+    "minimum power pow squared_difference negative abs square sqrt rsqrt exp log "
+    "reciprocal sign floor ceil round clip clip_by_value cast identity relu relu6 "
+    "sigmoid hard_sigmoid hard_silu hard_swish silu swish gelu elu selu leaky_relu "
+    "softplus softsign tanh mish log_sigmoid".split()
+)
+
+
+class ConcatenateRule(LayerRule):
+    """Concatenate: on the channel axis, output channels are the inputs'
+    channels at their offsets; on another axis, the inputs share channels."""
+
+    def forward(self, plan, op):
+        ins = plan.ins(op)
+        first = ins[0]
+        axis = op.layer.axis % len(first.shape)
+        if any(t.axis != first.axis for t in ins):
+            return plan.boundary(op, "joins tensors of different channel axes")
+        if axis == first.axis:
+            plan.new(op, axis=axis, slots=np.concatenate([t.slots for t in ins]),
+                     zero=np.concatenate([t.zero for t in ins]))
+        else:
+            for tensor in ins[1:]:
+                plan.join(first.slots, tensor.slots)
+            plan.new(op, axis=first.axis, slots=first.slots, zero=np.stack([t.zero for t in ins]).all(0))
+
+    def backward(self, plan, op):
+        (out,), ins = plan.outs(op), plan.ins(op)
+        if out.channels == ins[0].channels:
+            for tensor in ins:
+                tensor.needed |= out.needed
+        else:
+            offsets = np.cumsum([t.channels for t in ins])[:-1]
+            for tensor, part in zip(ins, np.split(out.needed, offsets)):
+                tensor.needed |= part
+
+    def rebuild(self, build, op, ins):
+        tensors = [build.plan.tensors[key] for key in op.inputs]
+        if build.plan.tensors[op.outputs[0]].channels == tensors[0].channels:
+            return ElementwiseRule.rebuild(self, build, op, ins)
+        offsets = np.cumsum([0] + [t.channels for t in tensors[:-1]])
+        return [np.concatenate([p + o for p, o in zip(ins, offsets)])]
+
+
+class FlattenRule(LayerRule):
+    """Flatten: position p of the output holds one channel of the input."""
+
+    def forward(self, plan, op):
+        (tensor,) = plan.ins(op)
+        op.state["map"] = _flatten_map(op.layer, tensor)
+        if len(tensor.shape) == 2:
+            plan.new(op, slots=tensor.slots, zero=tensor.zero)
+        else:
+            plan.new(op, zero=tensor.zero[op.state["map"]])
+            plan.flattens.append(op)
+
+    def backward(self, plan, op):
+        (out,), (tensor,) = plan.outs(op), plan.ins(op)
+        np.logical_or.at(tensor.needed, op.state["map"], out.needed)
+
+    def rebuild(self, build, op, ins):
+        flatten_map = op.state["map"]
+        if len(build.plan.tensors[op.inputs[0]].shape) == 2:
+            return [ins[0]]
+        return [np.flatnonzero(np.isin(flatten_map, ins[0]))]
+
+
+def _flatten_map(layer, tensor):
+    """The input channel of each position of a Flatten's output."""
+    rank = len(tensor.shape)
+    if rank == 2:
+        return np.arange(tensor.channels)
+    dims = tensor.shape[1:]
+    if any(d is None for d in dims):
+        raise ShrinkError(f"shrink: Flatten {layer.name!r} has an input of unknown shape {tensor.shape}")
+    shape = [1] * (rank - 1)
+    shape[tensor.axis - 1] = tensor.channels
+    channel = np.broadcast_to(np.arange(tensor.channels).reshape(shape), dims)
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        channel = np.moveaxis(channel, 0, -1)
+    return np.ascontiguousarray(channel).reshape(-1)
+
+
+class ReshapeRule(LayerRule):
+    """Reshape that keeps the channels last, or only inserts or removes
+    axes of size 1; any other Reshape is a boundary."""
+
+    def forward(self, plan, op):
+        (tensor,) = plan.ins(op)
+        axis = _reshaped_channel_axis(tensor, op.shapes[0])
+        if axis is None:
+            return plan.boundary(op, "mixes channels with other axes")
+        plan.new(op, axis=axis, slots=tensor.slots, zero=tensor.zero)
+
+    def backward(self, plan, op):
+        (out,), (tensor,) = plan.outs(op), plan.ins(op)
+        tensor.needed |= out.needed
+
+    def rebuild(self, build, op, ins):
+        tensor = build.plan.tensors[op.outputs[0]]
+        target_shape = list(tensor.shape[1:])
+        target_shape[tensor.axis - 1] = len(ins[0])
+        build.set_layer(op, op.layer.get_weights(), {"target_shape": target_shape})
+        return [ins[0]]
+
+
+def _reshaped_channel_axis(tensor, out_shape):
+    other_dims = [d for i, d in enumerate(tensor.shape[1:], 1) if i != tensor.axis]
+    out_dims = list(out_shape[1:])
+    if tensor.axis == len(tensor.shape) - 1 and out_dims[-1] == tensor.channels and None not in out_dims:
+        return len(out_shape) - 1
+    if any(d != 1 for d in other_dims) or out_dims.count(tensor.channels) != 1:
+        return None
+    axis = out_dims.index(tensor.channels)
+    if any(d != 1 for i, d in enumerate(out_dims) if i != axis):
+        return None
+    return axis + 1
+
+
+class NoiseRule(LayerRule):
+    """A standalone `RBPNoise` (input and Flatten features): channel c is
+    input channel c times theta_c. `shrink` folds theta into the kernel rows
+    of Dense readers or makes a selection layer."""
+
+    def forward(self, plan, op):
+        tensor = plan.input_on_axis(op, op.inputs[0], op.layer.axis)
+        if tensor is None:
+            raise ShrinkError(
+                f"shrink: RBPNoise {op.name!r} has axis {op.layer.axis}, which is not "
+                "the channel axis of its input"
+            )
+        plan.new(op, axis=tensor.axis, slots=tensor.slots, zero=tensor.zero | (op.theta == 0))
+
+    def backward(self, plan, op):
+        (out,), (tensor,) = plan.outs(op), plan.ins(op)
+        tensor.needed |= out.needed & (op.theta != 0)
+
+    def rebuild(self, build, op, ins):
+        return [build.select_features(op, ins[0])]
+
+
+def _classes(*names):
+    return tuple(getattr(L, name) for name in names if hasattr(L, name))
+
+
+def _register_builtins():
+    for cls in _classes("Dense", "Conv1D", "Conv2D", "Conv3D"):
+        register_rule(cls, DenseConvRule())
+    for cls in _classes("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"):
+        register_rule(cls, TransposedConvRule())
+    for cls in _classes("DepthwiseConv1D", "DepthwiseConv2D"):
+        register_rule(cls, DepthwiseRule())
+    for cls in _classes("SeparableConv1D", "SeparableConv2D"):
+        register_rule(cls, SeparableConvRule())
+    register_rule(L.BatchNormalization, BatchNormalizationRule())
+    for cls in _classes("GroupNormalization"):
+        register_rule(cls, GroupNormalizationRule())
+    for cls in _classes(
+        "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+        "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
+        "Identity",
+        "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
+        "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+        "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+        "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+        "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
+        "Cropping1D", "Cropping2D", "Cropping3D",
+        "UpSampling1D", "UpSampling2D", "UpSampling3D",
+    ):
+        register_rule(cls, PerChannelRule())
+    for cls in _classes("Activation", "ReLU", "LeakyReLU", "ELU", "Softmax", "PReLU"):
+        register_rule(cls, ActivationRule())
+    for cls in _classes("Add", "Subtract", "Average", "Maximum", "Minimum", "Multiply"):
+        register_rule(cls, ElementwiseRule())
+    register_rule(L.Concatenate, ConcatenateRule())
+    register_rule(L.Flatten, FlattenRule())
+    register_rule(L.Reshape, ReshapeRule())
+    register_rule(RBPNoise, NoiseRule())
+    for cls in _keras.OPERATION_CLASSES:
+        register_rule(cls, OperationRule())
+
+
+_register_builtins()
