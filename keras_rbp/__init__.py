@@ -4,7 +4,7 @@ Wrap a model with `prune`, train it with `RecursivePruning`, remove the
 pruned channels with `shrink`, and write mobile files with `export`.
 """
 
-from keras_rbp import datasets, models
+from keras_rbp import datasets, models, rules
 from keras_rbp.export import ExportCheckError, benchmark_tflite, export
 from keras_rbp.layers import RBPNoise
 from keras_rbp.metrics import Report, report

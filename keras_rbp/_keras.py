@@ -47,6 +47,18 @@ def model_operations(model):
     return {op.name: op for op in getattr(model, "operations", model.layers)}
 
 
+def first_call_shapes(layer):
+    """The input and output shapes of the first call of `layer`; a shared
+    layer has no single `layer.input`."""
+    if IS_KERAS_3:
+        node = layer._inbound_nodes[0]
+        inputs, outputs = node.input_tensors, node.output_tensors
+    else:
+        inputs, outputs = layer.get_input_at(0), layer.get_output_at(0)
+    first = lambda tensors: tensors[0] if isinstance(tensors, (list, tuple)) else tensors  # noqa: E731
+    return tuple(first(inputs).shape), tuple(first(outputs).shape)
+
+
 def operation_name(operation):
     """The snake_case name of the function an operation layer calls:
     'add' for Keras 3's Add and tf_keras's ``__operators__.add``."""
@@ -70,6 +82,7 @@ __all__ = [
     "IS_KERAS_3",
     "OPERATION_CLASSES",
     "custom_objects",
+    "first_call_shapes",
     "model_operations",
     "operation_name",
     "ONLY_FIRST_REPLICA",

@@ -124,15 +124,29 @@ def _sequential_graph(config):
 
 
 def _functional_graph(config):
+    # tf_keras numbers the calls of a nested model from 1: its node 0 is the
+    # one that built it. Refs are renumbered here to index the config's calls.
+    offsets = {
+        entry["name"]: 1
+        for entry in config["layers"]
+        if model_class_name(entry) and any(not isinstance(node, dict) for node in entry["inbound_nodes"])
+    }
+
+    def renumbered(refs):
+        return [
+            dataclasses.replace(ref, node_index=ref.node_index - offsets.get(ref.layer, 0))
+            for ref in refs
+        ]
+
     layers = {}
     for entry in config["layers"]:
-        calls = [_node_refs(node) for node in entry["inbound_nodes"]]
+        calls = [renumbered(_node_refs(node)) for node in entry["inbound_nodes"]]
         layers[entry["name"]] = LayerNode(entry["name"], entry["class_name"], entry, calls)
     return Graph(
         config["name"],
         layers,
-        _refs(config["input_layers"]),
-        _refs(config["output_layers"]),
+        renumbered(_refs(config["input_layers"])),
+        renumbered(_refs(config["output_layers"])),
     )
 
 
@@ -158,10 +172,9 @@ def _map_record(value, on_tensor, on_constant):
             return on_constant(np.asarray(config["value"], dtype=config.get("dtype")))
         return {key: _map_record(item, on_tensor, on_constant) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        if _is_legacy_ref(value):
+        if _is_legacy_ref(value):  # [layer, node, tensor] or with the call's kwargs
             ref = on_tensor(TensorRef(*value[:3]))
-            kwargs = value[3] if len(value) > 3 else {}
-            return [ref, _map_record(kwargs, on_tensor, on_constant)]
+            return [ref, _map_record(value[3], on_tensor, on_constant)] if len(value) > 3 else ref
         if value and _is_numeric(value):
             return on_constant(np.asarray(value))
         return [_map_record(item, on_tensor, on_constant) for item in value]

@@ -13,13 +13,22 @@ import dataclasses
 import numpy as np
 
 from keras_rbp import graph as graph_lib
-from keras_rbp._keras import keras
+from keras_rbp._keras import first_call_shapes, keras
 from keras_rbp.layers import RBPNoise
 from keras_rbp.rules import channel_axis
 from keras_rbp.wrapper import RBPWrapper
 
 L = keras.layers
-CONVOLUTIONS = (L.Conv1D, L.Conv2D, L.Conv3D, L.DepthwiseConv2D, L.SeparableConv2D)
+CONVOLUTIONS = tuple(
+    getattr(L, name)
+    for name in ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D",
+                 "SeparableConv1D", "SeparableConv2D", "Conv1DTranspose", "Conv2DTranspose",
+                 "Conv3DTranspose")
+    if hasattr(L, name)
+)
+TRANSPOSED = tuple(getattr(L, name) for name in ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
+                   if hasattr(L, name))
+SEPARABLE = tuple(getattr(L, name) for name in ("SeparableConv1D", "SeparableConv2D") if hasattr(L, name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +51,7 @@ def layer_stats(model):
         inner = layer.layer if isinstance(layer, RBPWrapper) else layer
         if isinstance(layer, RBPNoise) or isinstance(layer, keras.Model) or not inner.weights:
             continue
-        output_shape = tuple(layer.output.shape)
+        input_shape, output_shape = first_call_shapes(layer)
         kind = "selection" if is_selection(inner) else type(inner).__name__
         stats.append(
             LayerStats(
@@ -50,7 +59,7 @@ def layer_stats(model):
                 kind=kind,
                 channels=int(output_shape[channel_axis(inner)] or 0),
                 params=int(sum(np.prod(w.shape) for w in inner.weights)),
-                macs=_macs(inner, tuple(layer.input.shape), output_shape),
+                macs=_macs(inner, input_shape, output_shape),
             )
         )
     return stats
@@ -79,7 +88,7 @@ def architecture(model):
         if layer.name in outputs or is_selection(inner):
             continue
         if isinstance(inner, CONVOLUTIONS):
-            widths.append(int(layer.output.shape[channel_axis(inner)]))
+            widths.append(int(first_call_shapes(layer)[1][channel_axis(inner)]))
         elif type(inner) is L.Dense:
             if not dense_seen:
                 widths.append(int(inner.kernel.shape[0]))
@@ -208,8 +217,9 @@ def _spatial(shape, layer):
 def _macs(layer, input_shape, output_shape):
     if is_selection(layer) or not isinstance(layer, (L.Dense,) + CONVOLUTIONS):
         return 0
-    positions = _spatial(output_shape, layer)
-    kernels = [w.shape for w in layer.weights[:2 if isinstance(layer, L.SeparableConv2D) else 1]]
+    # A transposed convolution multiplies its kernel once per input position.
+    positions = _spatial(input_shape if isinstance(layer, TRANSPOSED) else output_shape, layer)
+    kernels = [w.shape for w in layer.weights[:2 if isinstance(layer, SEPARABLE) else 1]]
     return int(positions * sum(np.prod(shape) for shape in kernels))
 
 

@@ -84,6 +84,11 @@ def register_rule(layer_class, rule):
     _RULES[layer_class] = rule
 
 
+def unregister_rule(layer_class):
+    """Removes the rule registered for `layer_class`, if any."""
+    _RULES.pop(layer_class, None)
+
+
 def rule_for(layer):
     """The rule of `layer`'s class or its nearest registered base class; a
     boundary rule for a class with none."""
@@ -349,7 +354,7 @@ class GroupNormalizationRule(LayerRule):
         beta = _group_norm_weights(layer).get("beta")
         group_zero = np.repeat(tensor.zero.reshape(layer.groups, -1).all(1), tensor.channels // layer.groups)
         zero = group_zero & (beta == 0 if beta is not None else True)
-        plan.note_zero_lost(tensor.slots[tensor.zero & ~zero], f"layer {op.name!r} maps 0 to its beta")
+        plan.note_zero_lost(tensor.slots[tensor.zero & ~zero], f"layer {op.name!r} normalises a group of channels as a whole")
         plan.new(op, axis=tensor.axis, slots=tensor.slots, zero=zero)
 
     def backward(self, plan, op):

@@ -390,3 +390,186 @@ def test_shared_layer_on_its_own_output():
     pruned, small, k = _shrink(model, _images(4))
     assert k["shared"] < 4
     assert small.get_layer("shared").units == 4
+
+
+def _conv_head(x):
+    x = L.GlobalAveragePooling2D()(x)
+    return L.Dense(2, name="head")(x)
+
+
+def test_operation_layers():
+    """`x * 2.0 + 1.0` between convolutions, a hard-swish written with
+    operations, and a per-channel constant: channel-preserving, sliced."""
+    inputs = keras.Input((5, 5, 3))
+    x = L.Conv2D(6, 1, name="c1")(inputs)
+    x = x * 2.0 + 1.0
+    x = L.Conv2D(7, 1, name="c2")(x)
+    x = x * (L.ReLU(6.0)(x + 3.0) * (1.0 / 6.0))
+    x = x * np.linspace(0.5, 2.0, 7).astype("float32")
+    x = L.Conv2D(4, 1, name="c3")(x)
+    model = keras.Model(inputs, _conv_head(x))
+    with pytest.warns(UserWarning, match="group 'c1'.*maps 0 to a non-zero value"):
+        _, small, k = _shrink(model, _images(5, 5, 3))
+    # c1's removed channels become 1.0 (x * 2 + 1): kept; c2's stay zero.
+    assert small.get_layer("c1").filters == 6
+    assert small.get_layer("c2").filters == k["c2"]
+    assert small.get_layer("c3").kernel.shape[-2:] == (k["c2"], k["c3"])
+
+
+def test_unknown_operation_is_a_boundary():
+    inputs = keras.Input((4, 4, 3))
+    x = L.Conv2D(6, 1, name="c1")(inputs)
+    x = tf.math.cumsum(x, axis=-1) if not hasattr(keras, "ops") else keras.ops.cumsum(x, axis=-1)
+    model = keras.Model(inputs, _conv_head(L.Conv2D(4, 1, name="c2")(x)))
+    with pytest.warns(UserWarning, match="group 'c1'.*'cumsum'"):
+        _, small, k = _shrink(model, _images(4, 4, 3))
+    assert small.get_layer("c1").filters == 6
+    assert small.get_layer("c2").filters == k["c2"]
+
+
+@pytest.mark.parametrize("reshape", [False, True])
+def test_squeeze_excitation(reshape):
+    """The SE scale (B, 1, 1, C) joins the group of the (B, H, W, C) tensor
+    it multiplies; the SE's reduce layer shrinks on its own mask."""
+    inputs = keras.Input((6, 6, 3))
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inputs)
+    if reshape:
+        se = L.Reshape((1, 1, 8))(L.GlobalAveragePooling2D()(x))
+    else:
+        se = L.GlobalAveragePooling2D(keepdims=True)(x)
+    se = L.Conv2D(4, 1, activation="relu", name="reduce")(se)
+    se = L.Conv2D(8, 1, activation="sigmoid", name="expand")(se)
+    x = L.Multiply()([x, se])
+    x = L.Conv2D(5, 1, name="project")(x)
+    model = keras.Model(inputs, _conv_head(x))
+    pruned = rbp.prune(model, dataset_size=100)
+    rng = np.random.RandomState(3)
+    conv_mask = rng.rand(8) < 0.6
+    masks = {"conv": conv_mask, "expand": conv_mask, "reduce": np.arange(4) < 2,
+             "project": np.arange(5) < 3}
+    rbp.freeze(pruned, masks)
+    small = rbp.shrink(pruned, strict=True)
+    assert_same_outputs(pruned, small, _images(6, 6, 3))
+    kept = int(conv_mask.sum())
+    assert small.get_layer("conv").filters == kept
+    assert small.get_layer("reduce").kernel.shape[-2:] == (kept, 2)
+    assert small.get_layer("expand").kernel.shape[-2:] == (2, kept)
+    assert small.get_layer("project").kernel.shape[-2:] == (kept, 3)
+
+
+def test_grouped_convolution():
+    """groups=2: a channel position goes from both groups or neither."""
+    inputs = keras.Input((6, 6, 3))
+    x = L.Conv2D(8, 1, activation="relu", name="c1")(inputs)
+    x = L.Conv2D(6, 3, groups=2, padding="same", activation="relu", name="grouped")(x)
+    x = L.Conv2D(4, 1, name="c3")(x)
+    model = keras.Model(inputs, _conv_head(x))
+    pruned = rbp.prune(model, dataset_size=100)
+    c1 = np.array([1, 0, 1, 0, 0, 0, 1, 1], bool)  # positions 0 and 2 of 4 kept in a group
+    grouped = np.array([1, 0, 0, 0, 0, 1], bool)  # positions 0 and 2 of 3
+    rbp.freeze(pruned, {"c1": c1, "grouped": grouped, "c3": np.ones(4, bool)})
+    small = rbp.shrink(pruned)
+    assert_same_outputs(pruned, small, _images(6, 6, 3))
+    layer = small.get_layer("grouped")
+    assert small.get_layer("c1").filters == 6  # positions 0, 2 and 3 in each group
+    assert (layer.filters, layer.groups, layer.kernel.shape[-2]) == (4, 2, 3)
+
+
+def test_depthwise_written_as_grouped_convolution():
+    """groups == input channels: whole groups go, as in DepthwiseConv2D."""
+    inputs = keras.Input((6, 6, 3))
+    x = L.Conv2D(4, 1, activation="relu", name="c1")(inputs)
+    x = L.Conv2D(8, 3, groups=4, padding="same", use_bias=False, name="dw")(x)
+    x = L.Conv2D(5, 1, name="c3")(x)
+    model = keras.Model(inputs, _conv_head(x))
+    pruned = rbp.prune(model, dataset_size=100, layers=["c1", "c3"])
+    rbp.freeze(pruned, {"c1": np.array([1, 0, 1, 0], bool), "c3": np.ones(5, bool)})
+    small = rbp.shrink(pruned, strict=True)
+    assert_same_outputs(pruned, small, _images(6, 6, 3))
+    layer = small.get_layer("dw")
+    assert (layer.filters, layer.groups) == (4, 2)
+    assert small.get_layer("c3").kernel.shape[-2] == 4
+
+
+def test_transposed_convolution():
+    inputs = keras.Input((4, 4, 3))
+    x = L.Conv2D(6, 3, padding="same", activation="relu", name="c1")(inputs)
+    x = L.Conv2DTranspose(5, 3, strides=2, padding="same", activation="relu", name="up")(x)
+    x = L.Conv2D(4, 1, name="c3")(x)
+    model = keras.Model(inputs, _conv_head(x))
+    _, small, k = _shrink(model, _images(4, 4, 3))
+    assert small.get_layer("up").kernel.shape[-2:] == (k["up"], k["c1"])
+    assert small.get_layer("c3").kernel.shape[-2] == k["up"]
+    macs = _counts(small)[1]
+    assert macs == 16 * 27 * k["c1"] + 16 * 9 * k["c1"] * k["up"] + 64 * k["up"] * k["c3"] + 2 * k["c3"]
+
+
+def test_group_normalization_removes_whole_groups():
+    inputs = keras.Input((4, 4, 3))
+    x = L.Conv2D(8, 1, use_bias=False, name="c1")(inputs)
+    x = L.GroupNormalization(groups=4, center=False, name="gn")(x)
+    x = L.Conv2D(4, 1, name="c2")(x)
+    model = keras.Model(inputs, _conv_head(x))
+    pruned = rbp.prune(model, dataset_size=100)
+    # Groups (0, 1) and (6, 7) removed whole; channel 2 alone stays.
+    c1 = np.array([0, 0, 0, 1, 1, 1, 0, 0], bool)
+    rbp.freeze(pruned, {"c1": c1, "c2": np.ones(4, bool)})
+    small = rbp.shrink(pruned)
+    assert_same_outputs(pruned, small, _images(4, 4, 3))
+    assert small.get_layer("c1").filters == 4
+    assert small.get_layer("gn").groups == 2
+
+
+def test_dense_on_feature_maps_mixes_channels():
+    """ConvNeXt's inverted bottleneck: Dense layers on (B, H, W, C)."""
+    inputs = keras.Input((4, 4, 3))
+    x = L.Conv2D(6, 1, name="c1")(inputs)
+    x = L.LayerNormalization(name="norm")(x)
+    x = L.Dense(12, activation="gelu", name="pw1")(x)
+    x = L.Dense(6, name="pw2")(x)
+    model = keras.Model(inputs, _conv_head(x))
+    with pytest.warns(UserWarning, match="LayerNormalization layer 'norm'"):
+        _, small, k = _shrink(model, _images(4, 4, 3))
+    assert small.get_layer("pw1").kernel.shape == (6, k["pw1"])
+    assert small.get_layer("pw2").kernel.shape == (k["pw1"], k["pw2"])
+
+
+class ChannelScale(L.Layer):
+    """A user layer: one learned scale per channel."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(name="scale", shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, inputs):
+        return inputs * self.scale
+
+
+class ChannelScaleRule(rbp.rules.PerChannelRule):
+    def rebuild(self, build, op, ins):
+        build.set_layer(op, [op.layer.get_weights()[0][ins[0]]], {})
+        return [ins[0]]
+
+
+def _channel_scale_model():
+    inputs = keras.Input((4, 4, 3))
+    x = L.Conv2D(6, 1, name="c1")(inputs)
+    x = ChannelScale(name="scale")(x)
+    x = L.Conv2D(4, 1, name="c2")(x)
+    model = keras.Model(inputs, _conv_head(x))
+    model.get_layer("scale").set_weights([np.linspace(0.5, 2.0, 6).astype("float32")])
+    return model
+
+
+def test_registered_rule_for_a_custom_layer():
+    with pytest.warns(UserWarning, match="ChannelScale layer 'scale'"):
+        _, small, _ = _shrink(_channel_scale_model(), _images(4, 4, 3))
+    assert small.get_layer("c1").filters == 6
+    rbp.register_rule(ChannelScale, ChannelScaleRule())
+    try:
+        _, small, k = _shrink(_channel_scale_model(), _images(4, 4, 3))
+    finally:
+        rbp.rules.unregister_rule(ChannelScale)
+    assert small.get_layer("c1").filters == k["c1"]
+    assert small.get_layer("scale").get_weights()[0].shape == (k["c1"],)
+    with pytest.raises(TypeError, match="must be a LayerRule"):
+        rbp.register_rule(ChannelScale, "per_channel")
