@@ -1,7 +1,40 @@
 """Writes a benchmark's result as JSON and as a markdown table."""
 
+import importlib.metadata
 import json
 import os
+import platform
+import subprocess
+
+
+def provenance():
+    """What made a result: the commit, package versions, Keras mode and
+    machine, and the load when the benchmark started."""
+    from keras_rbp._keras import IS_KERAS_3, keras
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True)
+    versions = {}
+    for package in ("keras-rbp", "tensorflow", "keras", "tf-keras", "ai-edge-litert", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    cpu = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    return {
+        "commit": commit.stdout.strip() or None,
+        "uncommitted_changes": bool(dirty.stdout.strip()),
+        "versions": versions,
+        "keras": "keras3" if IS_KERAS_3 else "tf_keras",
+        "keras_version": keras.__version__,
+        "machine": {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+                    "load_average_at_start": list(os.getloadavg())},
+    }
 
 
 def markdown_table(header, rows):

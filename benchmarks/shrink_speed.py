@@ -1,4 +1,5 @@
-"""Seconds `keras_rbp.shrink` takes on ResNet50 and VGG16.
+"""Seconds `keras_rbp.shrink` takes on ResNet50, VGG16, MobileNetV3Large
+and EfficientNetB0.
 
 Builds each model (weights=None, 224x224x3, 1000 classes), wraps it with
 `keras_rbp.prune`, freezes every group with a random mask that removes half
@@ -15,7 +16,6 @@ Writes shrink_speed_<keras mode>.json and .md to --output_dir.
 """
 
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -30,6 +30,8 @@ from keras_rbp._keras import IS_KERAS_3, keras
 MODELS = {
     "resnet50": keras.applications.ResNet50,
     "vgg16": keras.applications.VGG16,
+    "mobilenet_v3_large": keras.applications.MobileNetV3Large,
+    "efficientnet_b0": keras.applications.EfficientNetB0,
 }
 
 FLAGS = flags.FLAGS
@@ -75,10 +77,7 @@ def main(argv):
     rows = [time_model(name) for name in FLAGS.models]
     result = {
         "benchmark": "shrink_speed",
-        "keras": mode,
-        "keras_version": keras.__version__,
-        "machine": platform.platform(),
-        "cpus": os.cpu_count(),
+        **results_io.provenance(),
         "keep": FLAGS.keep,
         "repetitions": FLAGS.repetitions,
         "measured": "wall time of keras_rbp.shrink(pruned), median over repetitions",

@@ -296,7 +296,8 @@ class ChannelPlan:
             removable[roots[slot]] = False
         for tensor in self.tensors.values():
             if tensor.channels and removable[roots[tensor.slots]].all():
-                removable[roots[tensor.slots[0]]] = False  # a layer keeps one channel
+                removable[roots[tensor.slots[0]]] = False
+                self.keep(tensor.slots[:1], "a tensor keeps at least one channel")
         for op in reversed(self.flattens):
             source = self.tensors[op.inputs[0]]
             kept_positions = ~removable[roots[self.tensors[op.outputs[0]].slots]]

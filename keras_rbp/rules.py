@@ -473,8 +473,10 @@ class ElementwiseRule(LayerRule):
                 plan.join(main.slots, tensor.slots)
         probe = _Probe(self, plan, op, ins, out_shape, axis, channels)
         zero = probe.zero()
-        if len(ins) == 1:
-            plan.note_zero_lost(main.slots[main.zero & ~zero], f"layer {op.name!r} maps 0 to a non-zero value")
+        reason = (f"layer {op.name!r} maps 0 to a non-zero value" if len(ins) == 1
+                  else f"layer {op.name!r} merges them with channels that another input keeps")
+        for tensor in ins:
+            plan.note_zero_lost(tensor.slots[tensor.zero & ~zero], reason)
         op.state["reads"] = probe.reads()
         plan.new(op, axis=axis, slots=main.slots, zero=zero)
 

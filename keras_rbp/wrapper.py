@@ -22,7 +22,7 @@ def is_prunable(layer):
 
 
 def _supported_names():
-    return ", ".join(sorted(cls.__name__ for cls in rules.prunable_classes()))
+    return ", ".join(cls.__name__ for cls in rules.prunable_classes())
 
 
 @register_serializable(package="keras_rbp")
