@@ -21,8 +21,11 @@ def is_prunable(layer):
     return is_wrappable(layer) and not isinstance(layer, keras.layers.BatchNormalization)
 
 
-def _supported_names():
-    return ", ".join(cls.__name__ for cls in rules.prunable_classes())
+def _supported_names(batch_normalization=True):
+    return ", ".join(
+        cls.__name__ for cls in rules.prunable_classes()
+        if batch_normalization or not issubclass(cls, keras.layers.BatchNormalization)
+    )
 
 
 @register_serializable(package="keras_rbp")
@@ -266,7 +269,7 @@ def _choose_layers(model, by_name, layers):
         if not is_prunable(layer):
             raise ValueError(
                 f"prune: layer {name!r} of class {type(layer).__name__} cannot be "
-                f"pruned; supported: {_supported_names()}"
+                f"pruned; supported: {_supported_names(batch_normalization=False)}"
             )
     return set(names)
 
