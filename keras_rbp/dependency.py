@@ -207,6 +207,7 @@ class ChannelPlan:
                             f"{a.shape} and {b.shape}, whose channels differ"
                         )
                     self.join(a.slots, b.slots)
+                    self.note_zero_lost(a.slots, f"shared layer {op.name!r} keeps what any of its calls keeps")
 
     # The interface of the layer rules.
 

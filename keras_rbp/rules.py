@@ -218,6 +218,9 @@ class DenseConvRule(_ProducerRule):
         plan.join_positions(tensor.slots, groups)
         slots = plan.fresh(out_channels)
         plan.join_positions(slots, groups)
+        reason = f"grouped convolution {op.name!r} removes a channel position from every group or from none"
+        plan.note_zero_lost(tensor.slots, reason)
+        plan.note_zero_lost(slots, reason)
         return slots
 
     def zero_from_input(self, op, tensor):
