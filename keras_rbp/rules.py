@@ -136,6 +136,7 @@ class _ProducerRule(LayerRule):
     an optional activation after a frozen theta (RBPWrapper)."""
 
     prunable = True
+    passes_channels = False  # output channel c is made from input channel c only
 
     def output_slots(self, plan, op, tensor):
         """Slots of the output channels; new ones by default."""
@@ -167,8 +168,6 @@ class _ProducerRule(LayerRule):
             plan.note_zero_lost(
                 out.slots[zeroed], f"the activation of layer {op.name!r} maps 0 to a non-zero value"
             )
-
-    passes_channels = False
 
     def zero_from_input(self, op, tensor):
         return False
@@ -474,7 +473,7 @@ class ElementwiseRule(LayerRule):
         for tensor in ins:
             if tensor is not main:
                 plan.join(main.slots, tensor.slots)
-        probe = _Probe(self, plan, op, ins, out_shape, axis, channels)
+        probe = _Probe(self, op, ins, axis, channels)
         zero = probe.zero()
         reason = (f"layer {op.name!r} maps 0 to a non-zero value" if len(ins) == 1
                   else f"layer {op.name!r} merges them with channels that another input keeps")
@@ -534,7 +533,7 @@ class _Probe:
     channels of size 1) to learn, per channel, which outputs are exactly
     zero and which inputs the output depends on."""
 
-    def __init__(self, rule, plan, op, ins, out_shape, axis, channels):
+    def __init__(self, rule, op, ins, axis, channels):
         self.rule, self.op, self.ins = rule, op, ins
         self.shapes = [_probe_shape(t.shape, t.axis) for t in ins]
         self.out_axis, self.channels = axis, channels
@@ -564,8 +563,7 @@ class _Probe:
             for arrays in (first, second):
                 arrays[:index] = first[:index]
                 arrays[index + 1:] = first[index + 1:]
-            reads.append(np.any(self._run(first) != self._run(second), axis=0)
-                         | np.zeros(self.channels, bool))
+            reads.append(np.any(self._run(first) != self._run(second), axis=0))
         return reads
 
 
