@@ -1,8 +1,9 @@
 """Measured LiteRT speed-up of shrunk models beside their MAC reduction.
 
-For LeNet-5-Caffe and a CIFAR-10 VGG-16, removes channels with `freeze` and
-a fixed pattern (the kept counts in PATTERNS, spread evenly over each
-group), shrinks the model with `shrink`, converts the unpruned and the
+For LeNet-5-Caffe, a CIFAR-10 VGG-16 and MobileNetV3Small (224x224,
+`weights=None`), removes channels with `freeze` and a fixed pattern (the
+kept counts or the kept fraction of every group in PATTERNS, spread evenly
+over each group), shrinks the model with `shrink`, converts the unpruned and the
 shrunk model to float32 TFLite files, and times both with
 `benchmark_tflite` (batch 1, warm-up, then the median of --runs calls),
 alternating the two models over --repetitions. The figure per model is the
@@ -33,9 +34,15 @@ from keras_rbp import models
 from keras_rbp._keras import IS_KERAS_3, keras
 from keras_rbp.export import convert, save_model
 
+MODELS = {
+    "lenet5_caffe": models.lenet5_caffe,
+    "vgg16_cifar10": models.vgg16_cifar10,
+    "mobilenet_v3_small": lambda: keras.applications.MobileNetV3Small(input_shape=(224, 224, 3), weights=None),
+}
 # Kept channels per pruning group: LeNet-5-Caffe as 20-50-800-500 ->
 # 5-9-144-21 (the design's example); VGG-16 with half the channels of
-# blocks 1-3 and a quarter of those of blocks 4-5 and of the dense layer.
+# blocks 1-3 and a quarter of those of blocks 4-5 and of the dense layer;
+# MobileNetV3Small with half of every group (its coupled groups included).
 PATTERNS = {
     "lenet5_caffe": {"conv1": 5, "conv2": 9, "fc1": 21},
     "vgg16_cifar10": {
@@ -43,11 +50,12 @@ PATTERNS = {
         **{f"bn{i}": 128 for i in range(8, 14)},
         "fc1": 128,
     },
+    "mobilenet_v3_small": 0.5,
 }
 TARGET = 0.7
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", list(PATTERNS), f"Models to time, of {list(PATTERNS)}.")
+flags.DEFINE_list("models", list(MODELS), f"Models to time, of {list(MODELS)}.")
 flags.DEFINE_integer("repetitions", 5, "Alternating timings of each unpruned/shrunk pair.")
 flags.DEFINE_integer("warmup", 20, "Untimed runs before each timing.")
 flags.DEFINE_integer("runs", 200, "Timed runs per timing; the median is kept.")
@@ -61,11 +69,14 @@ flags.DEFINE_string(
 def shrunk_model(name):
     """(unpruned, shrunk) `name`, channels removed as PATTERNS says."""
     keras.utils.set_random_seed(0)
-    original = getattr(models, name)()
+    original = MODELS[name]()
     pruned = rbp.prune(original, dataset_size=1)
     groups = rbp.pruning_groups(pruned)
+    pattern = PATTERNS[name]
+    if isinstance(pattern, float):
+        pattern = {group: max(1, round(pattern * noise.channels)) for group, noise in groups.items()}
     masks = {}
-    for group, kept in PATTERNS[name].items():
+    for group, kept in pattern.items():
         mask = np.zeros(groups[group].channels, dtype=bool)
         mask[np.linspace(0, len(mask) - 1, kept).round().astype(int)] = True
         masks[group] = mask
@@ -112,28 +123,22 @@ def time_model(name, folder):
 
 def main(argv):
     del argv  # Unused.
-    unknown = set(FLAGS.models) - set(PATTERNS)
+    unknown = set(FLAGS.models) - set(MODELS)
     if unknown:
-        raise app.UsageError(f"--models: unknown {sorted(unknown)}; known: {list(PATTERNS)}")
+        raise app.UsageError(f"--models: unknown {sorted(unknown)}; known: {list(MODELS)}")
     keras_mode = "keras3" if IS_KERAS_3 else "tf_keras"
-    load_before = os.getloadavg()
+    provenance = results_io.provenance()
+    load_before = provenance["machine"]["load_average_at_start"]
     with tempfile.TemporaryDirectory() as folder:
         results = {name: time_model(name, folder) for name in FLAGS.models}
     result = {
         "benchmark": "tflite_speedup",
-        "keras_mode": keras_mode,
-        "keras_version": keras.__version__,
-        "tensorflow_version": tf.__version__,
+        **provenance,
+        "load_average_at_end": list(os.getloadavg()),
         "repetitions": FLAGS.repetitions,
         "warmup": FLAGS.warmup,
         "runs": FLAGS.runs,
         "target_speedup_over_mac_ratio": TARGET,
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "load_average_before": load_before,
-            "load_average_after": os.getloadavg(),
-        },
         "models": results,
     }
     rows = [
@@ -151,7 +156,7 @@ def main(argv):
     ]
     markdown = (
         f"# LiteRT speed-up of shrunk models ({keras_mode}, Keras {keras.__version__}, "
-        f"TensorFlow {tf.__version__})\n\n"
+        f"TensorFlow {tf.__version__}, commit {str(provenance['commit'])[:7]})\n\n"
         f"Float32 TFLite, batch 1, LiteRT with XNNPACK; median of {FLAGS.runs} runs after "
         f"{FLAGS.warmup} warm-up runs, median over {FLAGS.repetitions} alternating repetitions; "
         f"{os.cpu_count()} CPUs ({platform.machine()}), load average {load_before[0]:.1f} at start "

@@ -9,6 +9,7 @@ removed when, in every tensor that holds it, the channel is zero or read by
 nothing that reaches a model output.
 """
 
+import collections
 import dataclasses
 import warnings
 
@@ -18,7 +19,7 @@ from keras_rbp import _keras
 from keras_rbp import graph as graph_lib
 from keras_rbp._keras import keras
 from keras_rbp.layers import RBPNoise
-from keras_rbp.rules import BOUNDARY, ShrinkError, rule_for
+from keras_rbp.rules import BOUNDARY, ShrinkError, activation_name, rule_for
 from keras_rbp.wrapper import RBPWrapper
 
 
@@ -118,6 +119,7 @@ class ChannelPlan:
         self.input_layers = []  # (path, name, tensor key) of every InputLayer
         self.inputs, self.outputs = self._collect(model, (), None)
         self._join_shared_calls()
+        self._fold_noises()
         for key in self.outputs:
             tensor = self.tensors[key]
             tensor.needed[:] = True
@@ -201,13 +203,33 @@ class ChannelPlan:
             for keys_a, keys_b in ((first.inputs, op.inputs), (first.outputs, op.outputs)):
                 for key_a, key_b in zip(keys_a, keys_b):
                     a, b = self.tensors[key_a], self.tensors[key_b]
-                    if a.channels != b.channels or a.axis != b.axis:
+                    if a.channels != b.channels or a.axis - len(a.shape) != b.axis - len(b.shape):
                         raise ShrinkError(
                             f"shrink: layer {op.name!r} is called on tensors of shapes "
                             f"{a.shape} and {b.shape}, whose channels differ"
                         )
                     self.join(a.slots, b.slots)
                     self.note_zero_lost(a.slots, f"shared layer {op.name!r} keeps what any of its calls keeps")
+
+    def _fold_noises(self):
+        """A standalone RBPNoise on the output of a prunable layer without
+        activation, called once and read by nothing else, folds into that
+        layer: its theta multiplies the layer's (`op.state["folded"]`)."""
+        producers = {key: op for op in self.ops for key in op.outputs}
+        readers = collections.Counter(key for op in self.ops for key in set(op.inputs))
+        calls = collections.Counter((op.path, op.name) for op in self.ops)
+        for op in self.ops:
+            producer = producers.get(op.inputs[0]) if isinstance(op.layer, RBPNoise) else None
+            if (
+                producer is not None
+                and producer.rule.prunable
+                and activation_name(producer.activation or "linear") == "linear"
+                and calls[(producer.path, producer.name)] == 1
+                and readers[op.inputs[0]] == 1
+                and op.inputs[0] not in self.outputs
+            ):
+                producer.theta = producer.theta * op.theta
+                op.state["folded"] = True
 
     # The interface of the layer rules.
 
@@ -354,3 +376,22 @@ def _output_shapes(layer, call_index, input_shapes):
         return [tuple(output.shape) for output in outputs]
     shapes = layer.compute_output_shape(input_shapes[0] if len(input_shapes) == 1 else input_shapes)
     return [tuple(shape) for shape in shapes] if isinstance(shapes[0], (list, tuple)) else [tuple(shapes)]
+
+
+def coupled_layers(model, names):
+    """Sets of layers among `names` whose output channels `shrink` joins one
+    to one (the producers of a residual stream, the two sides of a
+    squeeze-and-excitation product, a convolution and the depthwise one
+    that follows it): lists of two or more names, each in call order.
+    Layers called more than once, or in different nested models, are
+    never coupled."""
+    plan = ChannelPlan(model)
+    calls = collections.Counter((op.path, op.name) for op in plan.ops)
+    by_channels = {}
+    for op in plan.ops:
+        if op.name not in names or calls[(op.path, op.name)] != 1:
+            continue
+        tensor = plan.tensors[op.outputs[0]]
+        classes = tuple(plan.roots[tensor.slots].tolist())
+        by_channels.setdefault((op.path, classes), []).append(op.name)
+    return [group for group in by_channels.values() if len(group) > 1]

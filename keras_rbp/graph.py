@@ -2,7 +2,7 @@
 
 Keras 3 and tf_keras write a functional model's `inbound_nodes` differently;
 `Graph` normalises both into layers, calls and tensor references, and
-`rename_references` rewires a config in either format.
+`rename_references` and `reroute_references` rewire a config in either format.
 """
 
 import dataclasses
@@ -244,6 +244,12 @@ def entry_inputs(entry):
     return [ref for node in entry["inbound_nodes"] for ref in _node_refs(node)]
 
 
+def call_inputs(entry):
+    """The tensors read by each call of a functional config's layer entry:
+    a list per call, references as the config writes them."""
+    return [_node_refs(node) for node in entry["inbound_nodes"]]
+
+
 def without_none_kwargs(inbound_nodes):
     """A copy of Keras 3 call records without keyword arguments set to None
     (a wrapper's ``mask=None``, which the layer it wrapped may not accept)."""
@@ -267,16 +273,26 @@ def _is_legacy_ref(value):
 
 def rename_references(value, old, new):
     """Makes every tensor reference to layer `old` in a config point to `new`."""
+    reroute_references(value, lambda ref: dataclasses.replace(ref, layer=new) if ref.layer == old else ref)
+
+
+def reroute_references(value, function):
+    """Replaces, in place, every tensor reference `ref` in a config (either
+    format) by the `TensorRef` that `function(ref)` returns."""
     if isinstance(value, dict):
         if value.get("class_name") == KERAS_TENSOR:
             history = value["config"]["keras_history"]
-            if history[0] == old:
-                value["config"]["keras_history"] = [new, *history[1:]]
+            ref = function(TensorRef(*history[:3]))
+            value["config"]["keras_history"] = [ref.layer, ref.node_index, ref.tensor_index]
             return
         for item in value.values():
-            rename_references(item, old, new)
+            reroute_references(item, function)
     elif isinstance(value, (list, tuple)):
-        if _is_legacy_ref(value) and value[0] == old:
-            value[0] = new
+        if isinstance(value, list) and _is_legacy_ref(value):
+            ref = function(TensorRef(*value[:3]))
+            value[:3] = [ref.layer, ref.node_index, ref.tensor_index]
+            for item in value[3:]:
+                reroute_references(item, function)
+            return
         for item in value:
-            rename_references(item, old, new)
+            reroute_references(item, function)

@@ -27,7 +27,12 @@ class RBPNoise(keras.layers.Layer):
     - ``"frozen"``: theta = mask * frozen value, deterministic, no KL, no
       gradient to the logits.
 
-    The layer always adds one loss term, which is zero unless active. Its
+    One noise can be called at several places (the producers of a residual
+    stream, see `prune`'s ``coupled_groups``): every call multiplies by the
+    same theta, drawn once a training step, and the calls together add one
+    KL.
+
+    The layer adds one loss term a call, which is zero unless active. Its
     variables also hold `mode_epochs`, the epochs trained in the current mode,
     which `RecursivePruning` counts, so that checkpoints carry its progress.
 
@@ -48,6 +53,8 @@ class RBPNoise(keras.layers.Layer):
             that the optimiser moves phi logit_scale times faster than the
             weights.
         cost: extra weight of this layer's KL (the cost-aware prior).
+        calls: the number of places the model calls this layer; each call
+            adds 1/calls of the KL and they share one draw a step.
         seed: integer seed of the noise; drawn at random when None and then
             kept in the config.
 
@@ -65,6 +72,7 @@ class RBPNoise(keras.layers.Layer):
         initial_keep_prob=0.99,
         logit_scale=10.0,
         cost=1.0,
+        calls=1,
         seed=None,
         **kwargs,
     ):
@@ -92,7 +100,12 @@ class RBPNoise(keras.layers.Layer):
                 raise ValueError(
                     f"RBPNoise {name!r}: {arg} must be positive, received: {value!r}"
                 )
+        if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
+            raise ValueError(
+                f"RBPNoise {name!r}: calls must be a positive integer, received: {calls!r}"
+            )
         self.dataset_size = dataset_size
+        self.calls = calls
         self.axis = int(axis)
         self.kl_weight = float(kl_weight)
         self.prior_keep_prob = float(prior_keep_prob)
@@ -102,9 +115,7 @@ class RBPNoise(keras.layers.Layer):
         self.seed = random.randrange(2**31) if seed is None else int(seed)
 
     def build(self, input_shape):
-        rank = len(input_shape)
-        self._channel_axis = self.axis % rank
-        channels = input_shape[self._channel_axis]
+        channels = input_shape[self.axis % len(input_shape)]
         if channels is None:
             raise ValueError(
                 f"RBPNoise {self.name!r}: the channel axis {self.axis} of input "
@@ -187,8 +198,8 @@ class RBPNoise(keras.layers.Layer):
         self.mode = "frozen"
 
     def kl_loss(self):
-        """The loss term this layer adds now, as a float (0 unless active)."""
-        return float(self._kl_term(self.logits, tf.equal(self.mode_variable, ACTIVE)))
+        """The loss its calls add now together, as a float (0 unless active)."""
+        return self.calls * float(self._kl_term(self.logits, tf.equal(self.mode_variable, ACTIVE)))
 
     def theta(self):
         """The deterministic theta of the current mode, shape (channels,)."""
@@ -205,7 +216,8 @@ class RBPNoise(keras.layers.Layer):
         return tf.where(tf.equal(mode, ACTIVE), pi, frozen)
 
     def _next_counter(self):
-        """A number unique to this training step and replica, for the seed.
+        """A number unique to this training step and replica, for the seed;
+        the same for every call of a layer called `calls` times a step.
 
         Called outside any control flow: the step variable is updated by the
         first replica only, which tf.distribute does not allow inside a cond.
@@ -215,12 +227,14 @@ class RBPNoise(keras.layers.Layer):
         replicas = context.num_replicas_in_sync if context else 1
         step = tf.convert_to_tensor(self.noise_step)
         self.noise_step.assign_add(1)
+        if self.calls > 1:
+            step = step // self.calls
         return step * replicas + tf.cast(replica, tf.int64)
 
     def _broadcast(self, theta, rank):
         """Reshapes theta, (channels,) or (batch, channels), onto the input."""
         shape = [1] * rank
-        shape[self._channel_axis] = self.channels
+        shape[self.axis % rank] = self.channels
         if theta.shape.rank == 2:
             shape[0] = -1
         return tf.reshape(theta, shape)
@@ -270,7 +284,7 @@ class RBPNoise(keras.layers.Layer):
 
     def _kl_term(self, logits, active):
         kl_per_channel = noise_lib.kl_divergence(logits, self.prior_keep_prob)
-        scale = self.kl_weight * self.cost / self.dataset_size
+        scale = self.kl_weight * self.cost / (self.dataset_size * self.calls)
         return tf.where(active, scale * tf.reduce_sum(kl_per_channel), 0.0)
 
     def compute_output_shape(self, input_shape):
@@ -289,6 +303,7 @@ class RBPNoise(keras.layers.Layer):
             initial_keep_prob=self.initial_keep_prob,
             logit_scale=self.logit_scale,
             cost=self.cost,
+            calls=self.calls,
             seed=self.seed,
         )
         return config

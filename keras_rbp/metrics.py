@@ -225,8 +225,9 @@ def _macs(layer, input_shape, output_shape):
 
 def channel_costs(model):
     """MACs carried by one channel of each group of a pruned model: the MACs
-    of the layer that makes the group's channels and of the layers that
-    read them, over the number of channels. A dict from group name (see
+    of the layers that make the group's channels (every producer of a
+    coupled group) and of the layers that read them, over the number of
+    channels. A dict from group name (see
     `pruning_groups`) to MACs per channel; the cost-aware prior of `prune`
     weighs each group's KL by it. Channels that reach a nested model's
     boundary count only the MACs inside that model."""
@@ -240,11 +241,22 @@ def channel_costs(model):
             noise = layer.noise if isinstance(layer, RBPWrapper) else layer
             if not isinstance(noise, RBPNoise):
                 continue
-            producer = macs.get(name, 0)
-            if isinstance(layer, RBPWrapper) and isinstance(layer.layer, L.BatchNormalization):
-                producer = sum(macs.get(ref.layer, 0) for ref in graph.layers[name].inputs)
+            if isinstance(layer, RBPWrapper):
+                producer = _producer_macs(graph, layers, macs, name)
+            else:  # a standalone noise: the layers it follows in each call
+                producer = sum(_producer_macs(graph, layers, macs, ref.layer) for ref in graph.layers[name].inputs)
             costs[name] = (producer + _reader_macs(graph, macs, name)) / noise.channels
     return costs
+
+
+def _producer_macs(graph, layers, macs, name):
+    """MACs of layer `name`, or for a BatchNormalization (wrapped or not),
+    of the layers it normalises."""
+    layer = layers.get(name)
+    inner = layer.layer if isinstance(layer, RBPWrapper) else layer
+    if isinstance(inner, L.BatchNormalization):
+        return sum(macs.get(ref.layer, 0) for ref in graph.layers[name].inputs)
+    return macs.get(name, 0)
 
 
 def _reader_macs(graph, macs, name):

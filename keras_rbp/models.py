@@ -29,6 +29,28 @@ def lenet5_caffe(input_shape=(28, 28, 1), classes=10):
     return keras.Model(inputs, outputs, name="lenet5_caffe")
 
 
+def small_resnet(input_shape=(28, 28, 1), classes=10, width=8, blocks=2):
+    """A ResNet-style network: a conv stem with BatchNormalization, `blocks`
+    residual blocks (two 3x3 convs with BatchNormalization, an identity
+    shortcut, a max pooling), a dense classifier. The stem and the blocks'
+    second BatchNormalization write one residual stream."""
+    inputs = keras.Input(input_shape, name="image")
+    x = layers.Conv2D(width, 3, padding="same", name="stem")(inputs)
+    x = layers.BatchNormalization(momentum=0.9, name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    for block in range(1, blocks + 1):
+        y = layers.Conv2D(width, 3, padding="same", name=f"block{block}_conv1")(x)
+        y = layers.BatchNormalization(momentum=0.9, name=f"block{block}_bn1")(y)
+        y = layers.ReLU(name=f"block{block}_relu1")(y)
+        y = layers.Conv2D(width, 3, padding="same", name=f"block{block}_conv2")(y)
+        y = layers.BatchNormalization(momentum=0.9, name=f"block{block}_bn2")(y)
+        x = layers.ReLU(name=f"block{block}_out")(layers.Add(name=f"block{block}_add")([x, y]))
+        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    x = layers.Flatten(name="flatten")(x)
+    outputs = layers.Dense(classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="small_resnet")
+
+
 # VGG-16's conv channels, block by block, each block closed by a max pooling.
 VGG16_CHANNELS = (
     64, 64, "pool", 128, 128, "pool", 256, 256, 256, "pool",

@@ -728,9 +728,10 @@ def _reshaped_channel_axis(tensor, out_shape):
 
 
 class NoiseRule(LayerRule):
-    """A standalone `RBPNoise` (input and Flatten features): channel c is
-    input channel c times theta_c. `shrink` folds theta into the kernel rows
-    of Dense readers or makes a selection layer."""
+    """A standalone `RBPNoise`: channel c is input channel c times theta_c.
+    After a prunable layer it alone reads (a coupled group's noise), theta
+    folds into that layer; on input and Flatten features, into the kernel
+    rows of Dense readers, or else it becomes a selection layer."""
 
     def forward(self, plan, op):
         tensor = plan.input_on_axis(op, op.inputs[0], op.layer.axis)
@@ -746,6 +747,9 @@ class NoiseRule(LayerRule):
         tensor.needed |= out.needed & (op.theta != 0)
 
     def rebuild(self, build, op, ins):
+        if op.state.get("folded"):
+            build.drop_layer(op)
+            return [ins[0]]
         return [build.select_features(op, ins[0])]
 
 

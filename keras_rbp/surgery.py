@@ -7,6 +7,7 @@ again with plain Keras layers.
 """
 
 import copy
+import dataclasses
 
 import numpy as np
 
@@ -76,8 +77,8 @@ def kept_channels(model):
 
 class _Builder:
     """Edits the model's config and slices its weights as a plan says; the
-    layer rules call `input_indices`, `set_layer`, `set_call` and
-    `select_features`."""
+    layer rules call `input_indices`, `set_layer`, `set_call`, `drop_layer`
+    and `select_features`."""
 
     def __init__(self, plan, keep_input_shape):
         self.plan = plan
@@ -152,6 +153,11 @@ class _Builder:
         """Replaces the config record of call `op.call_index` of `op`."""
         self.calls.setdefault((op.path, op.name), {})[op.call_index] = record
 
+    def drop_layer(self, op):
+        """Removes the layer of `op`: the readers of each call's output read
+        that call's input."""
+        self._drop((op.path, op.name))
+
     def select_features(self, op, in_index):
         """Drops a standalone RBPNoise. Where only Dense layers read it, its
         theta (0 for removed features) scales their kernel rows; elsewhere
@@ -210,7 +216,7 @@ class _Builder:
     def _edit(self, config, path, sequential):
         """Edits the layer entries of a (nested) model config in place."""
         input_keys = {(p, name): key for p, name, key in self.plan.input_layers if p == path}
-        entries, renames = [], []
+        entries, renames, dropped = [], {}, {}
         for entry in config["layers"]:
             entry.pop("build_config", None)
             name = entry["config"]["name"]
@@ -221,22 +227,28 @@ class _Builder:
             elif key in input_keys:
                 self._edit_input(entry, input_keys[key])
             elif self.entries.get(key, ()) is None:
-                if not sequential:
-                    renames.append((name, graph_lib.entry_inputs(entry)[0].layer))
+                if not sequential:  # readers of call k read that call's input
+                    for call_index, refs in enumerate(graph_lib.call_inputs(entry)):
+                        dropped[(name, call_index)] = refs[0]
                 continue
             elif key in self.entries:
                 entry = self._replaced(entry, key, *self.entries[key])
                 if entry["config"]["name"] != name:
-                    renames.append((name, entry["config"]["name"]))
+                    renames[name] = entry["config"]["name"]
             for call_index, record in self.calls.get(key, {}).items():
                 entry["inbound_nodes"][call_index] = record
             entries.append(entry)
         config["layers"] = entries
-        for old, new in renames:
-            if not sequential:
-                for entry in entries:
-                    graph_lib.rename_references(entry["inbound_nodes"], old, new)
-                graph_lib.rename_references(config["output_layers"], old, new)
+        if not sequential:
+
+            def reroute(ref):
+                while (ref.layer, ref.node_index) in dropped:
+                    ref = dropped[(ref.layer, ref.node_index)]
+                return dataclasses.replace(ref, layer=renames.get(ref.layer, ref.layer))
+
+            for entry in entries:
+                graph_lib.reroute_references(entry["inbound_nodes"], reroute)
+            graph_lib.reroute_references(config["output_layers"], reroute)
 
     def _edit_input(self, entry, key):
         tensor = self.plan.tensors[key]

@@ -7,6 +7,7 @@ from keras_rbp import graph as graph_lib
 from keras_rbp import rules
 from keras_rbp._keras import IS_KERAS_3, keras, register_serializable, serialize
 from keras_rbp.layers import RBPNoise
+from keras_rbp.rules import activation_name
 
 def is_wrappable(layer):
     """Whether RBPWrapper can wrap `layer`: its rule folds a theta into its
@@ -162,6 +163,7 @@ def prune(
     input_features=False,
     flatten_features=False,
     cost_aware=False,
+    coupled_groups=True,
     seed=0,
 ):
     """Returns a copy of `model` with an RBP noise on every prunable layer.
@@ -191,6 +193,16 @@ def prune(
             carries (see `metrics.channel_costs`), over the mean of the groups,
             so that expensive channels are removed first. Conv nets need it:
             with equal prices the cheap dense neurons go first.
+        coupled_groups: layers whose output channels `shrink` joins one to
+            one (the producers of a residual stream, both sides of a
+            squeeze-and-excitation product, a convolution and the depthwise
+            convolution after it) share one standalone RBPNoise, called
+            after each of them (before its activation, which becomes an
+            Activation layer): one set of logits, one mask, one KL and one
+            recursive stage, so what the mask removes is what `shrink`
+            removes. The group is named after its first layer,
+            ``<layer>_rbp_noise``. False gives each layer its own noise;
+            `shrink` then keeps a channel that any of them keeps.
         seed: seeds every noise of the copy.
 
     Returns:
@@ -214,6 +226,10 @@ def prune(
     rewriter = _Rewriter(by_name, chosen, noise_config, seed, noise_after_batchnorm)
     config = copy.deepcopy(model.get_config())
     class_name = graph_lib.SEQUENTIAL if isinstance(model, keras.Sequential) else "Functional"
+    if coupled_groups:
+        from keras_rbp import dependency  # the analysis reads the wrapper's layers
+
+        rewriter.coupled = dependency.coupled_layers(model, rewriter.targets(class_name, config))
     rewriter.rewrite(class_name, config, input_features, flatten_features)
     model_class = keras.Sequential if class_name == graph_lib.SEQUENTIAL else keras.Model
     pruned = model_class.from_config(config, custom_objects=_keras.custom_objects(by_name.values()))
@@ -313,24 +329,37 @@ class _Rewriter:
         self.noise_config = noise_config
         self.seed = seed
         self.noise_after_batchnorm = noise_after_batchnorm
+        self.coupled = []  # lists of layer names that share one noise
         self.count = 0
 
     def _noise(self, **kwargs):
         self.count += 1
         return dict(self.noise_config, seed=self.seed * 100003 + self.count, **kwargs)
 
+    def targets(self, class_name, config):
+        """The names of the layers that get a noise, nested models included."""
+        graph = graph_lib.Graph.from_config(class_name, config)
+        found = {self._placement(graph, name) for name in self.chosen & set(graph.layers)}
+        for entry in config["layers"]:
+            nested = graph_lib.model_class_name(entry)
+            if nested:
+                found |= self.targets(nested, entry["config"])
+        return found
+
     def rewrite(self, class_name, config, input_features=False, flatten_features=False):
         graph = graph_lib.Graph.from_config(class_name, config)
-        targets = set()
-        for name in self.chosen & set(graph.layers):
-            targets.add(self._placement(graph, name))
+        targets = {self._placement(graph, name) for name in self.chosen & set(graph.layers)}
+        coupled = [names for names in self.coupled if names[0] in targets]
+        shared = {name for names in coupled for name in names}
         for entry in config["layers"]:
             name = entry["config"]["name"]
             nested = graph_lib.model_class_name(entry)
             if nested:
                 self.rewrite(nested, entry["config"], flatten_features=flatten_features)
-            elif name in targets:
+            elif name in targets - shared:
                 self._wrap(entry)
+        for names in coupled:
+            self._insert_shared_noise(config, names)
         inserts = []
         if input_features:
             inserts += [ref.layer for ref in graph.inputs]
@@ -356,12 +385,52 @@ class _Rewriter:
     def _wrap(self, entry):
         layer = self.by_name[entry["config"]["name"]]
         inner = type(layer).from_config(layer.get_config())
-        wrapped = serialize(RBPWrapper(inner, self._noise()))
+        calls = max(1, len(entry.get("inbound_nodes", ())))  # a shared layer's noise draws once a step
+        wrapped = serialize(RBPWrapper(inner, self._noise(calls=calls)))
         for key in ("name", "inbound_nodes"):
             if key in entry:
                 wrapped[key] = entry[key]
         entry.clear()
         entry.update(wrapped)
+
+    def _insert_shared_noise(self, config, names):
+        """Puts one RBPNoise, called once after each layer of `names`, on
+        their outputs; a layer's activation moves after the noise."""
+        noise_name = f"{names[0]}_rbp_noise"
+        noise = serialize(RBPNoise(name=noise_name, calls=len(names), **self._noise()))
+        noise.update(name=noise_name, inbound_nodes=[])
+        taken = {entry["config"]["name"] for entry in config["layers"]}
+        after = {}  # layer name -> the entries to insert after it
+        outputs = {}  # layer name -> the tensor its readers read instead
+        split = set()  # layers whose activation moves after the noise
+        for call_index, name in enumerate(names):
+            layer = self.by_name[name]
+            noise["inbound_nodes"].append(_call_node(layer))
+            outputs[name] = graph_lib.TensorRef(noise_name, call_index)
+            after[name] = [noise] if call_index == 0 else []
+            activation = getattr(layer, "activation", None)
+            if activation is not None and activation_name(activation) != "linear":
+                activation_layer = keras.layers.Activation(activation, name=_unique(f"{name}_activation", taken))
+                entry = serialize(activation_layer)
+                entry.update(name=activation_layer.name, inbound_nodes=[_call_node(layer, outputs[name])])
+                outputs[name] = graph_lib.TensorRef(activation_layer.name)
+                after[name].append(entry)
+                split.add(name)
+
+        def reroute(ref):
+            return outputs.get(ref.layer, ref) if ref.node_index == 0 else ref
+
+        for entry in config["layers"]:
+            graph_lib.reroute_references(entry["inbound_nodes"], reroute)
+        graph_lib.reroute_references(config["output_layers"], reroute)
+        layers = []
+        for entry in config["layers"]:
+            layers.append(entry)
+            name = entry["config"]["name"]
+            if name in split:
+                entry["config"]["activation"] = "linear"
+            layers.extend(after.get(name, []))
+        config["layers"] = layers
 
     def _insert_noise_after(self, class_name, config, graph, name):
         """Puts a standalone RBPNoise on the (only) output of layer `name`."""
@@ -378,20 +447,29 @@ class _Rewriter:
         config["layers"].insert(position, entry)
 
 
-def _call_node(layer):
-    """A config's record of one call on the output of `layer`."""
+def _call_node(layer, source=None):
+    """A config's record of one call on the output of `layer`, or on the
+    tensor `source` (a `graph.TensorRef`) of the same shape."""
+    source = source or graph_lib.TensorRef(layer.name)
+    history = [source.layer, source.node_index, source.tensor_index]
     if IS_KERAS_3:
         output = layer.output
         tensor = {
             "class_name": graph_lib.KERAS_TENSOR,
-            "config": {
-                "shape": list(output.shape),
-                "dtype": output.dtype,
-                "keras_history": [layer.name, 0, 0],
-            },
+            "config": {"shape": list(output.shape), "dtype": output.dtype, "keras_history": history},
         }
         return {"args": [tensor], "kwargs": {}}
-    return [[layer.name, 0, 0, {}]]
+    return [history + [{}]]
+
+
+def _unique(name, taken):
+    """`name`, or `name` with the first free suffix _1, _2, ...; taken."""
+    candidate, index = name, 0
+    while candidate in taken:
+        index += 1
+        candidate = f"{name}_{index}"
+    taken.add(candidate)
+    return candidate
 
 
 def _copy_weights(source, target):

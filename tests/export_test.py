@@ -14,7 +14,7 @@ from ai_edge_litert.interpreter import Interpreter
 import keras_rbp as rbp
 from keras_rbp._keras import keras
 from keras_rbp.datasets import load_mnist
-from keras_rbp.models import lenet5_caffe
+from keras_rbp.models import lenet5_caffe, small_resnet
 
 from conftest import mnist_dir
 
@@ -22,25 +22,6 @@ export_lib = importlib.import_module("keras_rbp.export")  # keras_rbp.export is 
 L = keras.layers
 TRAIN_SAMPLES = 3000
 CHECK_SAMPLES = 1000
-
-
-def small_resnet(input_shape=(28, 28, 1), classes=10, width=8):
-    """A ResNet-style network: a stem, two residual blocks with BN, a dense head."""
-    inputs = keras.Input(input_shape, name="image")
-    x = L.Conv2D(width, 3, padding="same", name="stem")(inputs)
-    x = L.BatchNormalization(momentum=0.9, name="stem_bn")(x)
-    x = L.ReLU(name="stem_relu")(x)
-    for block in (1, 2):
-        y = L.Conv2D(width, 3, padding="same", name=f"block{block}_conv1")(x)
-        y = L.BatchNormalization(momentum=0.9, name=f"block{block}_bn1")(y)
-        y = L.ReLU(name=f"block{block}_relu1")(y)
-        y = L.Conv2D(width, 3, padding="same", name=f"block{block}_conv2")(y)
-        y = L.BatchNormalization(momentum=0.9, name=f"block{block}_bn2")(y)
-        x = L.ReLU(name=f"block{block}_out")(L.Add(name=f"block{block}_add")([x, y]))
-        x = L.MaxPooling2D(2, name=f"block{block}_pool")(x)
-    x = L.Flatten(name="flatten")(x)
-    outputs = L.Dense(classes, name="logits")(x)
-    return keras.Model(inputs, outputs, name="small_resnet")
 
 
 @functools.lru_cache(maxsize=None)

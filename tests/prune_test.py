@@ -95,15 +95,20 @@ def test_multi_input_multi_output_and_batchnorm_placement():
     model = _multi_io()
     pruned = rbp.prune(model, dataset_size=100)
     # conv_b's noise sits after its BatchNormalization; the two heads are
-    # left alone, and so are dense_a and proj, whose sum out1 reads.
-    assert _wrapped_names(pruned) == ["bn_b", "dense_a", "dense_b", "proj"]
+    # left alone. dense_a and proj, which the Add joins, share one noise
+    # called after each; dense_a's relu moves after it.
+    assert _wrapped_names(pruned) == ["bn_b", "dense_b"]
     assert type(pruned.get_layer("conv_b")) is L.Conv2D
+    shared = pruned.get_layer("dense_a_rbp_noise")
+    assert shared.calls == 2 and list(rbp.pruning_groups(pruned)) == ["bn_b", "dense_a_rbp_noise", "dense_b"]
+    assert pruned.get_layer("dense_a").activation is keras.activations.get("linear")
+    assert pruned.get_layer("dense_a_activation").activation is keras.activations.get("relu")
     inputs = [np.random.rand(3, 6).astype("float32"), np.random.rand(3, 5, 5, 2).astype("float32")]
     _assert_same_outputs(model, pruned, inputs)
 
 
 def test_batchnorm_placement_can_be_turned_off():
-    pruned = rbp.prune(_multi_io(), dataset_size=100, noise_after_batchnorm=False)
+    pruned = rbp.prune(_multi_io(), dataset_size=100, noise_after_batchnorm=False, coupled_groups=False)
     assert _wrapped_names(pruned) == ["conv_b", "dense_a", "dense_b", "proj"]
 
 
@@ -226,4 +231,31 @@ def test_cost_aware_prior_weighs_groups_by_macs_per_channel():
     noise = rbp.pruning_groups(pruned)["conv1"]
     noise.mode = "active"
     assert noise.kl_loss() == pytest.approx(costs["conv1"] * noise.kl_weight * float(
+        np.sum(rbp.noise.kl_divergence(noise.logits, noise.prior_keep_prob))) / 100, rel=1e-5)
+
+
+def test_coupled_group_costs_every_producer_and_reader_once():
+    inputs = keras.Input((6, 6, 4))
+    x = L.ReLU()(L.BatchNormalization(name="stem_bn")(L.Conv2D(8, 1, name="stem")(inputs)))
+    y = L.BatchNormalization(name="branch_bn")(L.Conv2D(8, 3, padding="same", name="branch")(x))
+    outputs = L.Dense(3)(L.GlobalAveragePooling2D()(L.Add()([x, y])))
+    pruned = rbp.prune(keras.Model(inputs, outputs), dataset_size=100)
+    assert list(rbp.pruning_groups(pruned)) == ["stem_bn_rbp_noise"]
+    # Producers stem and branch, readers branch and the Dense, per channel.
+    macs = 36 * 4 * 8 + 36 * 9 * 8 * 8 + 36 * 9 * 8 * 8 + 8 * 3
+    assert rbp.metrics.channel_costs(pruned) == {"stem_bn_rbp_noise": pytest.approx(macs / 8)}
+
+
+def test_a_shared_layer_noise_adds_one_kl_over_its_calls():
+    a, b = keras.Input((6,), name="a"), keras.Input((6,), name="b")
+    shared = L.Dense(8, activation="relu", name="shared")
+    x = L.Concatenate()([shared(a), shared(b)])
+    model = keras.Model([a, b], L.Dense(3, name="out")(x))
+    pruned = rbp.prune(model, dataset_size=100)
+    noise = rbp.pruning_groups(pruned)["shared"]
+    assert noise.calls == 2
+    noise.mode = "active"
+    pruned([np.ones((2, 6), "float32")] * 2, training=True)
+    assert float(sum(pruned.losses)) == pytest.approx(noise.kl_loss(), rel=1e-6)
+    assert noise.kl_loss() == pytest.approx(noise.kl_weight * float(
         np.sum(rbp.noise.kl_divergence(noise.logits, noise.prior_keep_prob))) / 100, rel=1e-5)

@@ -2,6 +2,7 @@
 
 import glob
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -240,6 +241,36 @@ def test_mnist_lenet_300_100_prunes_every_hidden_group():
     print(f"LeNet-300-100 kept {kept}, test accuracy {accuracy:.4f}")
     assert kept["fc1"] < 300 and kept["fc2"] < 100
     assert accuracy > 0.97
+
+
+def test_mnist_resnet_coupled_stream_shrinks_to_its_mask():
+    """The stem and both blocks' second BatchNormalization write one
+    residual stream: one noise, one stage, and shrink removes exactly what
+    its mask removes."""
+    (x_train, y_train), _ = rbp.datasets.load_mnist(mnist_dir())
+    x_train, y_train = x_train[:6000], y_train[:6000]
+    keras.utils.set_random_seed(0)
+    model = rbp.models.small_resnet(width=12)
+    model.compile(keras.optimizers.Adam(3e-3), LOSS)
+    model.fit(x_train, y_train, batch_size=128, epochs=1, verbose=0)
+    pruned = rbp.prune(model, dataset_size=len(x_train), kl_weight=150.0, cost_aware=True)
+    groups = rbp.pruning_groups(pruned)
+    assert list(groups) == ["stem_bn_rbp_noise", "block1_bn1", "block2_bn1"]
+    assert groups["stem_bn_rbp_noise"].calls == 3
+    pruned.compile(keras.optimizers.Adam(3e-3), LOSS)
+    schedule = rbp.RecursivePruning(epochs_per_stage=2, finetune_epochs=1, verbose=0)
+    pruned.fit(x_train, y_train, batch_size=128, epochs=schedule.total_epochs(pruned),
+               callbacks=[schedule], verbose=0)
+    kept = int(groups["stem_bn_rbp_noise"].mask.numpy().sum())
+    assert 1 <= kept < 12
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small = rbp.shrink(pruned, strict=True)
+    for name in ("stem", "block1_conv2", "block2_conv2"):
+        assert small.get_layer(name).filters == kept, name
+    for name in ("block1_conv1", "block2_conv1"):
+        assert small.get_layer(name).filters == int(groups[name.replace("conv", "bn")].mask.numpy().sum())
+    np.testing.assert_allclose(small(x_train[:64]), pruned(x_train[:64], training=False), rtol=1e-4, atol=1e-4)
 
 
 def test_mirrored_strategy_runs_the_plan(strategy):

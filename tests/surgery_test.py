@@ -1,6 +1,7 @@
 """Tests of shrink(): one test per graph pattern, exact outputs, counts by hand."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -181,8 +182,28 @@ def _residual(projection):
     return model
 
 
+@pytest.mark.parametrize("projection", [True, False])
+def test_residual_coupled_group_removes_what_its_mask_removes(projection):
+    """By default the producers of the residual stream share one noise: the
+    stream keeps exactly the channels of its mask, with no warning."""
+    pruned = rbp.prune(_residual(projection), dataset_size=100)
+    producers = ["proj_bn", "branch_bn"] if projection else ["stem_bn", "branch_bn"]
+    group = f"{producers[0]}_rbp_noise"
+    groups = rbp.pruning_groups(pruned)
+    assert groups[group].calls == 2
+    assert list(groups) == (["stem_bn", "branch_a", group] if projection else [group, "branch_a"])
+    masks = _freeze_random(pruned)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small = rbp.shrink(pruned, strict=True)
+    assert_same_outputs(pruned, small, _images(6, 6, 4))
+    for name in producers:
+        assert small.get_layer(name).output.shape[-1] == masks[group].sum(), name
+    assert group not in [layer.name for layer in small.layers]
+
+
 def test_residual_projection():
-    pruned = rbp.prune(_residual(True), dataset_size=100)
+    pruned = rbp.prune(_residual(True), dataset_size=100, coupled_groups=False)
     masks = _freeze_random(pruned)
     small = rbp.shrink(pruned)
     assert_same_outputs(pruned, small, _images(6, 6, 4))
@@ -195,7 +216,7 @@ def test_residual_projection():
 
 
 def test_residual_identity():
-    pruned = rbp.prune(_residual(False), dataset_size=100)
+    pruned = rbp.prune(_residual(False), dataset_size=100, coupled_groups=False)
     masks = _freeze_random(pruned)
     small = rbp.shrink(pruned)
     assert_same_outputs(pruned, small, _images(6, 6, 4))
@@ -443,10 +464,10 @@ def test_squeeze_excitation(reshape):
     x = L.Conv2D(5, 1, name="project")(x)
     model = keras.Model(inputs, _conv_head(x))
     pruned = rbp.prune(model, dataset_size=100)
+    assert pruned.get_layer("conv_rbp_noise").calls == 2  # conv and expand
     rng = np.random.RandomState(3)
     conv_mask = rng.rand(8) < 0.6
-    masks = {"conv": conv_mask, "expand": conv_mask, "reduce": np.arange(4) < 2,
-             "project": np.arange(5) < 3}
+    masks = {"conv_rbp_noise": conv_mask, "reduce": np.arange(4) < 2, "project": np.arange(5) < 3}
     rbp.freeze(pruned, masks)
     small = rbp.shrink(pruned, strict=True)
     assert_same_outputs(pruned, small, _images(6, 6, 3))

@@ -173,6 +173,26 @@ def test_noise_is_seeded_per_example_and_per_step():
     assert not np.allclose(run(6)[0], first[0])
 
 
+def test_a_noise_called_at_several_places_draws_once_and_adds_one_kl():
+    """A coupled group's noise: each call of a step multiplies by the same
+    theta, and the calls' losses add up to one KL."""
+    noise = RBPNoise(dataset_size=N, kl_weight=2.0, calls=3, seed=4, initial_keep_prob=0.5)
+    inputs = keras.Input((4,))
+    outputs = [noise(L.Identity()(inputs)) for _ in range(3)]
+    model = keras.Model(inputs, L.Concatenate()(outputs))
+    noise.mode = "active"
+    x = tf.ones([5, 4])
+    steps = [model(x, training=True).numpy().reshape(5, 3, 4) for _ in range(2)]
+    for theta in steps:
+        np.testing.assert_array_equal(theta[:, 0], theta[:, 1])
+        np.testing.assert_array_equal(theta[:, 0], theta[:, 2])
+    assert not np.allclose(steps[0], steps[1])
+    pi = noise.keep_probability().astype("float64")
+    kl = pi * np.log(pi / 0.01) + (1 - pi) * np.log((1 - pi) / 0.99)
+    assert float(sum(model.losses)) == pytest.approx(2.0 * kl.sum() / N, rel=1e-5)
+    assert noise.kl_loss() == pytest.approx(2.0 * kl.sum() / N, rel=1e-5)
+
+
 def test_sampled_theta_has_the_noise_moments():
     layer = RBPNoise(dataset_size=N, seed=1, initial_keep_prob=0.3)
     layer.build((None, 4))
