@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 import keras_rbp as rbp
+from benchmarks.applications import APPLICATIONS, build_application
 from keras_rbp._keras import IS_KERAS_3, keras
 from keras_rbp.graph import graph_of
 from tests.surgery_test import _freeze_random, assert_same_outputs
 
-APPLICATIONS = sorted(name for name in dir(keras.applications) if name[0].isupper())
 ONE_OF_EACH_FAMILY = {
     "ConvNeXtTiny", "DenseNet121", "EfficientNetB0", "EfficientNetV2B0", "InceptionV3",
     "MobileNet", "MobileNetV2", "MobileNetV3Small", "NASNetMobile", "RegNetX002",
@@ -33,17 +33,6 @@ BOUNDED = {
     "NASNetMobile": "merges them with channels that another input keeps",
     "RegNetX002": "removes a channel position from every group or from none",
 }
-
-
-def _build(name):
-    """The application at 32x32, or at the smallest size it accepts."""
-    constructor = getattr(keras.applications, name)
-    for size in (32, 75):
-        try:
-            return constructor(weights=None, input_shape=(size, size, 3), classes=10), size
-        except ValueError:
-            continue
-    raise AssertionError(f"{name} builds at neither 32x32 nor 75x75")
 
 
 def _find_layer(model, name):
@@ -76,7 +65,7 @@ def test_application(name, tmp_path):
         pytest.skip("one model of each family runs unless KERAS_RBP_ALL_APPLICATIONS=1")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model, size = _build(name)
+        model, size = build_application(name)
         pruned = rbp.prune(model, dataset_size=1000)
         masks = _freeze_random(pruned, keep=0.7)
     with warnings.catch_warnings(record=True) as caught:

@@ -1,0 +1,162 @@
+"""How much `keras_rbp.shrink` removes from every Keras Application.
+
+Builds each constructor of `keras.applications` (weights=None, 32x32x3 or
+the smallest size it accepts, 10 classes), wraps it with `keras_rbp.prune`
+(coupled groups, the default), freezes every group with a random mask that
+keeps --keep of its channels, and shrinks it. Records the parameter and MAC
+ratios, the groups (coupled ones apart), the channels that a mask removes
+but `shrink` keeps, with the reasons its warnings give, the largest output
+difference from the pruned model, and the seconds prune and shrink took.
+
+Run from the repository root, under Keras 3 or tf_keras:
+
+    python -m benchmarks.applications
+    TF_USE_LEGACY_KERAS=1 python -m benchmarks.applications
+
+Writes applications_<keras mode>.json and .md to --output_dir.
+"""
+
+import collections
+import os
+import re
+import time
+import warnings
+
+from absl import app, flags, logging
+import numpy as np
+
+import keras_rbp as rbp
+from benchmarks import results_io
+from keras_rbp._keras import IS_KERAS_3, keras
+
+APPLICATIONS = sorted(name for name in dir(keras.applications) if name[0].isupper())
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", APPLICATIONS, "keras.applications constructors to shrink.")
+flags.DEFINE_float("keep", 0.7, "Fraction of each group's channels its random mask keeps.")
+flags.DEFINE_string(
+    "output_dir",
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
+    "Where the JSON and markdown results are written.",
+)
+
+
+def build_application(name, classes=10):
+    """(model, input size): `name` at 32x32, or at 75x75 where it needs more."""
+    constructor = getattr(keras.applications, name)
+    for size in (32, 75):
+        try:
+            return constructor(weights=None, input_shape=(size, size, 3), classes=classes), size
+        except ValueError:
+            continue
+    raise ValueError(f"{name} builds at neither 32x32 nor 75x75")
+
+
+def random_masks(pruned, keep, seed=0):
+    """A mask for every group, keeping each channel with probability `keep`
+    (at least one a group)."""
+    rng = np.random.RandomState(seed)
+    masks = {}
+    for group, noise in rbp.pruning_groups(pruned).items():
+        mask = rng.rand(noise.channels) < keep
+        mask[rng.randint(noise.channels)] = True
+        masks[group] = mask
+    return masks
+
+
+def shrink_application(name):
+    model, size = build_application(name)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruned = rbp.prune(model, dataset_size=1000)
+    prune_seconds = time.perf_counter() - start
+    masks = random_masks(pruned, FLAGS.keep)
+    rbp.freeze(pruned, masks, {group: np.ones(len(mask)) for group, mask in masks.items()})
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        small = rbp.shrink(pruned)
+    shrink_seconds = time.perf_counter() - start
+    kept = rbp.kept_channels(pruned)
+    groups = rbp.pruning_groups(pruned)
+    images = np.random.RandomState(0).rand(2, size, size, 3).astype("float32") * 255
+    expected = pruned(images, training=False).numpy()
+    report = rbp.report(model, small)
+    reasons = collections.Counter()
+    for warning in caught:
+        match = re.match(r"shrink: group .* keeps \d+ channel\(s\) its mask removes: (.*)", str(warning.message))
+        if match:
+            for reason in match.group(1).split("; "):
+                reasons[re.sub(r"'[^']*'", "'...'", reason)] += 1
+    return {
+        "input_size": size,
+        "groups": len(groups),
+        "coupled_groups": sum(noise.calls > 1 for noise in groups.values()),
+        "channels": int(sum(noise.channels for noise in groups.values())),
+        "channels_masked": int(sum((~mask).sum() for mask in masks.values())),
+        "channels_masked_but_kept": int(sum(np.isin(kept[g], np.flatnonzero(~masks[g])).sum() for g in groups)),
+        "reasons_kept": dict(reasons),
+        "params": {"before": model.count_params(), "after": small.count_params()},
+        "params_ratio": model.count_params() / small.count_params(),
+        "macs_ratio": report.totals["macs_reduction"],
+        "max_abs_output_difference": float(np.abs(small(images).numpy() - expected).max()),
+        "output_scale": float(np.abs(expected).max()),
+        "prune_seconds": prune_seconds,
+        "shrink_seconds": shrink_seconds,
+    }
+
+
+def main(argv):
+    del argv  # Unused.
+    unknown = set(FLAGS.models) - set(APPLICATIONS)
+    if unknown:
+        raise app.UsageError(f"--models: unknown {sorted(unknown)}; known: {APPLICATIONS}")
+    keras_mode = "keras3" if IS_KERAS_3 else "tf_keras"
+    provenance = results_io.provenance()
+    results, failures = {}, {}
+    for name in FLAGS.models:
+        try:
+            results[name] = shrink_application(name)
+            logging.info("%s: %s", name, results[name])
+        except Exception as error:  # a failure is a result of this benchmark
+            failures[name] = f"{type(error).__name__}: {error}"
+            logging.error("%s: %s", name, failures[name])
+        keras.backend.clear_session()
+    result = {"benchmark": "applications", **provenance, "keep": FLAGS.keep,
+              "models": results, "failures": failures}
+    rows = [
+        [
+            name,
+            r["input_size"],
+            f"{r['groups']} ({r['coupled_groups']})",
+            f"{r['params_ratio']:.2f}x",
+            f"{r['macs_ratio']:.2f}x",
+            f"{r['channels_masked_but_kept']} of {r['channels_masked']}",
+            "; ".join(f"{reason} ({count})" for reason, count in r["reasons_kept"].items()) or "-",
+            f"{r['max_abs_output_difference'] / max(1.0, r['output_scale']):.1e}",
+            f"{r['shrink_seconds']:.1f}",
+        ]
+        for name, r in results.items()
+    ]
+    rows += [[name, "-", "-", "-", "-", "-", failure, "-", "-"] for name, failure in failures.items()]
+    markdown = (
+        f"# shrink on every Keras Application ({keras_mode}, Keras {keras.__version__}, "
+        f"commit {str(provenance['commit'])[:7]})\n\n"
+        f"weights=None, 10 classes, random masks keeping {100 * FLAGS.keep:.0f} % of each group's "
+        f"channels; {len(results)} of {len(FLAGS.models)} shrink. Groups: all (coupled). Output "
+        "difference: largest absolute difference from the pruned model, over max(1, largest "
+        "output).\n\n"
+        + results_io.markdown_table(
+            ["model", "input", "groups", "params ratio", "MACs ratio", "masked channels kept",
+             "why kept (warnings)", "output difference", "shrink s"],
+            rows,
+        )
+    )
+    for path in results_io.write_results(FLAGS.output_dir, f"applications_{keras_mode}", result, markdown):
+        print(path)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    app.run(main)
