@@ -104,10 +104,13 @@ class Group:
 class ChannelPlan:
     """Which channels of which tensor `shrink` keeps, and why."""
 
-    def __init__(self, model):
+    def __init__(self, model, thetas=None):
+        """`thetas`: a dict from group name to the theta to plan with
+        instead of the group's own (masks under consideration)."""
         if not isinstance(model, keras.Model):
             raise TypeError(f"shrink: expected a Keras model, received {type(model).__name__}")
         self.model = model
+        self.thetas = thetas or {}
         self.sets = _UnionFind()
         self.tensors = {}
         self.aliases = {}
@@ -181,7 +184,8 @@ class ChannelPlan:
                 [(path, node.name, call_index, index) for index in range(len(shapes))], shapes)
         if wrapped or isinstance(layer, RBPNoise):
             noise = layer.noise if wrapped else layer
-            op.theta = noise.theta().numpy().astype(np.float32)
+            theta = self.thetas.get(node.name)
+            op.theta = np.asarray(noise.theta() if theta is None else theta, np.float32)
             if call_index == 0:
                 self.groups[node.name] = Group(op, op.outputs[0], noise.mode)
         if op.rule.prunable:

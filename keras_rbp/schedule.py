@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rbp._keras import keras
+from keras_rbp.budget import Budget
 from keras_rbp.wrapper import pruning_groups
 
 
@@ -24,6 +25,17 @@ class RecursivePruning(keras.callbacks.Callback):
     pi < `threshold` are removed, keeping at least `min_channels` (those with
     the largest pi). After the last stage, `finetune_epochs` epochs train with
     every group frozen, then training stops.
+
+    With a budget (`target_macs` or `target_params`), a stage keeps, in
+    order of pi, as many of its channels as fit its share of the budget
+    instead of thresholding pi (see `budget.Budget`): the share is what the
+    target leaves if every group not yet frozen kept the same fraction of
+    its channels, so the last stage fills the rest and the shrunk model
+    meets the target to within a channel's cost. Costs are counted as
+    `report` counts them on the model `shrink` makes. Each epoch's logs
+    carry the target and the expected cost (`rbp_target_<metric>`,
+    `rbp_expected_<metric>`: frozen masks, active groups at pi >= 0.5,
+    later groups whole).
 
     Only the stage's groups train their logits: the others are made
     non-trainable for the stage (they then cost a multiply, see `RBPNoise`),
@@ -48,6 +60,13 @@ class RecursivePruning(keras.callbacks.Callback):
         max_noise_scale: the noise scale reached in a stage's last epoch.
         finetune_learning_rate: if set, the optimiser's learning rate during
             the fine-tune.
+        target_macs: a MAC budget for the shrunk model: a number of
+            multiply-accumulates per example, or a float in (0, 1), the
+            fraction of the unpruned model's.
+        target_params: a parameter budget, in the same forms.
+        round_to: with a budget, kept channel counts are multiples of it
+            (rounded up where the budget allows, else down), at least
+            round_to channels a group.
         check_epochs: raise when fit's epochs cannot complete the plan; pass
             False to run the plan over several fit calls.
         verbose: print a line at each stage change.
@@ -63,6 +82,9 @@ class RecursivePruning(keras.callbacks.Callback):
         collapse_tolerance=0.05,
         max_noise_scale=3.0,
         finetune_learning_rate=None,
+        target_macs=None,
+        target_params=None,
+        round_to=1,
         check_epochs=True,
         verbose=1,
     ):
@@ -91,9 +113,13 @@ class RecursivePruning(keras.callbacks.Callback):
         self.collapse_tolerance = collapse_tolerance
         self.max_noise_scale = max_noise_scale
         self.finetune_learning_rate = finetune_learning_rate
+        self.target = _check_target(target_macs, target_params)
+        _check_int("round_to", round_to, 1)
+        self.round_to = round_to
         self.check_epochs = check_epochs
         self.verbose = verbose
         self._last_good_weights = None
+        self._budget = None
 
     # The plan.
 
@@ -140,6 +166,9 @@ class RecursivePruning(keras.callbacks.Callback):
         if optimizer is None:
             raise RuntimeError(f"RecursivePruning: model {self.model.name!r} was not compiled")
         _set_trainable(self.model, groups, {name: True for name in groups})
+        if self.target is not None:
+            metric, target = self.target
+            self._budget = Budget(self.model, metric, target, self.min_channels, self.round_to)
         # The optimiser must know every group's logits before a stage leaves
         # some out; it would otherwise be built at the first step, on the
         # first stage's. (tf_keras' legacy optimisers have no build.)
@@ -237,17 +266,32 @@ class RecursivePruning(keras.callbacks.Callback):
         if logs is not None:
             for name, noise in groups.items():
                 logs[f"rbp_kept/{name}"] = _kept_channels(noise, self.threshold)
+            if self._budget is not None:
+                metric = self._budget.metric
+                logs[f"rbp_target_{metric}"] = float(self._budget.target)
+                logs[f"rbp_expected_{metric}"] = float(self._budget.expected(
+                    _frozen_masks(groups),
+                    {name: noise.keep_probability() for name, noise in groups.items() if noise.mode == "active"},
+                ))
 
     def _collapsed(self, noise):
         pi = noise.keep_probability()
         return bool(np.all(np.minimum(pi, 1.0 - pi) <= self.collapse_tolerance))
 
     def _end_stage(self, names, groups, index, count, logs):
+        budget_masks = {}
+        if self._budget is not None:
+            later = [name for stage in self.stages(self.model)[index + 1 :] for name in stage]
+            budget_masks = self._budget.stage_masks(
+                _frozen_masks(groups), {name: groups[name].keep_probability() for name in names}, later
+            )
         for name in names:
             noise = groups[name]
             pi = noise.keep_probability()
-            mask = keep_mask(pi, self.threshold, self.min_channels)
-            if mask.sum() > (pi >= self.threshold).sum():
+            mask = budget_masks.get(name)
+            if mask is None:
+                mask = keep_mask(pi, self.threshold, self.min_channels)
+            if name not in budget_masks and mask.sum() > (pi >= self.threshold).sum():
                 warnings.warn(
                     f"RecursivePruning: group {name!r} would keep "
                     f"{int((pi >= self.threshold).sum())} of {pi.size} channels; keeping "
@@ -275,6 +319,30 @@ def keep_mask(pi, threshold, min_channels):
         mask = np.zeros(pi.size, bool)
         mask[np.argsort(-pi, kind="stable")[:floor]] = True
     return mask
+
+
+def _frozen_masks(groups):
+    return {name: noise.mask.numpy() > 0 for name, noise in groups.items() if noise.mode == "frozen"}
+
+
+def _check_target(target_macs, target_params):
+    """(metric, target) of the one budget given, or None."""
+    given = [(metric, value) for metric, value in (("macs", target_macs), ("params", target_params))
+             if value is not None]
+    if len(given) > 1:
+        raise ValueError(
+            "RecursivePruning: give at most one of target_macs and target_params, received "
+            + ", ".join(f"target_{metric}={value!r}" for metric, value in given)
+        )
+    if not given:
+        return None
+    metric, value = given[0]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == 1:
+        raise ValueError(
+            f"RecursivePruning: target_{metric} must be a fraction in (0, 1) of the unpruned "
+            f"model or a number of {metric} above 1, received: {value!r}"
+        )
+    return given[0]
 
 
 def _kept_channels(noise, threshold):

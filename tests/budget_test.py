@@ -1,0 +1,122 @@
+"""Tests of budgets: the cost model against `report` on shrunk models, the
+stage masks, round_to, the errors, and MNIST LeNet-5 pruned to a MAC target
+in one fit."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import keras_rbp as rbp
+from keras_rbp._keras import keras
+from keras_rbp.budget import Budget, CostModel
+
+from conftest import mnist_dir
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _random_masks(pruned, seed):
+    rng = np.random.RandomState(seed)
+    masks = {}
+    for name, noise in rbp.pruning_groups(pruned).items():
+        mask = rng.rand(noise.channels) < rng.uniform(0.2, 0.9)
+        mask[0] = True
+        masks[name] = mask
+    return masks
+
+
+MODELS = {
+    "lenet5_flatten_features": (rbp.models.lenet5_caffe, dict(flatten_features=True)),
+    "lenet_300_100_input_features": (lambda: rbp.models.lenet_300_100(input_shape=(784,)),
+                                     dict(input_features=True)),
+    "small_resnet_coupled": (rbp.models.small_resnet, {}),
+    "mobilenet_v2": (lambda: keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None,
+                                                           classes=10), {}),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_cost_model_counts_what_report_counts_on_the_shrunk_model(name):
+    build, kwargs = MODELS[name]
+    model = build()
+    pruned = rbp.prune(model, dataset_size=100, **kwargs)
+    costs = CostModel(pruned)
+    full = rbp.report(model, model).totals
+    assert costs.full() == {"macs": full["macs_before"], "params": full["params_before"]}
+    for seed in range(2):
+        masks = _random_masks(pruned, seed)
+        predicted = costs.cost(masks)
+        rbp.freeze(pruned, masks)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            totals = rbp.report(model, rbp.shrink(pruned, keep_input_shape=False)).totals
+        assert predicted == {"macs": totals["macs_after"], "params": totals["params_after"]}, seed
+
+
+def _budget(target, **kwargs):
+    pruned = rbp.prune(rbp.models.lenet5_caffe(), dataset_size=100, flatten_features=True)
+    return pruned, Budget(pruned, "macs", target, **kwargs)
+
+
+def test_stage_masks_fill_the_share_in_order_of_pi():
+    pruned, budget = _budget(0.2)
+    groups = rbp.pruning_groups(pruned)
+    pis = {name: np.random.RandomState(1).rand(noise.channels) for name, noise in groups.items()}
+    masks = budget.stage_masks({}, pis, [])  # one stage: every group, all at once
+    cost = budget.cost(masks)
+    assert 0.95 * budget.target <= cost <= budget.target
+    for name, mask in masks.items():  # the kept channels have the largest pi of their group
+        assert pis[name][mask].min() >= pis[name][~mask].max() if (~mask).any() else True
+    first = budget.stage_masks({}, {"conv1": pis["conv1"]}, ["conv2", "flatten_rbp_noise", "fc1"])
+    assert 0 < first["conv1"].sum() < 20  # its share, not the whole cut
+
+
+def test_round_to_keeps_multiples_within_the_budget():
+    pruned, budget = _budget(0.3, round_to=8)
+    groups = rbp.pruning_groups(pruned)
+    pis = {name: np.random.RandomState(2).rand(noise.channels) for name, noise in groups.items()}
+    masks = budget.stage_masks({}, pis, [])
+    for name, mask in masks.items():
+        assert mask.sum() % 8 == 0 or mask.sum() == groups[name].channels, name
+    assert budget.cost(masks) <= budget.target
+
+
+def test_unreachable_and_bad_targets_are_refused():
+    # conv1 and conv2 keeping one filter, fc1 one unit: 14,400 + 1,600 + 16 + 10 MACs.
+    with pytest.raises(ValueError, match=r"target_macs=1000 \(1,000\) is below 16,026 macs, the least "
+                                         r"possible with min_channels=1 \(the unpruned model has 2,293,000\)"):
+        _budget(1000)
+    with pytest.raises(ValueError, match="at most one of target_macs and target_params"):
+        rbp.RecursivePruning(target_macs=0.5, target_params=0.5)
+    for value in (0, -3, 1, True, "half"):
+        with pytest.raises(ValueError, match="target_params must be a fraction in"):
+            rbp.RecursivePruning(target_params=value)
+    with pytest.raises(ValueError, match="round_to"):
+        rbp.RecursivePruning(target_macs=0.5, round_to=0)
+
+
+@pytest.mark.parametrize("groups_per_stage", [1, None], ids=["recursive", "all_at_once"])
+def test_mnist_lenet5_meets_a_mac_target_in_one_fit(groups_per_stage):
+    (x_train, y_train), (x_test, y_test) = rbp.datasets.load_mnist(mnist_dir())
+    x_train, y_train = x_train[:6000], y_train[:6000]
+    keras.utils.set_random_seed(0)
+    model = rbp.models.lenet5_caffe()
+    model.compile(keras.optimizers.Adam(1e-3), LOSS)
+    model.fit(x_train, y_train, batch_size=128, epochs=2, verbose=0)
+    pruned = rbp.prune(model, dataset_size=len(x_train), flatten_features=True, cost_aware=True,
+                       kl_weight=60.0)
+    pruned.compile(keras.optimizers.Adam(1e-3), LOSS, metrics=["accuracy"])
+    schedule = rbp.RecursivePruning(epochs_per_stage=2, finetune_epochs=1, groups_per_stage=groups_per_stage,
+                                    target_macs=120_000, verbose=0)
+    history = pruned.fit(x_train, y_train, batch_size=128, epochs=schedule.total_epochs(pruned),
+                         callbacks=[schedule], verbose=0)
+    small = rbp.shrink(pruned)
+    macs = rbp.report(model, small).totals["macs_after"]
+    small.compile(metrics=["accuracy"], loss=LOSS)
+    _, accuracy = small.evaluate(x_test, y_test, verbose=0)
+    print(f"LeNet-5 at target 120,000 MACs ({groups_per_stage}): {macs:,} MACs, test error {1 - accuracy:.4f}")
+    assert 0.95 * 120_000 <= macs <= 120_000
+    assert history.history["rbp_target_macs"][-1] == 120_000
+    assert history.history["rbp_expected_macs"][-1] == macs
+    assert accuracy > 0.8  # a sanity floor: 6,000 images, 9 epochs
