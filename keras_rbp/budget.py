@@ -36,7 +36,8 @@ class CostModel:
         """{"macs": ..., "params": ...} when each group in `masks` (a dict
         from group name to a boolean array) keeps its True channels and the
         other groups keep all theirs."""
-        thetas = {name: np.asarray(mask, np.float32) for name, mask in masks.items()}
+        thetas = {name: np.ones(noise.channels, np.float32) for name, noise in self.groups.items()}
+        thetas.update({name: np.asarray(mask, np.float32) for name, mask in masks.items()})
         plan = ChannelPlan(self.model, thetas=thetas)
         producers = {key: op for op in plan.ops for key in op.outputs}
         totals = {"macs": 0.0, "params": 0.0}

@@ -96,6 +96,40 @@ def test_unreachable_and_bad_targets_are_refused():
         rbp.RecursivePruning(target_macs=0.5, round_to=0)
 
 
+def test_a_budgeted_plan_resumes_from_a_checkpoint_to_the_same_masks(tmp_path):
+    """The stage masks depend only on the model's variables, so a plan cut
+    mid-stage and resumed from a saved model ends as an uninterrupted one."""
+    rng = np.random.RandomState(0)
+    x = rng.rand(96, 28, 28, 1).astype("float32")
+    y = rng.randint(0, 10, 96)
+
+    def plan():
+        return rbp.RecursivePruning(epochs_per_stage=2, finetune_epochs=1, target_macs=0.1,
+                                    check_epochs=False, verbose=0)
+
+    def pruned():
+        keras.utils.set_random_seed(1)
+        model = rbp.prune(rbp.models.lenet5_caffe(), dataset_size=96, flatten_features=True)
+        model.compile(keras.optimizers.Adam(0.01), LOSS)
+        return model
+
+    def masks(model):
+        return {name: noise.mask.numpy() for name, noise in rbp.pruning_groups(model).items()}
+
+    uninterrupted = pruned()
+    uninterrupted.fit(x, y, batch_size=32, epochs=9, shuffle=False, verbose=0, callbacks=[plan()])
+    first = pruned()
+    first.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0, callbacks=[plan()])
+    path = str(tmp_path / "checkpoint.keras")
+    first.save(path)
+    restored = keras.models.load_model(path)
+    restored.fit(x, y, batch_size=32, initial_epoch=3, epochs=9, shuffle=False, verbose=0, callbacks=[plan()])
+    expected = masks(uninterrupted)
+    assert all(mask.sum() < mask.size for name, mask in expected.items() if name != "flatten_rbp_noise")
+    for name, mask in masks(restored).items():
+        np.testing.assert_array_equal(mask, expected[name], err_msg=name)
+
+
 @pytest.mark.parametrize("groups_per_stage", [1, None], ids=["recursive", "all_at_once"])
 def test_mnist_lenet5_meets_a_mac_target_in_one_fit(groups_per_stage):
     (x_train, y_train), (x_test, y_test) = rbp.datasets.load_mnist(mnist_dir())
