@@ -25,6 +25,12 @@ def define_flags(**defaults):
             help_text = f"folder holding the dataset's .npz file (else ${DATA_DIR_ENV}, else download)"
         elif field.name == "output_dir":
             help_text = "folder for the exported SavedModel, TFLite files and results.json"
+        elif field.name in ("target_macs", "target_params"):
+            unit = field.name.split("_")[1]
+            help_text = (f"prune to this many {unit} (MACs: multiply-accumulates per example), "
+                         f"or to this fraction of the baseline's {unit} if below 1")
+        elif field.name == "round_to":
+            help_text = "with a target, keep channel counts that are multiples of this"
         if isinstance(field.default, bool):
             flags.DEFINE_boolean(field.name, default, help_text)
         elif field.type is float or isinstance(field.default, float):

@@ -48,6 +48,9 @@ class Recipe:
     groups_per_stage: int = 1  # 0: every group in one stage (all-at-once)
     max_noise_scale: float = 3.0
     finetune_learning_rate: float = 1e-4
+    target_macs: float = None  # a budget: MACs, or a fraction of the baseline's
+    target_params: float = None
+    round_to: int = 1
     quantize: tuple = ()
 
 
@@ -94,6 +97,9 @@ def run(recipe, verbose=1):
         groups_per_stage=recipe.groups_per_stage or None,
         max_noise_scale=recipe.max_noise_scale,
         finetune_learning_rate=recipe.finetune_learning_rate,
+        target_macs=recipe.target_macs,
+        target_params=recipe.target_params,
+        round_to=recipe.round_to,
         verbose=verbose,
     )
     history = pruned.fit(x_train, y_train, batch_size=recipe.batch_size,
