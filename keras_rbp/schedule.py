@@ -394,7 +394,9 @@ def _check_int(name, value, minimum):
 
 class PruningSummaries(keras.callbacks.Callback):
     """Writes TensorBoard summaries of the pruning at the end of each epoch:
-    kept channels, mean pi and KL per group as scalars, pi as histograms.
+    kept channels, mean pi and KL per group as scalars, pi as histograms,
+    and the target and expected cost of a budgeted `RecursivePruning`
+    (listed before this callback).
 
     Args:
         log_dir: the folder of the TensorBoard event files.
@@ -419,6 +421,9 @@ class PruningSummaries(keras.callbacks.Callback):
                 tf.summary.scalar(f"rbp/mean_pi/{name}", float(pi.mean()))
                 tf.summary.scalar(f"rbp/kl/{name}", noise.kl_loss())
                 tf.summary.histogram(f"rbp/pi/{name}", pi)
+            for key, value in (logs or {}).items():  # RecursivePruning's budget, if any
+                if key.startswith(("rbp_target_", "rbp_expected_")):
+                    tf.summary.scalar(f"rbp/budget/{key[len('rbp_'):]}", value)
         self._writer.flush()
 
     def on_train_end(self, logs=None):

@@ -286,7 +286,7 @@ def test_mirrored_strategy_runs_the_plan(strategy):
 
 def test_pruning_summaries_write_scalars_and_histograms(tmp_path):
     pruned = _small_pruned()
-    schedule = rbp.RecursivePruning(epochs_per_stage=1, finetune_epochs=0, verbose=0)
+    schedule = rbp.RecursivePruning(epochs_per_stage=1, finetune_epochs=0, target_macs=0.5, verbose=0)
     pruned.compile("adam", LOSS)
     x, y = _data()
     pruned.fit(x, y, epochs=3, verbose=0, callbacks=[schedule, rbp.PruningSummaries(str(tmp_path))])
@@ -294,7 +294,8 @@ def test_pruning_summaries_write_scalars_and_histograms(tmp_path):
     for path in glob.glob(os.path.join(str(tmp_path), "events.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
             tags.update(value.tag for value in event.summary.value)
-    assert {"rbp/kept_channels/h1", "rbp/mean_pi/h2", "rbp/kl/h3", "rbp/pi/h1"} <= tags
+    assert {"rbp/kept_channels/h1", "rbp/mean_pi/h2", "rbp/kl/h3", "rbp/pi/h1",
+            "rbp/budget/target_macs", "rbp/budget/expected_macs"} <= tags
 
 
 def test_stage_change_line_is_printed(capsys):
