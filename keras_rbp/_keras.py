@@ -7,6 +7,7 @@ does. Every other module imports Keras from here.
 
 import os
 import re
+import sys
 
 import tensorflow as tf
 
@@ -91,3 +92,20 @@ __all__ = [
     "register_serializable",
     "serialize",
 ]
+
+
+# Keras walks a functional graph recursively when it builds a model; the
+# deepest applications (EfficientNetV2L, with a noise after each group) go
+# past Python's default limit.
+GRAPH_RECURSION_LIMIT = 20000
+
+
+def model_from_config(model_class, config, layers):
+    """`model_class.from_config(config)` with the custom classes of `layers`,
+    under a recursion limit deep enough for the model's graph."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, GRAPH_RECURSION_LIMIT))
+    try:
+        return model_class.from_config(config, custom_objects=custom_objects(layers))
+    finally:
+        sys.setrecursionlimit(limit)

@@ -116,7 +116,7 @@ class _Builder:
         self._edit(config, (), sequential)
         layers = _all_layers(model)
         model_class = keras.Sequential if sequential else keras.Model
-        small = model_class.from_config(config, custom_objects=_keras.custom_objects(layers))
+        small = _keras.model_from_config(model_class, config, layers)
         for (path, name), weights in self.weights.items():
             if weights:
                 _find_layer(small, path, self.renames.get((path, name), name)).set_weights(weights)

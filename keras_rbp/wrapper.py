@@ -232,7 +232,7 @@ def prune(
         rewriter.coupled = dependency.coupled_layers(model, rewriter.targets(class_name, config))
     rewriter.rewrite(class_name, config, input_features, flatten_features)
     model_class = keras.Sequential if class_name == graph_lib.SEQUENTIAL else keras.Model
-    pruned = model_class.from_config(config, custom_objects=_keras.custom_objects(by_name.values()))
+    pruned = _keras.model_from_config(model_class, config, by_name.values())
     _copy_weights(model, pruned)
     if cost_aware:
         _set_costs(pruned)
