@@ -12,6 +12,10 @@ shrunk, beside the MAC ratio (its physical limit); the target is a measured
 speed-up of at least 70 % of the MAC ratio. Latencies depend on the machine
 and on its load: quote the medians with the machine they ran on.
 
+Also times round_to: VGG-16 and MobileNetV2 (224x224) pruned to one MAC
+target with free kept counts and with counts rounded to multiples of 4 and
+8 (--round_to), to tell whether LiteRT runs multiples faster.
+
 Run from the repository root:
 
     python -m benchmarks.tflite_speedup
@@ -23,6 +27,7 @@ import os
 import platform
 import statistics
 import tempfile
+import warnings
 
 from absl import app, flags, logging
 import numpy as np
@@ -32,12 +37,14 @@ import keras_rbp as rbp
 from benchmarks import results_io
 from keras_rbp import models
 from keras_rbp._keras import IS_KERAS_3, keras
+from keras_rbp.budget import Budget
 from keras_rbp.export import convert, save_model
 
 MODELS = {
     "lenet5_caffe": models.lenet5_caffe,
     "vgg16_cifar10": models.vgg16_cifar10,
     "mobilenet_v3_small": lambda: keras.applications.MobileNetV3Small(input_shape=(224, 224, 3), weights=None),
+    "mobilenet_v2": lambda: keras.applications.MobileNetV2(input_shape=(224, 224, 3), weights=None),
 }
 # Kept channels per pruning group: LeNet-5-Caffe as 20-50-800-500 ->
 # 5-9-144-21 (the design's example); VGG-16 with half the channels of
@@ -52,10 +59,18 @@ PATTERNS = {
     },
     "mobilenet_v3_small": 0.5,
 }
+# round_to: each model pruned to ROUNDING_TARGET of its MACs, channels in a
+# random order, kept counts free or rounded to multiples of --round_to.
+ROUNDING_MODELS = ("vgg16_cifar10", "mobilenet_v2")
+ROUNDING_TARGET = 0.3
 TARGET = 0.7
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", list(MODELS), f"Models to time, of {list(MODELS)}.")
+flags.DEFINE_list("models", [name for name in MODELS if name in PATTERNS],
+                  f"Models to time with fixed masks, of {list(PATTERNS)}.")
+flags.DEFINE_list("rounding_models", list(ROUNDING_MODELS),
+                  f"Models on which to time round_to at equal MACs, of {list(MODELS)}.")
+flags.DEFINE_list("round_to", ["4", "8"], "The round_to values to compare with free channel counts.")
 flags.DEFINE_integer("repetitions", 5, "Alternating timings of each unpruned/shrunk pair.")
 flags.DEFINE_integer("warmup", 20, "Untimed runs before each timing.")
 flags.DEFINE_integer("runs", 200, "Timed runs per timing; the median is kept.")
@@ -121,6 +136,48 @@ def time_model(name, folder):
     return result
 
 
+def time_files(paths):
+    """Median single-thread latency of each file, timed in alternating
+    order --repetitions times."""
+    timings = {variant: [] for variant in paths}
+    for repetition in range(FLAGS.repetitions):
+        order = list(paths) if repetition % 2 == 0 else list(reversed(paths))
+        for variant in order:
+            timings[variant].append(
+                rbp.benchmark_tflite(paths[variant], warmup=FLAGS.warmup, runs=FLAGS.runs)["single_thread"]
+            )
+    return {variant: statistics.median(times) for variant, times in timings.items()}
+
+
+def time_rounding(name, folder):
+    """Free and rounded channel counts at one MAC target: MACs, architecture
+    and single-thread latency of each shrunk model."""
+    keras.utils.set_random_seed(0)
+    original = MODELS[name]()
+    pruned = rbp.prune(original, dataset_size=1)
+    rng = np.random.RandomState(0)
+    pis = {group: rng.rand(noise.channels) for group, noise in rbp.pruning_groups(pruned).items()}
+    variants, paths = {}, {}
+    for round_to in [1] + [int(value) for value in FLAGS.round_to]:
+        budget = Budget(pruned, "macs", ROUNDING_TARGET, round_to=round_to)
+        masks = budget.stage_masks({}, pis, [])
+        rbp.freeze(pruned, masks, {group: np.ones(len(mask)) for group, mask in masks.items()})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            small = rbp.shrink(pruned)
+        report = rbp.report(original, small)
+        variant = f"round_to={round_to}"
+        paths[variant] = tflite_file(small, folder, f"{name}_round_to_{round_to}")
+        variants[variant] = {"macs": report.totals["macs_after"], "architecture": report.architecture_after}
+    for variant, latency in time_files(paths).items():
+        variants[variant]["median_latency_ms"] = latency
+    free = variants["round_to=1"]["median_latency_ms"]
+    for result in variants.values():
+        result["speedup_over_free_counts"] = free / result["median_latency_ms"]
+    logging.info("%s: %s", name, variants)
+    return {"target_macs": ROUNDING_TARGET, "variants": variants}
+
+
 def main(argv):
     del argv  # Unused.
     unknown = set(FLAGS.models) - set(MODELS)
@@ -131,6 +188,7 @@ def main(argv):
     load_before = provenance["machine"]["load_average_at_start"]
     with tempfile.TemporaryDirectory() as folder:
         results = {name: time_model(name, folder) for name in FLAGS.models}
+        rounding = {name: time_rounding(name, folder) for name in FLAGS.rounding_models}
     result = {
         "benchmark": "tflite_speedup",
         **provenance,
@@ -140,6 +198,7 @@ def main(argv):
         "runs": FLAGS.runs,
         "target_speedup_over_mac_ratio": TARGET,
         "models": results,
+        "round_to": rounding,
     }
     rows = [
         [
@@ -176,6 +235,21 @@ def main(argv):
             rows,
         )
     )
+    if rounding:
+        markdown += (
+            f"\n## round_to at equal MACs\n\nEach model pruned to {100 * ROUNDING_TARGET:.0f} % of its "
+            "MACs (`budget.Budget`, channels ranked at random), with free kept counts and with counts "
+            "rounded to multiples of round_to; single-thread latency as above.\n\n"
+            + results_io.markdown_table(
+                ["model", "round_to", "MACs", "ms (1 thread)", "speed-up over free counts"],
+                [
+                    [name, variant.split("=")[1], f"{v['macs']:,}", f"{v['median_latency_ms']:.3f}",
+                     f"{v['speedup_over_free_counts']:.2f}x"]
+                    for name, r in rounding.items()
+                    for variant, v in r["variants"].items()
+                ],
+            )
+        )
     for path in results_io.write_results(FLAGS.output_dir, f"tflite_speedup_{keras_mode}", result, markdown):
         print(path)
     print(markdown)
