@@ -135,6 +135,21 @@ class Budget:
     def cost(self, masks):
         return self.costs.cost(masks)[self.metric]
 
+    def share_masks(self, frozen, stage, later):
+        """The frozen masks, and the `later` groups keeping the fraction of
+        their channels that meets the target if the `stage` groups kept it
+        too: the rest of the model a stage's share is measured with."""
+        pis = {name: np.zeros(self.costs.groups[name].channels) for name in list(stage) + list(later)}
+        fraction = _largest(lambda f: self.cost({**frozen, **self._at_fraction(pis, f)}) <= self.target, 0.0, 1.0)
+        return {**frozen, **self._at_fraction({name: pis[name] for name in later}, fraction)}
+
+    def _at_fraction(self, pis, fraction):
+        """Each group keeping `fraction` of its channels, those of largest pi."""
+        return {
+            name: _top(pi, max(self._floor(pi.size), self._rounded(pi.size * fraction, pi.size)))
+            for name, pi in pis.items()
+        }
+
     def stage_masks(self, frozen, stage, later):
         """Masks for the groups of a stage that meet their share.
 
@@ -143,18 +158,7 @@ class Budget:
             stage: dict from group name to the pi of each group of the stage.
             later: names of the groups of later stages.
         """
-        later_pi = {name: np.zeros(self.costs.groups[name].channels) for name in later}
-
-        def at_fraction(pis, fraction):
-            return {
-                name: _top(pi, max(self._floor(pi.size), self._rounded(pi.size * fraction, pi.size)))
-                for name, pi in pis.items()
-            }
-
-        fraction = _largest(
-            lambda f: self.cost({**frozen, **at_fraction({**stage, **later_pi}, f)}) <= self.target, 0.0, 1.0
-        )
-        rest = {**frozen, **at_fraction(later_pi, fraction)}
+        rest = self.share_masks(frozen, stage, later)
         order = sorted(((-pi[c], name, c) for name, pi in stage.items() for c in range(pi.size)))
 
         def first(channels, n):
