@@ -1,6 +1,7 @@
 """`RBPWrapper`, the registry of prunable layers, and `prune`."""
 
 import copy
+import warnings
 
 from keras_rbp import _keras
 from keras_rbp import graph as graph_lib
@@ -192,7 +193,10 @@ def prune(
         cost_aware: weigh each group's KL by the MACs one of its channels
             carries (see `metrics.channel_costs`), over the mean of the groups,
             so that expensive channels are removed first. Conv nets need it:
-            with equal prices the cheap dense neurons go first.
+            with equal prices the cheap dense neurons go first. A group
+            whose channels carry no MACs is priced as the cheapest group
+            that carries some; if none does, every group keeps cost 1, with
+            a warning.
         coupled_groups: layers whose output channels `shrink` joins one to
             one (the producers of a residual stream, both sides of a
             squeeze-and-excitation product, a convolution and the depthwise
@@ -240,14 +244,24 @@ def prune(
 
 
 def _set_costs(pruned):
-    """Sets each noise's cost to its MACs per channel over the groups' mean.
-    Done before the model is first trained, when the KL term is traced."""
+    """Sets each noise's cost to its MACs per channel over the groups' mean;
+    a group whose channels carry no MACs costs what the cheapest group that
+    carries some costs. Done before the model is first trained, when the KL
+    term is traced."""
     from keras_rbp import metrics  # metrics reads the wrapper's layers
 
     costs = metrics.channel_costs(pruned)
+    carrying = [cost for cost in costs.values() if cost > 0]
+    if not carrying:
+        warnings.warn(
+            "prune: cost_aware=True, but no pruning group carries MACs; every group keeps cost 1",
+            stacklevel=3,
+        )
+        return
     mean = sum(costs.values()) / len(costs)
+    cheapest = min(carrying) / mean
     for name, noise in pruning_groups(pruned).items():
-        noise.cost = costs[name] / mean
+        noise.cost = costs[name] / mean if costs[name] > 0 else cheapest
 
 
 def _check_model(model):

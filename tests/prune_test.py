@@ -259,3 +259,20 @@ def test_a_shared_layer_noise_adds_one_kl_over_its_calls():
     assert float(sum(pruned.losses)) == pytest.approx(noise.kl_loss(), rel=1e-6)
     assert noise.kl_loss() == pytest.approx(noise.kl_weight * float(
         np.sum(rbp.noise.kl_divergence(noise.logits, noise.prior_keep_prob))) / 100, rel=1e-5)
+
+
+def test_cost_aware_prices_a_group_without_macs_as_the_cheapest():
+    x, z = keras.Input((4,), name="x"), keras.Input((3,), name="z")
+    model = keras.Model([x, z], [L.Dense(2, name="out")(x), L.ReLU(name="passthrough")(z)])
+    pruned = rbp.prune(model, dataset_size=100, input_features=True, cost_aware=True)
+    costs = {name: noise.cost for name, noise in rbp.pruning_groups(pruned).items()}
+    # x's pixels carry 2 MACs each, z's none: z is priced like x, not free.
+    assert costs == {"x_rbp_noise": pytest.approx(2.0), "z_rbp_noise": pytest.approx(2.0)}
+
+
+def test_cost_aware_without_any_macs_keeps_the_plain_prior():
+    z = keras.Input((3,), name="z")
+    model = keras.Model(z, L.ReLU(name="passthrough")(z))
+    with pytest.warns(UserWarning, match="no pruning group carries MACs; every group keeps cost 1"):
+        pruned = rbp.prune(model, dataset_size=100, input_features=True, cost_aware=True)
+    assert [noise.cost for noise in rbp.pruning_groups(pruned).values()] == [1.0]
