@@ -154,3 +154,18 @@ def test_mnist_lenet5_meets_a_mac_target_in_one_fit(groups_per_stage):
     assert history.history["rbp_target_macs"][-1] == 120_000
     assert history.history["rbp_expected_macs"][-1] == macs
     assert accuracy > 0.8  # a sanity floor: 6,000 images, 9 epochs
+
+
+def test_vgg16_on_generated_cifar10_shapes_meets_a_fraction_of_its_macs():
+    rng = np.random.RandomState(0)
+    x = rng.rand(128, 32, 32, 3).astype("float32")
+    y = rng.randint(0, 10, 128)
+    keras.utils.set_random_seed(0)
+    model = rbp.models.vgg16_cifar10()
+    pruned = rbp.prune(model, dataset_size=len(x), cost_aware=True)
+    pruned.compile(keras.optimizers.Adam(1e-3), LOSS)
+    schedule = rbp.RecursivePruning(epochs_per_stage=1, finetune_epochs=0, groups_per_stage=None,
+                                    target_macs=0.3, verbose=0)
+    pruned.fit(x, y, batch_size=64, epochs=schedule.total_epochs(pruned), callbacks=[schedule], verbose=0)
+    totals = rbp.report(model, rbp.shrink(pruned)).totals
+    assert 0.95 * 0.3 <= totals["macs_after"] / totals["macs_before"] <= 0.3
