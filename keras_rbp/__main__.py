@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+import traceback
 
 import numpy as np
 from absl import app, flags
@@ -55,6 +56,7 @@ flags.DEFINE_list(
 )
 flags.DEFINE_bool("benchmark", True, "export: time each TFLite file with LiteRT.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --output or --output_dir.")
+flags.DEFINE_bool("verbose", False, "On an error, print its traceback before the one-line message.")
 
 REQUIRED = {"shrink": ("model", "output"), "export": ("model", "output_dir"), "report": ("model",)}
 
@@ -96,6 +98,8 @@ def _main(argv):
         except (rbp.ExportCheckError, rbp.ShrinkError, OSError, ValueError) as error:
             raise CommandError(error) from error
     except CommandError as error:
+        if FLAGS.verbose:
+            traceback.print_exception(error.__cause__ or error)
         _fail(COMMAND_ERROR, f"keras-rbp {command}: error: {error}")
 
 

@@ -99,3 +99,10 @@ ERROR_CASES = {
 def test_errors_are_one_line_without_traceback(workdir, case):
     args, fragments = ERROR_CASES[case]
     assert_one_line_error(keras_rbp(*args, cwd=workdir), *fragments)
+
+
+def test_verbose_prints_the_traceback_before_the_line(workdir):
+    process = keras_rbp("report", "--model=corrupt.keras", "--verbose", cwd=workdir)
+    assert process.returncode != 0
+    assert "Traceback" in process.stderr
+    assert process.stderr.strip().splitlines()[-1].startswith("keras-rbp report: error: --model='corrupt.keras'")
