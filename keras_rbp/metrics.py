@@ -16,6 +16,7 @@ from keras_rbp import graph as graph_lib
 from keras_rbp._keras import first_call_shapes, keras
 from keras_rbp.layers import RBPNoise
 from keras_rbp.rules import channel_axis
+from keras_rbp.surgery import SELECTION_SUFFIX
 from keras_rbp.wrapper import RBPWrapper
 
 L = keras.layers
@@ -67,12 +68,14 @@ def layer_stats(model):
 
 def is_selection(layer):
     """Whether `layer` is a feature selection written by `shrink`: a
-    non-trainable Dense without bias whose kernel has one non-zero entry
-    per output column."""
-    if type(layer) is not L.Dense or layer.trainable or layer.use_bias:
-        return False
-    kernel = layer.get_weights()[0]
-    return bool(np.all(np.count_nonzero(kernel, axis=0) == 1))
+    non-trainable Dense without bias named ``<layer>_select``. A user's own
+    frozen Dense, whatever its weights, counts as a layer."""
+    return (
+        type(layer) is L.Dense
+        and not layer.trainable
+        and not layer.use_bias
+        and layer.name.endswith(SELECTION_SUFFIX)
+    )
 
 
 def architecture(model):

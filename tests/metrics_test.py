@@ -43,3 +43,25 @@ def test_report_of_a_shrunk_lenet5():
     text = str(report)
     assert "20-50-800-500 -> 5-9-144-21" in text
     assert "conv2" in text and "MACs" in text
+
+
+def test_a_frozen_one_hot_dense_of_the_user_counts_as_a_layer():
+    inputs = rbp._keras.keras.Input((4,))
+    dense = rbp._keras.keras.layers.Dense(2, use_bias=False, trainable=False, name="pick")
+    model = rbp._keras.keras.Model(inputs, dense(inputs))
+    dense.set_weights([np.eye(4, 2, dtype="float32")])  # one non-zero entry per column
+    (stats,) = layer_stats(model)
+    assert (stats.kind, stats.params, stats.macs) == ("Dense", 8, 8)
+
+
+def test_shrinks_selection_layer_is_listed_but_not_counted():
+    keras = rbp._keras.keras
+    inputs = keras.Input((6, 6, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling2D()(x)))
+    pruned = rbp.prune(model, dataset_size=100, input_features=True, layers=lambda layer: False)
+    rbp.freeze(pruned, {"image_rbp_noise": np.array([True, False, True])})
+    small = rbp.shrink(pruned)  # the convolution reads the 2 kept channels through a selection
+    kinds = {s.name: (s.kind, s.macs) for s in layer_stats(small)}
+    assert kinds["image_select"][0] == "selection"
+    assert rbp.report(model, small).totals["macs_after"] == kinds["conv"][1] + kinds["head"][1] == 16 * 9 * 2 * 4 + 8
