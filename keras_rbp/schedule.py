@@ -279,6 +279,18 @@ class RecursivePruning(keras.callbacks.Callback):
         return bool(np.all(np.minimum(pi, 1.0 - pi) <= self.collapse_tolerance))
 
     def _end_stage(self, names, groups, index, count, logs):
+        pis = [groups[name].keep_probability() for name in names]
+        undecided = sum(int(np.sum(np.minimum(pi, 1.0 - pi) > self.collapse_tolerance)) for pi in pis)
+        if undecided:
+            warnings.warn(
+                f"RecursivePruning: stage {index + 1}/{count} ({', '.join(names)}) reached "
+                f"epochs_per_stage={self.epochs_per_stage} with {undecided} of "
+                f"{sum(pi.size for pi in pis)} channels undecided (pi within "
+                f"({self.collapse_tolerance}, {1 - self.collapse_tolerance})); they are decided "
+                + ("by the budget" if self._budget is not None else f"at threshold {self.threshold}")
+                + "; more epochs_per_stage or a larger kl_weight let the noise collapse",
+                stacklevel=2,
+            )
         budget_masks = {}
         if self._budget is not None:
             later = [name for stage in self.stages(self.model)[index + 1 :] for name in stage]
@@ -305,6 +317,7 @@ class RecursivePruning(keras.callbacks.Callback):
                 print(
                     f"RecursivePruning: stage {index + 1}/{count} done: {name} keeps "
                     f"{int(mask.sum())}/{mask.size}{metric}"
+                    + (f", {undecided} channels undecided" if undecided else "")
                 )
         if index + 1 == count and self.finetune_epochs == 0:
             self.model.stop_training = True

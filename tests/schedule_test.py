@@ -138,6 +138,19 @@ def test_collapsed_noise_ends_its_stage_early_and_training_stops():
     assert len(recorder.modes) == 4  # fit stopped once the plan was done, not after 13 epochs
 
 
+def test_a_stage_ending_undecided_says_how_many_channels_were_undecided():
+    pruned = _small_pruned()
+    noise = rbp.pruning_groups(pruned)["h1"]
+    # Two channels collapsed, the other ten at pi = 0.6 (SGD at rate 0 keeps them).
+    noise.scaled_logits.assign(np.r_[3.0, -3.0, np.full(10, np.log(1.5) / 10)].astype("float32"))
+    schedule = rbp.RecursivePruning(epochs_per_stage=1, finetune_epochs=0, verbose=0)
+    with pytest.warns(UserWarning) as caught:
+        _fit(pruned, schedule)
+    messages = [str(w.message) for w in caught]
+    assert any("stage 1/3 (h1) reached epochs_per_stage=1 with 10 of 12 channels undecided" in m
+               for m in messages), messages
+
+
 def test_all_at_once_schedule():
     pruned = _small_pruned()
     schedule = rbp.RecursivePruning(epochs_per_stage=2, finetune_epochs=1, groups_per_stage=None, verbose=0)
