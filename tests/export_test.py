@@ -67,6 +67,13 @@ def small_lenet():
     return trained_and_shrunk(lenet5_caffe)[1]
 
 
+def _size(path):
+    """Bytes of a file, or of every file under a folder."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
 def test_export_writes_every_file_and_each_passes_its_check(tmp_path, mnist, shrunk):
     x_train, _, x_test = mnist
     original, small = shrunk
@@ -97,11 +104,15 @@ def test_export_writes_every_file_and_each_passes_its_check(tmp_path, mnist, shr
         assert files[name]["check"]["samples"] == CHECK_SAMPLES
     assert files["model_int8.tflite"]["size_bytes"] < files["model.tflite"]["size_bytes"]
     for name, entry in files.items():
-        assert entry["size_bytes"] > 0
+        assert entry["size_bytes"] == _size(out_dir / name), name
         if name.endswith(".tflite"):
-            assert entry["latency_ms"]["single_thread"] > 0
-    assert report["speedup"]["single_thread"] > 0
-    assert report["report"]
+            latency = entry["latency_ms"]
+            assert latency["runs"] == 100 and latency["num_threads"] == os.cpu_count(), name
+            assert 0 < latency["single_thread"] < 1000 and 0 < latency["multi_thread"] < 1000, name
+    for key in ("single_thread", "multi_thread"):
+        expected = report["original_latency_ms"][key] / files["model.tflite"]["latency_ms"][key]
+        assert report["speedup"][key] == pytest.approx(expected)
+    assert report["report"] == json.loads(json.dumps(rbp.report(original, small).to_dict()))
 
     # The files load and compute the model's outputs on their own.
     expected = small(x_test[:8], training=False).numpy()
