@@ -38,13 +38,11 @@ def assert_one_line_error(process, *fragments):
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """A folder with a pruned LeNet-5 saved during training, a plain model,
-    a corrupt model file and MNIST input files."""
+    """A folder with a pruned LeNet-5 saved during training and MNIST input
+    files."""
     folder = tmp_path_factory.mktemp("cli")
     _, pruned = trained_pruned(lenet5_caffe)
     pruned.save(str(folder / MODEL_FILE))
-    lenet5_caffe().save(str(folder / ("plain.keras" if IS_KERAS_3 else "plain.h5")))
-    (folder / "corrupt.keras").write_bytes(b"not a model")
     x_train, _, x_test = mnist_subset()
     np.save(folder / "representative.npy", x_train[:256])
     np.save(folder / "check.npy", x_test[:500])
@@ -95,14 +93,23 @@ ERROR_CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def error_dir(tmp_path_factory):
+    """A folder with a plain model and a corrupt model file; no data."""
+    folder = tmp_path_factory.mktemp("cli_errors")
+    lenet5_caffe().save(str(folder / ("plain.keras" if IS_KERAS_3 else "plain.h5")))
+    (folder / "corrupt.keras").write_bytes(b"not a model")
+    return folder
+
+
 @pytest.mark.parametrize("case", list(ERROR_CASES))
-def test_errors_are_one_line_without_traceback(workdir, case):
+def test_errors_are_one_line_without_traceback(error_dir, case):
     args, fragments = ERROR_CASES[case]
-    assert_one_line_error(keras_rbp(*args, cwd=workdir), *fragments)
+    assert_one_line_error(keras_rbp(*args, cwd=error_dir), *fragments)
 
 
-def test_verbose_prints_the_traceback_before_the_line(workdir):
-    process = keras_rbp("report", "--model=corrupt.keras", "--verbose", cwd=workdir)
+def test_verbose_prints_the_traceback_before_the_line(error_dir):
+    process = keras_rbp("report", "--model=corrupt.keras", "--verbose", cwd=error_dir)
     assert process.returncode != 0
     assert "Traceback" in process.stderr
     assert process.stderr.strip().splitlines()[-1].startswith("keras-rbp report: error: --model='corrupt.keras'")

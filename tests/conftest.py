@@ -33,7 +33,10 @@ def mnist_dir():
     """The folder holding mnist.npz: KERAS_RBP_DATA, else ../shared/data."""
     folder = os.environ.get("KERAS_RBP_DATA", SHARED_DATA)
     if not os.path.exists(os.path.join(folder, "mnist.npz")):
-        pytest.skip(f"mnist.npz not found in {folder}")
+        message = f"mnist.npz not found in {folder}"
+        if os.environ.get("KERAS_RBP_REQUIRE_DATA") == "1":  # CI: a missing file is a failure
+            pytest.fail(message)
+        pytest.skip(message)
     return folder
 
 

@@ -62,9 +62,12 @@ def shrunk(request):
     return trained_and_shrunk(request.param)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def small_lenet():
-    return trained_and_shrunk(lenet5_caffe)[1]
+    """A shrunk LeNet-5 made without data: every fourth channel removed."""
+    pruned = rbp.prune(lenet5_caffe(), dataset_size=1)
+    rbp.freeze(pruned, {name: np.arange(noise.channels) % 4 != 0 for name, noise in rbp.pruning_groups(pruned).items()})
+    return rbp.shrink(pruned)
 
 
 def _size(path):
@@ -180,15 +183,11 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch, small_lenet):
 
 
 def test_unwritable_folder(tmp_path, small_lenet):
+    # A folder under a file cannot be made, by root either.
     (tmp_path / "file").write_text("")
     with pytest.raises(OSError, match="out_dir .*file/out"):
         rbp.export(small_lenet, tmp_path / "file" / "out", benchmark=False)
-    if os.geteuid() == 0:
-        pytest.skip("root writes into read-only folders")
-    (tmp_path / "locked").mkdir(mode=0o555)
-    with pytest.raises(OSError, match="out_dir .*locked/out"):
-        rbp.export(small_lenet, tmp_path / "locked" / "out", benchmark=False)
-    assert os.listdir(tmp_path / "locked") == []
+    assert os.listdir(tmp_path) == ["file"]
 
 
 @pytest.mark.parametrize(
