@@ -1,6 +1,7 @@
 """`export`: SavedModel and TFLite files of a Keras model, each checked
 against the model, with sizes and LiteRT latencies in report.json."""
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -14,10 +15,10 @@ import tensorflow as tf
 from keras_rbp._keras import IS_KERAS_3, keras
 from keras_rbp.metrics import report as metrics_report
 
-try:
-    from ai_edge_litert.interpreter import Interpreter
-except ImportError:  # LiteRT missing: TensorFlow's deprecated interpreter.
-    Interpreter = tf.lite.Interpreter
+from ai_edge_litert.interpreter import Interpreter
+
+INTERPRETER = {"name": "LiteRT", "package": "ai-edge-litert",
+               "version": importlib.metadata.version("ai-edge-litert")}
 
 QUANTIZATIONS = ("dynamic_range", "int8")
 SAVED_MODEL = "saved_model"
@@ -130,7 +131,7 @@ def export(
             files[TFLITE_FILES[kind]] = _entry(path, kind, check)
             if benchmark:
                 files[TFLITE_FILES[kind]]["latency_ms"] = benchmark_tflite(path)
-        summary = {"keras": keras.__version__, "files": files}
+        summary = {"keras": keras.__version__, "interpreter": INTERPRETER, "files": files}
         if original is not None:
             summary.update(_compare_with_original(original, model, files, benchmark))
         with open(os.path.join(tmp_dir, REPORT), "w", encoding="utf-8") as file:

@@ -3,6 +3,7 @@ writes; argument errors; benchmark_tflite."""
 
 import functools
 import importlib
+import importlib.metadata
 import json
 import os
 
@@ -95,6 +96,8 @@ def test_export_writes_every_file_and_each_passes_its_check(tmp_path, mnist, shr
     )
     with open(out_dir / "report.json", encoding="utf-8") as file:
         assert json.load(file) == json.loads(json.dumps(report))
+    assert report["interpreter"] == {"name": "LiteRT", "package": "ai-edge-litert",
+                                     "version": importlib.metadata.version("ai-edge-litert")}
     files = report["files"]
     for name in ("saved_model", "model.tflite"):
         assert files[name]["check"]["metric"] == "max_abs_diff"
