@@ -14,23 +14,41 @@ from keras_rbp.datasets import DATA_DIR_ENV, DatasetNotFoundError
 FLAGS = flags.FLAGS
 
 
+HELP = {
+    "data_dir": f"folder holding the dataset's .npz file (else ${DATA_DIR_ENV}, else download)",
+    "output_dir": "folder for the exported SavedModel, TFLite files and results.json",
+    "seed": "seed of the data order, the weights' initialisation and the pruning noise",
+    "train_examples": "train on the first this many training images (default: all)",
+    "test_examples": "measure the test error on the first this many test images (default: all)",
+    "validation_split": "fraction of the training images held out to show validation accuracy",
+    "batch_size": "images per training step",
+    "learning_rate": "Adam's learning rate (the baseline's decays to a tenth of it)",
+    "pretrain_epochs": "epochs that train the unpruned baseline",
+    "kl_weight": "how hard pruning pushes: larger removes more channels",
+    "prior_keep_prob": "the prior probability that a channel is kept (pi_0)",
+    "initial_keep_prob": "every channel's keep probability when pruning starts",
+    "input_features": "also prune the input pixels (the small model then takes only the kept ones)",
+    "flatten_features": "also prune the features after each Flatten layer",
+    "cost_aware": "price each channel by the MACs it carries, so that expensive channels go first",
+    "epochs_per_stage": "the most epochs each stage trains before its channels are decided",
+    "finetune_epochs": "epochs that train the pruned model after the last stage",
+    "groups_per_stage": "layers pruned together in one stage; 0 prunes all of them at once",
+    "max_noise_scale": "the pruning noise grows to this many times its standard deviation in a stage",
+    "finetune_learning_rate": "the learning rate of the fine-tune",
+    "target_macs": "prune to this many MACs (multiply-accumulates per example), or to this "
+                   "fraction of the baseline's if below 1",
+    "target_params": "prune to this many parameters, or to this fraction of the baseline's if below 1",
+    "round_to": "with a target, keep channel counts that are multiples of this",
+}
+
+
 def define_flags(**defaults):
     """Defines one flag per `pipeline.Recipe` field, with these defaults."""
     for field in dataclasses.fields(pipeline.Recipe):
         if field.name in ("model", "dataset", "quantize"):
             continue
         default = defaults.get(field.name, field.default)
-        help_text = f"Recipe.{field.name}"
-        if field.name == "data_dir":
-            help_text = f"folder holding the dataset's .npz file (else ${DATA_DIR_ENV}, else download)"
-        elif field.name == "output_dir":
-            help_text = "folder for the exported SavedModel, TFLite files and results.json"
-        elif field.name in ("target_macs", "target_params"):
-            unit = field.name.split("_")[1]
-            help_text = (f"prune to this many {unit} (MACs: multiply-accumulates per example), "
-                         f"or to this fraction of the baseline's {unit} if below 1")
-        elif field.name == "round_to":
-            help_text = "with a target, keep channel counts that are multiples of this"
+        help_text = HELP[field.name]
         if isinstance(field.default, bool):
             flags.DEFINE_boolean(field.name, default, help_text)
         elif field.type is float or isinstance(field.default, float):

@@ -4,6 +4,8 @@ neurons recursively with the cost-aware prior, shrink, export.
     python examples/lenet5.py --data_dir ../shared/data --output_dir out/lenet5
 """
 
+from absl import flags
+
 import common
 
 common.define_flags(
@@ -16,6 +18,8 @@ common.define_flags(
     output_dir="out/lenet5",
     quantize=["int8"],
 )
+
+flags.adopt_module_key_flags(common)  # --help lists the recipe's flags
 
 if __name__ == "__main__":
     common.main("lenet5_caffe", "mnist")

@@ -5,6 +5,8 @@ results.json lists them (`kept_features`).
     python examples/lenet_300_100.py --data_dir ../shared/data --output_dir out/lenet_300_100
 """
 
+from absl import flags
+
 import common
 
 common.define_flags(
@@ -15,6 +17,8 @@ common.define_flags(
     finetune_epochs=10,
     output_dir="out/lenet_300_100",
 )
+
+flags.adopt_module_key_flags(common)  # --help lists the recipe's flags
 
 if __name__ == "__main__":
     common.main("lenet_300_100", "mnist")

@@ -6,6 +6,8 @@ for a GPU.
     python examples/vgg16_cifar10.py --output_dir out/vgg16_cifar10
 """
 
+from absl import flags
+
 import common
 
 common.define_flags(
@@ -18,6 +20,8 @@ common.define_flags(
     finetune_epochs=10,
     output_dir="out/vgg16_cifar10",
 )
+
+flags.adopt_module_key_flags(common)  # --help lists the recipe's flags
 
 if __name__ == "__main__":
     common.main("vgg16_cifar10", "cifar10")
