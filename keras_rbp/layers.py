@@ -251,7 +251,7 @@ class RBPNoise(keras.layers.Layer):
     def call(self, inputs, training=None):
         if not self.trainable:
             self.add_loss(tf.constant(0.0))
-            return self._deterministic_outputs(inputs, training)
+            return self._deterministic_outputs(inputs, training, tf.convert_to_tensor(self.mode_variable))
         # The step counter comes first: under tf.distribute its update
         # switches replicas, which must not happen between add_loss and the
         # end of this call.
@@ -267,20 +267,26 @@ class RBPNoise(keras.layers.Layer):
         return tf.cond(
             active,
             lambda: self._sampled_outputs(inputs, logits, counter),
-            lambda: self._deterministic_outputs(inputs, training),
+            self._deterministic_branch(inputs, mode, logits),
         )
 
-    def _deterministic_outputs(self, inputs, training):
-        """inputs times the deterministic theta, with no gradient to it. In
-        training an off layer skips the product (a cond costs less); at
-        inference the graph has no control flow, which export prefers."""
+    def _deterministic_outputs(self, inputs, training, mode):
+        """inputs times the deterministic theta of `mode`, with no gradient
+        to it. In training an off layer skips the product (a cond costs
+        less); at inference the graph has no control flow, which export
+        prefers."""
         if not training:
-            return self._scale(inputs, self.theta())
-        return tf.cond(
-            tf.equal(tf.convert_to_tensor(self.mode_variable), OFF),
-            lambda: tf.identity(inputs),
-            lambda: self._scale(inputs, tf.stop_gradient(self.theta())),
-        )
+            return self._scale(inputs, self._deterministic_theta(mode, self.logits))
+        return self._deterministic_branch(inputs, mode, self.logits)()
+
+    def _deterministic_branch(self, inputs, mode, logits):
+        """A function for tf.cond: inputs times the deterministic theta. The
+        theta and the test for "off" are computed before the cond, so that
+        no boolean is made inside a branch (TensorFlow's type inference
+        rejects a cond whose branches keep intermediates of other types)."""
+        theta = tf.stop_gradient(self._deterministic_theta(mode, logits))
+        off = tf.equal(mode, OFF)
+        return lambda: tf.cond(off, lambda: tf.identity(inputs), lambda: self._scale(inputs, theta))
 
     def _kl_term(self, logits, active):
         kl_per_channel = noise_lib.kl_divergence(logits, self.prior_keep_prob)
