@@ -27,7 +27,7 @@ import numpy as np
 
 import keras_rbp as rbp
 from benchmarks import results_io
-from keras_rbp._keras import IS_KERAS_3, keras
+from keras_rbp._keras import keras
 
 APPLICATIONS = sorted(name for name in dir(keras.applications) if name[0].isupper())
 
@@ -112,8 +112,8 @@ def main(argv):
     unknown = set(FLAGS.models) - set(APPLICATIONS)
     if unknown:
         raise app.UsageError(f"--models: unknown {sorted(unknown)}; known: {APPLICATIONS}")
-    keras_mode = "keras3" if IS_KERAS_3 else "tf_keras"
     provenance = results_io.provenance()
+    keras_mode = provenance["keras"]
     results, failures = {}, {}
     for name in FLAGS.models:
         try:

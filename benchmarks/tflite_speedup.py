@@ -36,7 +36,7 @@ import tensorflow as tf
 import keras_rbp as rbp
 from benchmarks import results_io
 from keras_rbp import models
-from keras_rbp._keras import IS_KERAS_3, keras
+from keras_rbp._keras import keras
 from keras_rbp.budget import Budget
 from keras_rbp.export import convert, save_model
 
@@ -183,8 +183,8 @@ def main(argv):
     unknown = set(FLAGS.models) - set(MODELS)
     if unknown:
         raise app.UsageError(f"--models: unknown {sorted(unknown)}; known: {list(MODELS)}")
-    keras_mode = "keras3" if IS_KERAS_3 else "tf_keras"
     provenance = results_io.provenance()
+    keras_mode = provenance["keras"]
     load_before = provenance["machine"]["load_average_at_start"]
     with tempfile.TemporaryDirectory() as folder:
         results = {name: time_model(name, folder) for name in FLAGS.models}
