@@ -16,7 +16,6 @@ layers with `register_rule`. A layer whose class has no rule is a boundary:
 the channels that feed it are kept, with a warning naming it.
 """
 
-
 import numpy as np
 
 from keras_rbp import _keras
