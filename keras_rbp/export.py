@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from absl import logging as absl_logging
 
 from keras_rbp._keras import IS_KERAS_3, keras
 from keras_rbp.metrics import report as metrics_report
@@ -144,11 +145,17 @@ def export(
 
 
 def save_model(model, path):
-    """Writes `model` as a SavedModel with a serving_default signature."""
-    if IS_KERAS_3:
-        model.export(path, format="tf_saved_model", verbose=False)
-    else:
-        tf.saved_model.save(model, path)
+    """Writes `model` as a SavedModel with a serving_default signature,
+    without TensorFlow's INFO lines about assets, fingerprints and shards."""
+    verbosity = absl_logging.get_verbosity()  # TensorFlow's saver logs through absl
+    absl_logging.set_verbosity(min(verbosity, absl_logging.WARNING))
+    try:
+        if IS_KERAS_3:
+            model.export(path, format="tf_saved_model", verbose=False)
+        else:
+            tf.saved_model.save(model, path)
+    finally:
+        absl_logging.set_verbosity(verbosity)
 
 
 def convert(model, saved_model, kind="float32", representative_data=None):
