@@ -33,8 +33,9 @@ class RBPNoise(keras.layers.Layer):
     KL.
 
     The layer adds one loss term a call, which is zero unless active. Its
-    variables also hold `mode_epochs`, the epochs trained in the current mode,
-    which `RecursivePruning` counts, so that checkpoints carry its progress.
+    variables also hold `mode_epochs` and `mode_steps`, the epochs and
+    training steps spent in the current mode, which `RecursivePruning`
+    counts, so that checkpoints carry its progress.
 
     A layer that is not trainable (``layer.trainable = False``) computes
     theta as at inference, in training too, and its loss term is 0, like a
@@ -144,6 +145,9 @@ class RBPNoise(keras.layers.Layer):
         self.mode_epochs = self.add_weight(
             name="mode_epochs", shape=(), dtype="int32", initializer="zeros", trainable=False
         )
+        self.mode_steps = self.add_weight(
+            name="mode_steps", shape=(), dtype="int64", initializer="zeros", trainable=False
+        )
         self.noise_step = self.add_weight(
             name="noise_step",
             shape=(),
@@ -173,7 +177,8 @@ class RBPNoise(keras.layers.Layer):
 
     @mode.setter
     def mode(self, mode):
-        """Sets the mode; a change of mode restarts `mode_epochs` at 0."""
+        """Sets the mode; a change of mode restarts `mode_epochs` and
+        `mode_steps` at 0."""
         if mode not in MODES:
             raise ValueError(
                 f"RBPNoise {self.name!r}: mode must be one of {MODES}, "
@@ -182,6 +187,7 @@ class RBPNoise(keras.layers.Layer):
         if mode != self.mode:
             self.mode_variable.assign(MODES.index(mode))
             self.mode_epochs.assign(0)
+            self.mode_steps.assign(0)
 
     def freeze(self, mask, value=None):
         """Freezes theta to mask * value (value defaults to the current pi)."""

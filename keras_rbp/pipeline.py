@@ -51,6 +51,7 @@ class Recipe:
     target_macs: float = None  # a budget: MACs, or a fraction of the baseline's
     target_params: float = None
     round_to: int = 1
+    plan_epochs: float = None  # the whole pruning plan's length; None: the epochs above
     quantize: tuple = ()
 
 
@@ -100,6 +101,7 @@ def run(recipe, verbose=1):
         target_macs=recipe.target_macs,
         target_params=recipe.target_params,
         round_to=recipe.round_to,
+        plan_epochs=recipe.plan_epochs,
         verbose=verbose,
     )
     history = pruned.fit(x_train, y_train, batch_size=recipe.batch_size,

@@ -37,16 +37,24 @@ class RecursivePruning(keras.callbacks.Callback):
     `rbp_expected_<metric>`: frozen masks, active groups at pi >= 0.5,
     later groups whole).
 
+    The plan's length can be given instead, as `plan_epochs` or
+    `plan_steps`: it is then counted in training steps, shared among the
+    stages and the fine-tune in the proportions of `epochs_per_stage` and
+    `finetune_epochs`, and a stage may end at any step (and still ends at an
+    epoch's end if its noise has collapsed). With ``groups_per_stage`` above
+    1, a stage visits a block of consecutive groups: a deep network's plan
+    then fits a few epochs.
+
     Only the stage's groups train their logits: the others are made
     non-trainable for the stage (they then cost a multiply, see `RBPNoise`),
     and the model's train and test functions are rebuilt when that changes,
     once a stage. Every group is trainable again when fit ends.
 
     All progress lives in the noises' variables (modes, masks, frozen values,
-    epochs in the current mode), so a model saved by `ModelCheckpoint` or
-    `BackupAndRestore` resumes the plan where it stopped: list those
-    callbacks after this one, so that they save the state this one updates at
-    the end of each epoch.
+    epochs and steps in the current mode), so a model saved by
+    `ModelCheckpoint` or `BackupAndRestore` (also every N steps, with
+    ``save_freq=N``) resumes the plan where it stopped: list those callbacks
+    after this one, so that they save the state this one updates.
 
     Args:
         epochs_per_stage: the most epochs a stage trains.
@@ -67,6 +75,10 @@ class RecursivePruning(keras.callbacks.Callback):
         round_to: with a budget, kept channel counts are multiples of it
             (rounded up where the budget allows, else down), at least
             round_to channels a group.
+        plan_epochs: the length of the whole plan (stages and fine-tune) in
+            epochs, a number that need not be whole; None counts the plan
+            in `epochs_per_stage` and `finetune_epochs`.
+        plan_steps: the same length in training steps.
         check_epochs: raise when fit's epochs cannot complete the plan; pass
             False to run the plan over several fit calls.
         verbose: print a line at each stage change.
@@ -85,6 +97,8 @@ class RecursivePruning(keras.callbacks.Callback):
         target_macs=None,
         target_params=None,
         round_to=1,
+        plan_epochs=None,
+        plan_steps=None,
         check_epochs=True,
         verbose=1,
     ):
@@ -116,6 +130,19 @@ class RecursivePruning(keras.callbacks.Callback):
         self.target = _check_target(target_macs, target_params)
         _check_int("round_to", round_to, 1)
         self.round_to = round_to
+        if plan_epochs is not None and plan_steps is not None:
+            raise ValueError(
+                "RecursivePruning: give at most one of plan_epochs and plan_steps, received "
+                f"plan_epochs={plan_epochs!r}, plan_steps={plan_steps!r}"
+            )
+        if plan_steps is not None:
+            _check_int("plan_steps", plan_steps, 1)
+        if plan_epochs is not None and (
+            isinstance(plan_epochs, bool) or not isinstance(plan_epochs, (int, float)) or not plan_epochs > 0
+        ):
+            raise ValueError(f"RecursivePruning: plan_epochs must be a number > 0, received: {plan_epochs!r}")
+        self.plan_epochs = plan_epochs
+        self.plan_steps = plan_steps
         self.check_epochs = check_epochs
         self.verbose = verbose
         self._last_good_weights = None
@@ -129,23 +156,66 @@ class RecursivePruning(keras.callbacks.Callback):
         size = self.groups_per_stage or len(names)
         return [names[i : i + size] for i in range(0, len(names), size)]
 
-    def total_epochs(self, model):
-        """The most epochs the plan needs, from its start: pass it to fit."""
-        return len(self.stages(model)) * self.epochs_per_stage + self.finetune_epochs
+    @property
+    def in_steps(self):
+        """Whether the plan is counted in training steps (a plan length was
+        given) rather than in epochs."""
+        return self.plan_epochs is not None or self.plan_steps is not None
 
-    def remaining_epochs(self, model):
+    def lengths(self, model, steps_per_epoch=None):
+        """(stage length, fine-tune length): epochs, or steps for a plan
+        given by its length, which is shared in the proportions of
+        `epochs_per_stage` and `finetune_epochs`."""
+        if not self.in_steps:
+            return self.epochs_per_stage, self.finetune_epochs
+        stages = len(self.stages(model))
+        if self.plan_steps is not None:
+            total, given = self.plan_steps, f"plan_steps={self.plan_steps}"
+        elif steps_per_epoch:
+            total = int(round(self.plan_epochs * steps_per_epoch))
+            given = f"plan_epochs={self.plan_epochs} ({total} steps of {steps_per_epoch} an epoch)"
+        else:
+            raise ValueError(
+                f"RecursivePruning: plan_epochs={self.plan_epochs} needs the steps of an epoch, "
+                "which fit does not know for this data; pass plan_steps, or steps_per_epoch to fit"
+            )
+        if total < stages:
+            raise ValueError(
+                f"RecursivePruning: {given} is shorter than the plan's {stages} stages, "
+                "which take at least one step each"
+            )
+        units = stages * self.epochs_per_stage + self.finetune_epochs
+        stage = max(1, int(total * self.epochs_per_stage / units))
+        return stage, (total - stages * stage if self.finetune_epochs else 0)
+
+    def total_epochs(self, model, steps_per_epoch=None):
+        """The most epochs the plan needs, from its start: pass it to fit.
+        A plan given in steps needs `steps_per_epoch`."""
+        if not self.in_steps:
+            return len(self.stages(model)) * self.epochs_per_stage + self.finetune_epochs
+        if self.plan_epochs is not None:
+            return math.ceil(self.plan_epochs)
+        if not steps_per_epoch:
+            raise ValueError("RecursivePruning.total_epochs: a plan of plan_steps needs steps_per_epoch")
+        return math.ceil(self.plan_steps / steps_per_epoch)
+
+    def remaining_epochs(self, model, steps_per_epoch=None):
         """The most epochs the plan still needs from its current state."""
         groups = _groups(model)
-        stage = self._current_stage(model, groups)
-        if stage is None:
-            return max(0, self.finetune_epochs - self._finetune_done(model, groups))
         stages = self.stages(model)
-        done = int(groups[stages[stage][0]].mode_epochs.numpy()) if self._is_started(stages[stage], groups) else 0
-        return (len(stages) - stage) * self.epochs_per_stage - done + self.finetune_epochs
+        stage_length, finetune_length = self.lengths(model, steps_per_epoch)
+        stage = self._current_stage(stages, groups)
+        if stage is None:
+            remaining = max(0, finetune_length - self._done(groups, stages[-1]))
+        else:
+            done = self._done(groups, stages[stage]) if self._is_started(stages[stage], groups) else 0
+            remaining = (len(stages) - stage) * stage_length - done + finetune_length
+        return math.ceil(remaining / steps_per_epoch) if self.in_steps else remaining
 
-    def _current_stage(self, model, groups):
+    @staticmethod
+    def _current_stage(stages, groups):
         """Index of the first stage with a group not frozen; None when all are."""
-        for index, stage in enumerate(self.stages(model)):
+        for index, stage in enumerate(stages):
             if any(groups[name].mode != "frozen" for name in stage):
                 return index
         return None
@@ -154,9 +224,12 @@ class RecursivePruning(keras.callbacks.Callback):
     def _is_started(stage, groups):
         return all(groups[name].mode == "active" for name in stage)
 
-    def _finetune_done(self, model, groups):
-        last = self.stages(model)[-1]
-        return min(int(groups[name].mode_epochs.numpy()) for name in last)
+    def _counter(self, noise):
+        return noise.mode_steps if self.in_steps else noise.mode_epochs
+
+    def _done(self, groups, names):
+        """Epochs or steps the groups `names` have spent in their mode."""
+        return min(int(self._counter(groups[name]).numpy()) for name in names)
 
     # Callback hooks.
 
@@ -165,6 +238,9 @@ class RecursivePruning(keras.callbacks.Callback):
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is None:
             raise RuntimeError(f"RecursivePruning: model {self.model.name!r} was not compiled")
+        self._steps_per_epoch = (self.params or {}).get("steps")
+        self._noises, self._stages = groups, self.stages(self.model)
+        self._lengths = self.lengths(self.model, self._steps_per_epoch)
         _set_trainable(self.model, groups, {name: True for name in groups})
         if self.target is not None:
             metric, target = self.target
@@ -177,9 +253,9 @@ class RecursivePruning(keras.callbacks.Callback):
                 optimizer.build(self.model.trainable_variables)
 
     def on_epoch_begin(self, epoch, logs=None):
-        groups = _groups(self.model)
-        if self.check_epochs and self._first_epoch_of_fit(epoch):
-            needed = self.remaining_epochs(self.model)
+        knows_epochs = self._steps_per_epoch or not self.in_steps
+        if self.check_epochs and knows_epochs and self._first_epoch_of_fit(epoch):
+            needed = self.remaining_epochs(self.model, self._steps_per_epoch)
             available = self.params["epochs"] - epoch
             if needed > available:
                 raise ValueError(
@@ -189,32 +265,38 @@ class RecursivePruning(keras.callbacks.Callback):
                     "over several fit calls"
                 )
         self._last_good_weights = self.model.get_weights()
-        current = self._current_stage(self.model, groups)
+        self._enter()
+
+    def _enter(self):
+        """Sets the modes, noise scale, trainable groups and learning rate
+        for the plan's current state."""
+        groups, stages = self._noises, self._stages
+        current = self._current_stage(stages, groups)
         if current is None:
             if self.finetune_learning_rate is not None:
                 self.model.optimizer.learning_rate.assign(self.finetune_learning_rate)
         else:
-            self._start_stage_epoch(self.stages(self.model), current, groups)
+            for stage in stages[current + 1 :]:
+                for name in stage:
+                    groups[name].mode = "off"
+            for name in stages[current]:
+                if groups[name].mode != "frozen":
+                    groups[name].mode = "active"
+            self._ramp_noise(stages[current])
         _set_trainable(
             self.model, groups, {name: noise.mode == "active" for name, noise in groups.items()}
         )
 
-    def _start_stage_epoch(self, stages, current, groups):
-        """Sets the modes and the noise scale for an epoch of stage `current`."""
-        for stage in stages[current + 1 :]:
-            for name in stage:
-                groups[name].mode = "off"
-        done = 0
-        for name in stages[current]:
-            noise = groups[name]
-            if noise.mode == "frozen":
-                continue
-            noise.mode = "active"
-            done = int(noise.mode_epochs.numpy())
-        ramp = done / max(1, self.epochs_per_stage - 1)
+    def _ramp_noise(self, names):
+        """The noise scale of the stage's active groups: from 1 at its start
+        to max_noise_scale in its last epoch (or step)."""
+        active = [name for name in names if self._noises[name].mode == "active"]
+        if not active:
+            return
+        ramp = self._done(self._noises, active) / max(1, self._lengths[0] - 1)
         scale = 1.0 + (self.max_noise_scale - 1.0) * min(1.0, ramp)
-        for name in stages[current]:
-            groups[name].noise_scale.assign(scale)
+        for name in active:
+            self._noises[name].noise_scale.assign(scale)
 
     def _first_epoch_of_fit(self, epoch):
         first = getattr(self, "_fit_first_epoch", None)
@@ -231,10 +313,9 @@ class RecursivePruning(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            groups = _groups(self.model)
-            current = self._current_stage(self.model, groups)
+            current = self._current_stage(self._stages, self._noises)
             where = (
-                f"stage {current + 1} (groups {self.stages(self.model)[current]})"
+                f"stage {current + 1} (groups {self._stages[current]})"
                 if current is not None
                 else "the fine-tune"
             )
@@ -245,24 +326,20 @@ class RecursivePruning(keras.callbacks.Callback):
                 f"RecursivePruning: the loss became {loss} in {where}, at batch {batch}; "
                 "the model holds its weights from the start of that epoch"
             )
+        if self.in_steps:
+            self._advance(logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        groups = _groups(self.model)
-        stages = self.stages(self.model)
-        current = self._current_stage(self.model, groups)
+        groups, stages = self._noises, self._stages
+        current = self._current_stage(stages, groups)
         if logs is not None:
             logs["rbp_stage"] = len(stages) + 1 if current is None else current + 1
             logs["rbp_kl"] = sum(noise.kl_loss() for noise in groups.values())
-        for noise in groups.values():
-            if noise.mode != "off":
-                noise.mode_epochs.assign_add(1)
-        if current is not None:
-            stage = [groups[name] for name in stages[current]]
-            epochs = int(stage[0].mode_epochs.numpy())
-            if epochs >= self.epochs_per_stage or all(self._collapsed(n) for n in stage):
-                self._end_stage(stages[current], groups, current, len(stages), logs)
-        elif self._finetune_done(self.model, groups) >= self.finetune_epochs:
-            self.model.stop_training = True
+        if not self.in_steps:
+            self._advance(logs)
+        elif current is not None and all(self._collapsed(groups[name]) for name in stages[current]):
+            self._end_stage(current, logs)
+            self._enter()
         if logs is not None:
             for name, noise in groups.items():
                 logs[f"rbp_kept/{name}"] = _kept_channels(noise, self.threshold)
@@ -274,26 +351,51 @@ class RecursivePruning(keras.callbacks.Callback):
                     {name: noise.keep_probability() for name, noise in groups.items() if noise.mode == "active"},
                 ))
 
+    def _advance(self, logs):
+        """Counts an epoch (or a step) of the current stage or the fine-tune,
+        and ends the stage or the plan when its length is reached (a stage
+        counted in epochs also ends once its noise has collapsed)."""
+        groups, stages = self._noises, self._stages
+        stage_length, finetune_length = self._lengths
+        current = self._current_stage(stages, groups)
+        clock = stages[-1] if current is None else stages[current]
+        for name in clock:
+            self._counter(groups[name]).assign_add(1)
+        if current is None:
+            if self._done(groups, clock) >= finetune_length:
+                self.model.stop_training = True
+        elif self._done(groups, clock) >= stage_length or (
+            not self.in_steps and all(self._collapsed(groups[name]) for name in clock)
+        ):
+            self._end_stage(current, logs)
+            if self.in_steps:
+                self._enter()
+        elif self.in_steps:
+            self._ramp_noise(clock)
+
     def _collapsed(self, noise):
         pi = noise.keep_probability()
         return bool(np.all(np.minimum(pi, 1.0 - pi) <= self.collapse_tolerance))
 
-    def _end_stage(self, names, groups, index, count, logs):
+    def _end_stage(self, index, logs):
+        groups, stages = self._noises, self._stages
+        names, count = stages[index], len(stages)
         pis = [groups[name].keep_probability() for name in names]
         undecided = sum(int(np.sum(np.minimum(pi, 1.0 - pi) > self.collapse_tolerance)) for pi in pis)
         if undecided:
+            unit = "steps" if self.in_steps else "epochs"
             warnings.warn(
                 f"RecursivePruning: stage {index + 1}/{count} ({', '.join(names)}) reached "
-                f"epochs_per_stage={self.epochs_per_stage} with {undecided} of "
+                f"its length ({self._lengths[0]} {unit}) with {undecided} of "
                 f"{sum(pi.size for pi in pis)} channels undecided (pi within "
                 f"({self.collapse_tolerance}, {1 - self.collapse_tolerance})); they are decided "
                 + ("by the budget" if self._budget is not None else f"at threshold {self.threshold}")
-                + "; more epochs_per_stage or a larger kl_weight let the noise collapse",
+                + "; a longer stage or a larger kl_weight lets the noise collapse",
                 stacklevel=2,
             )
         budget_masks = {}
         if self._budget is not None:
-            later = [name for stage in self.stages(self.model)[index + 1 :] for name in stage]
+            later = [name for stage in stages[index + 1 :] for name in stage]
             budget_masks = self._budget.stage_masks(
                 _frozen_masks(groups), {name: groups[name].keep_probability() for name in names}, later
             )
@@ -319,7 +421,7 @@ class RecursivePruning(keras.callbacks.Callback):
                     f"{int(mask.sum())}/{mask.size}{metric}"
                     + (f", {undecided} channels undecided" if undecided else "")
                 )
-        if index + 1 == count and self.finetune_epochs == 0:
+        if index + 1 == count and self._lengths[1] == 0:
             self.model.stop_training = True
 
 

@@ -147,7 +147,7 @@ def test_a_stage_ending_undecided_says_how_many_channels_were_undecided():
     with pytest.warns(UserWarning) as caught:
         _fit(pruned, schedule)
     messages = [str(w.message) for w in caught]
-    assert any("stage 1/3 (h1) reached epochs_per_stage=1 with 10 of 12 channels undecided" in m
+    assert any("stage 1/3 (h1) reached its length (1 epochs) with 10 of 12 channels undecided" in m
                for m in messages), messages
 
 
@@ -236,6 +236,83 @@ def test_backup_and_restore_resumes_the_plan(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run([Interrupt()])
     _assert_same_state(uninterrupted, _state(run([])))
+
+
+class _StepRecorder(keras.callbacks.Callback):
+    """Records, at each training step's start, every group's mode and the
+    first group's noise scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.modes, self.scales = [], []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        groups = list(rbp.pruning_groups(self.model).values())
+        self.modes.append("".join(g.mode[0] for g in groups))
+        self.scales.append(round(float(groups[0].noise_scale.numpy()), 4))
+
+
+def test_a_plan_in_steps_ends_its_stages_mid_epoch():
+    pruned = _small_pruned()
+    pruned.compile(keras.optimizers.SGD(0.0), LOSS)  # pi stays at 0.6: no stage collapses
+    # Units of 3 + 3 + 3 + 1: stages of int(14 * 3 / 10) = 4 steps, a fine-tune of 2.
+    schedule = rbp.RecursivePruning(epochs_per_stage=3, finetune_epochs=1, plan_steps=14, verbose=0)
+    assert schedule.lengths(pruned) == (4, 2)
+    x, y = _data()  # 4 steps an epoch at batch 16
+    recorder = _StepRecorder()
+    pruned.fit(x, y, batch_size=16, epochs=schedule.total_epochs(pruned, steps_per_epoch=4),
+               shuffle=False, verbose=0, callbacks=[schedule, recorder])
+    # a: active, o: off, f: frozen; stage 2 starts at step 4, inside epoch 2.
+    assert recorder.modes == ["aoo"] * 4 + ["fao"] * 4 + ["ffa"] * 4 + ["fff"] * 2
+    assert recorder.scales[:4] == [1.0, round(1 + 2 / 3, 4), round(1 + 4 / 3, 4), 3.0]
+
+
+def test_plan_epochs_is_shared_in_the_proportions_of_the_default_plan():
+    pruned = _small_pruned()
+    schedule = rbp.RecursivePruning(epochs_per_stage=4, finetune_epochs=6, plan_epochs=2.5)
+    # 3 groups: 3 x 4 + 6 = 18 units over 2.5 x 100 = 250 steps.
+    assert schedule.lengths(pruned, steps_per_epoch=100) == (55, 85)
+    assert schedule.total_epochs(pruned) == 3
+    with pytest.raises(ValueError, match=r"plan_epochs=2.5 needs the steps of an epoch"):
+        schedule.lengths(pruned)
+    with pytest.raises(ValueError, match=r"plan_steps=2 is shorter than the plan's 3 stages"):
+        rbp.RecursivePruning(plan_steps=2).lengths(pruned)
+
+
+def test_a_plan_cut_mid_epoch_resumes_from_backup_and_restore(tmp_path):
+    kwargs = dict(kl_weight=0.1, initial_keep_prob=0.7)
+    # Every batch holds the same examples, so Keras 3, which restarts a
+    # restored epoch at its first batch, trains on what tf_keras, which
+    # resumes at the saved batch, trains on; the plan must resume at its step.
+    x, y = _data(16, seed=1)
+    x, y = np.tile(x, (4, 1)), np.tile(y, 4)
+    backup = str(tmp_path / "backup")
+
+    class Interrupt(keras.callbacks.Callback):
+        steps = 0
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if Interrupt.steps == 10:  # inside stage 3 and epoch 3
+                raise KeyboardInterrupt
+            Interrupt.steps += 1
+
+    def run(callbacks):
+        pruned = _small_pruned(5, **kwargs)
+        pruned.compile(keras.optimizers.Adam(0.05), LOSS)
+        schedule = rbp.RecursivePruning(epochs_per_stage=3, finetune_epochs=1, plan_steps=14, verbose=0)
+        steps = _StepRecorder()
+        pruned.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0,
+                   callbacks=[schedule] + callbacks + [steps])
+        return pruned, steps.modes
+
+    uninterrupted, modes = run([])
+    assert len(modes) == 14
+    with pytest.raises(KeyboardInterrupt):
+        run([keras.callbacks.BackupAndRestore(backup, save_freq=1), Interrupt()])
+    resumed, modes = run([keras.callbacks.BackupAndRestore(backup, save_freq=1)])
+    assert modes == ["ffa"] * 2 + ["fff"] * 2  # the plan's last 4 steps, no more
+    _assert_same_state(_state(uninterrupted), _state(resumed))
+    assert any(mask.sum() < mask.size for _, mask, _ in _state(resumed).values())
 
 
 def test_mnist_lenet_300_100_prunes_every_hidden_group():
