@@ -38,6 +38,8 @@ HELP = {
     "target_macs": "prune to this many MACs (multiply-accumulates per example), or to this "
                    "fraction of the baseline's if below 1",
     "target_params": "prune to this many parameters, or to this fraction of the baseline's if below 1",
+    "target_latency_ms": "prune to this single-thread LiteRT latency per example on this machine, "
+                         "in milliseconds (a per-layer table is timed first)",
     "round_to": "with a target, keep channel counts that are multiples of this",
     "plan_epochs": "the length of the whole pruning plan in epochs (may be fractional); its "
                    "stages then end at any step; unset: epochs_per_stage a stage and finetune_epochs",

@@ -5,7 +5,8 @@ pruned channels with `shrink`, and write mobile files with `export`.
 """
 
 from keras_rbp import datasets, models, rules
-from keras_rbp.export import ExportCheckError, benchmark_tflite, export
+from keras_rbp.export import ExportCheckError, export
+from keras_rbp.latency import benchmark_tflite
 from keras_rbp.layers import RBPNoise
 from keras_rbp.metrics import Report, report
 from keras_rbp.quantize import quantize_aware

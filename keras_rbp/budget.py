@@ -1,49 +1,98 @@
 """Budgets: what the model `shrink` would make costs, for any masks, and the
-masks of a stage that meet a MAC or parameter target.
+masks of a stage that meet a MAC, parameter or latency target.
 
 Costs are counted as `report` counts them on the model
 ``shrink(model, keep_input_shape=False)`` makes (MACs of the Dense and
 convolution layers, every weight as a parameter), with dependency groups,
 input and Flatten features included: the dependency analysis of `shrink`
 says which channels each layer keeps, and each weight of a layer scales
-with the kept fraction of the channels its dimensions index.
+with the kept fraction of the channels its dimensions index. Latency is
+predicted from a `latency.LatencyTable` measured on the machine at hand.
 """
 
 import numpy as np
 
-from keras_rbp._keras import keras
+from keras_rbp._keras import first_call_shapes, keras
 from keras_rbp.dependency import ChannelPlan
+from keras_rbp.latency import LatencyTable, LayerSlot, model_latency
 from keras_rbp.layers import RBPNoise
 from keras_rbp.metrics import layer_stats
+from keras_rbp.rules import channel_axis
+from keras_rbp.surgery import shrink_as
 from keras_rbp.wrapper import pruning_groups
 
 L = keras.layers
 
-METRICS = ("macs", "params")
+METRICS = ("macs", "params", "latency_ms")
 FILL_ROUNDS = 16  # channels a stage may skip to fit cheaper ones after them
+MEASURED_ROUNDS = 3  # latency: times a stage's masks are measured and chosen again
+MEASURED_TOLERANCE = 0.05  # latency: a prediction this close to the measurement stands
 
 
 class CostModel:
-    """MACs and parameters of the model `shrink` would make from `model` (a
-    pruned model) if its groups kept the channels of given masks."""
+    """MACs, parameters and, with a `latency.LatencyTable`, the predicted
+    latency of the model `shrink` would make from `model` (a pruned model)
+    if its groups kept the channels of given masks."""
 
-    def __init__(self, model):
+    def __init__(self, model, latency=None):
         self.model = model
         self.groups = pruning_groups(model)
         self.stats = {stats.name: stats for stats in layer_stats(model)}
+        self.latency = latency
 
     def cost(self, masks):
-        """{"macs": ..., "params": ...} when each group in `masks` (a dict
-        from group name to a boolean array) keeps its True channels and the
-        other groups keep all theirs."""
+        """{"macs": ..., "params": ...} (and "latency_ms") when each group in
+        `masks` (a dict from group name to a boolean array) keeps its True
+        channels and the other groups keep all theirs."""
+        totals = {"macs": 0.0, "params": 0.0}
+        ratios = {}
+        for op, in_full, in_ratio, out_full, out_ratio in self._layers(masks):
+            groups = getattr(op.inner, "groups", 1)
+            for weight in op.inner.weights:
+                totals["params"] += np.prod(weight.shape) * _weight_ratio(
+                    tuple(weight.shape), in_full, in_ratio, out_full, out_ratio, groups
+                )
+            stats = self.stats[op.name]
+            passes = getattr(op.rule, "passes_channels", False)
+            totals["macs"] += stats.macs * (out_ratio if passes else in_ratio * out_ratio)
+            ratios[op.name] = (in_ratio, out_ratio)
+        if self.latency is not None:
+            totals["latency_ms"] = self.latency.predict(ratios)
+        return {metric: value if metric == "latency_ms" else int(round(value))
+                for metric, value in totals.items()}
+
+    def full(self):
+        """The cost with every channel kept: the unpruned model's."""
+        return self.cost({})
+
+    def slots(self):
+        """A `latency.LayerSlot` for each layer with MACs: what a
+        `LatencyTable` of this model times."""
+        floor = {name: np.arange(noise.channels) < 1 for name, noise in self.groups.items()}
+        slots = []
+        for op, in_full, in_ratio, out_full, out_ratio in self._layers(floor):
+            if not self.stats[op.name].macs:
+                continue
+            input_shape, _ = first_call_shapes(op.layer)
+            axis = channel_axis(op.inner)
+            slots.append(LayerSlot(
+                name=op.name, layer=op.inner, input_shape=tuple(input_shape[1:]),
+                axis=axis if axis < 0 else axis - 1, in_channels=in_full, out_channels=out_full,
+                in_prunable=in_ratio < 1, out_prunable=out_ratio < 1,
+                passes_channels=bool(getattr(op.rule, "passes_channels", False)),
+            ))
+        return slots
+
+    def _layers(self, masks):
+        """(op, input channels, kept fraction, output channels, kept
+        fraction) of each layer with weights, with the groups keeping the
+        channels of `masks` and the others all theirs."""
         thetas = {name: np.ones(noise.channels, np.float32) for name, noise in self.groups.items()}
         thetas.update({name: np.asarray(mask, np.float32) for name, mask in masks.items()})
         plan = ChannelPlan(self.model, thetas=thetas)
         producers = {key: op for op in plan.ops for key in op.outputs}
-        totals = {"macs": 0.0, "params": 0.0}
         for op in plan.ops:
-            stats = self.stats.get(op.name)
-            if stats is None or op.call_index or not op.inputs:
+            if op.name not in self.stats or op.call_index or not op.inputs:
                 continue
             source = op.inputs[0]
             producer = producers.get(source)
@@ -54,18 +103,17 @@ class CostModel:
             in_full, out_full = plan.tensors[source].channels, plan.tensors[op.outputs[0]].channels
             in_ratio = _physical(plan, producers, source) / in_full if in_full else 1.0
             out_ratio = len(plan.kept(op.outputs[0])) / out_full if out_full else 1.0
-            groups = getattr(op.inner, "groups", 1)
-            for weight in op.inner.weights:
-                totals["params"] += np.prod(weight.shape) * _weight_ratio(
-                    tuple(weight.shape), in_full, in_ratio, out_full, out_ratio, groups
-                )
-            passes = getattr(op.rule, "passes_channels", False)
-            totals["macs"] += stats.macs * (out_ratio if passes else in_ratio * out_ratio)
-        return {metric: int(round(value)) for metric, value in totals.items()}
+            yield op, in_full, in_ratio, out_full, out_ratio
 
-    def full(self):
-        """The cost with every channel kept: the unpruned model's."""
-        return self.cost({})
+
+def _uniform(groups, fraction):
+    """Thetas that keep the first `fraction` of every group's channels."""
+    return {name: (np.arange(noise.channels) < max(1, round(fraction * noise.channels))).astype(np.float32)
+            for name, noise in groups.items()}
+
+
+def _format(metric, value):
+    return f"{value:.3f} ms" if metric == "latency_ms" else f"{value:,.0f} {metric}"
 
 
 def _physical(plan, producers, key):
@@ -97,7 +145,8 @@ def _top(pi, count):
 
 
 class Budget:
-    """A MAC or parameter target, and the masks each stage keeps to meet it.
+    """A MAC, parameter or latency target, and the masks each stage keeps to
+    meet it.
 
     A stage keeps its channels in order of pi, as many as fit its share:
     the cost the target leaves if every group not yet frozen (this stage's
@@ -107,25 +156,41 @@ class Budget:
     Within a stage of several groups (the all-at-once schedule), one pi
     threshold over all of them decides, so the posterior sets how the cut
     is shared among groups.
+
+    A MAC or parameter target is a number, or a fraction in (0, 1) of the
+    unpruned model's; a latency target is in milliseconds, always (models
+    of well under a millisecond are common). A latency budget first
+    measures the `LatencyTable` of the model.
     """
 
     def __init__(self, model, metric, target, min_channels=1, round_to=1):
         if metric not in METRICS:
             raise ValueError(f"Budget: metric must be one of {METRICS}, received: {metric!r}")
         self.costs = CostModel(model)
+        if metric == "latency_ms":
+            self.costs.latency = LatencyTable(self.costs.slots(), [
+                (shrink_as(model, _uniform(self.costs.groups, ratio), keep_input_shape=False), ratio)
+                for ratio in (1.0, 0.5)
+            ])
         self.metric = metric
+        self.measurements = []  # latency: each stage's predicted and measured latency
         self.min_channels = min_channels
         self.round_to = round_to
         self.unpruned = self.costs.full()[metric]
-        self.target = target * self.unpruned if 0 < target < 1 else target
+        fraction = 0 < target < 1 and metric != "latency_ms"
+        self.target = target * self.unpruned if fraction else target
         groups = self.costs.groups
         least = self.cost({name: _top(np.zeros(n.channels), self._floor(n.channels)) for name, n in groups.items()})
         if self.target < least:
+            rest = self.costs.latency and self.costs.latency.rest_ms
             raise ValueError(
-                f"RecursivePruning: target_{metric}={target!r} ({self.target:,.0f}) is below "
-                f"{least:,} {metric}, the least possible with min_channels={min_channels}"
+                f"RecursivePruning: target_{metric}={target!r} ({_format(metric, self.target)}) is "
+                f"below {_format(metric, least)}, the least possible with min_channels={min_channels}"
                 + (f" and round_to={round_to}" if round_to > 1 else "")
-                + f" (the unpruned model has {self.unpruned:,})"
+                + f" (the unpruned model has {_format(metric, self.unpruned)}"
+                + (f"; {rest:.3f} ms of it is the rest of the model, activations, pooling and the "
+                   "interpreter's call, which pruning does not shorten" if rest else "")
+                + ")"
             )
 
     def _floor(self, channels):
@@ -153,11 +218,33 @@ class Budget:
     def stage_masks(self, frozen, stage, later):
         """Masks for the groups of a stage that meet their share.
 
+        For a latency target, the model these masks and the share make is
+        then converted and timed, the table's prediction is corrected by
+        the ratio of measured to predicted latency, and the masks are
+        chosen again, up to MEASURED_ROUNDS times: a layer's latency jumps
+        with its channel count (vector widths) in ways no table fit follows.
+
         Args:
             frozen: dict from group name to the mask of each frozen group.
             stage: dict from group name to the pi of each group of the stage.
             later: names of the groups of later stages.
         """
+        masks = self._fill(frozen, stage, later)
+        table = self.costs.latency
+        for _ in range(MEASURED_ROUNDS if table is not None else 0):
+            proposal = {**self.share_masks(frozen, stage, later), **masks}
+            predicted = self.cost(proposal)
+            thetas = {name: np.asarray(mask, np.float32) for name, mask in proposal.items()}
+            measured = model_latency(shrink_as(self.costs.model, thetas, keep_input_shape=False), runs=200, instances=5)
+            self.measurements.append({"stage": list(stage), "predicted_ms": predicted, "measured_ms": measured})
+            if abs(measured / predicted - 1) <= MEASURED_TOLERANCE:
+                break
+            table.correction *= measured / predicted
+            masks = self._fill(frozen, stage, later)
+        return masks
+
+    def _fill(self, frozen, stage, later):
+        """The stage's channels in order of pi, as many as fit its share."""
         rest = self.share_masks(frozen, stage, later)
         order = sorted(((-pi[c], name, c) for name, pi in stage.items() for c in range(pi.size)))
 

@@ -5,15 +5,14 @@ import importlib.metadata
 import json
 import os
 import shutil
-import statistics
 import tempfile
-import time
 
 import numpy as np
 import tensorflow as tf
 from absl import logging as absl_logging
 
 from keras_rbp._keras import IS_KERAS_3, keras
+from keras_rbp.latency import benchmark_tflite
 from keras_rbp.metrics import report as metrics_report
 
 from ai_edge_litert.interpreter import Interpreter
@@ -212,60 +211,6 @@ def tflite_outputs(path, model, inputs):
         result = runner(**feed)
         batches.append({k: _dequantize(v, output_details[k]) for k, v in result.items()})
     return _ordered({k: np.concatenate([b[k] for b in batches]) for k in batches[0]}, output_names)
-
-
-def benchmark_tflite(path, num_threads=None, warmup=10, runs=100):
-    """LiteRT latency of a TFLite file on one example, in milliseconds.
-
-    Runs the file on random inputs `warmup` times, then times `runs` calls
-    of `invoke` and takes the median, once with one thread and once with
-    `num_threads`.
-
-    Args:
-        path: the TFLite file.
-        num_threads: the threads of the multi-thread run; by default every
-            CPU of the machine.
-        warmup: the untimed runs before timing.
-        runs: the timed runs.
-
-    Returns:
-        A dict with "single_thread" and "multi_thread" medians, "num_threads"
-        and "runs".
-    """
-    num_threads = num_threads or os.cpu_count()
-    for arg, value, low in (("num_threads", num_threads, 1), ("warmup", warmup, 0), ("runs", runs, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"benchmark_tflite: {arg} must be an integer >= {low}, received: {value!r}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"benchmark_tflite: path {path!r} is not a file")
-    return {
-        "single_thread": _median_latency(path, 1, warmup, runs),
-        "multi_thread": _median_latency(path, num_threads, warmup, runs),
-        "num_threads": num_threads,
-        "runs": runs,
-    }
-
-
-def _median_latency(path, num_threads, warmup, runs):
-    interpreter = Interpreter(model_path=path, num_threads=num_threads)
-    interpreter.allocate_tensors()
-    rng = np.random.default_rng(0)
-    for detail in interpreter.get_input_details():
-        shape = [max(1, int(d)) for d in detail["shape"]]
-        if np.issubdtype(detail["dtype"], np.integer):
-            info = np.iinfo(detail["dtype"])
-            value = rng.integers(info.min, info.max, size=shape, endpoint=True)
-        else:
-            value = rng.random(shape)
-        interpreter.set_tensor(detail["index"], value.astype(detail["dtype"]))
-    for _ in range(warmup):
-        interpreter.invoke()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        interpreter.invoke()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
 
 
 def _check_quantize(quantize, representative_data, check_data):

@@ -12,6 +12,7 @@ import numpy as np
 from keras_rbp import datasets, models
 from keras_rbp._keras import keras
 from keras_rbp.export import export
+from keras_rbp.latency import model_latency
 from keras_rbp.metrics import report
 from keras_rbp.schedule import RecursivePruning
 from keras_rbp.surgery import kept_channels, shrink
@@ -50,6 +51,7 @@ class Recipe:
     finetune_learning_rate: float = 1e-4
     target_macs: float = None  # a budget: MACs, or a fraction of the baseline's
     target_params: float = None
+    target_latency_ms: float = None  # single-thread LiteRT milliseconds on this machine
     round_to: int = 1
     plan_epochs: float = None  # the whole pruning plan's length; None: the epochs above
     quantize: tuple = ()
@@ -100,6 +102,7 @@ def run(recipe, verbose=1):
         finetune_learning_rate=recipe.finetune_learning_rate,
         target_macs=recipe.target_macs,
         target_params=recipe.target_params,
+        target_latency_ms=recipe.target_latency_ms,
         round_to=recipe.round_to,
         plan_epochs=recipe.plan_epochs,
         verbose=verbose,
@@ -126,10 +129,18 @@ def run(recipe, verbose=1):
         "pruned_error": _error(pruned, x_test, y_test),
         "final_error": _error(small, small_x_test, y_test),
         "epochs": {"pretrain": recipe.pretrain_epochs, "pruning": len(history.epoch)},
-        "kept": {name: int(noise.mask.numpy().sum()) for name, noise in pruning_groups(pruned).items()},
+        "kept": {name: int(mask.sum()) for name, mask in _masks(pruned).items()},
         "report": summary.to_dict(),
         **results_features,
     }
+    if recipe.target_latency_ms is not None:
+        results["latency_ms"] = {
+            "target": recipe.target_latency_ms,
+            "predicted": schedule.budget.cost(_masks(pruned)),
+            "measured": model_latency(small),
+            "table": schedule.budget.costs.latency.to_dict(),
+            "stage_measurements": schedule.budget.measurements,
+        }
     if recipe.output_dir:
         results["export"] = export(
             small,
@@ -145,6 +156,10 @@ def run(recipe, verbose=1):
     if verbose:
         print(summary)
     return results
+
+
+def _masks(pruned):
+    return {name: noise.mask.numpy() > 0 for name, noise in pruning_groups(pruned).items()}
 
 
 def _compile(model, learning_rate):

@@ -26,13 +26,14 @@ class RecursivePruning(keras.callbacks.Callback):
     the largest pi). After the last stage, `finetune_epochs` epochs train with
     every group frozen, then training stops.
 
-    With a budget (`target_macs` or `target_params`), a stage keeps, in
-    order of pi, as many of its channels as fit its share of the budget
-    instead of thresholding pi (see `budget.Budget`): the share is what the
-    target leaves if every group not yet frozen kept the same fraction of
-    its channels, so the last stage fills the rest and the shrunk model
-    meets the target to within a channel's cost. Costs are counted as
-    `report` counts them on the model `shrink` makes. Each epoch's logs
+    With a budget (`target_macs`, `target_params` or `target_latency_ms`),
+    a stage keeps, in order of pi, as many of its channels as fit its share
+    of the budget instead of thresholding pi (see `budget.Budget`): the
+    share is what the target leaves if every group not yet frozen kept the
+    same fraction of its channels, so the last stage fills the rest and the
+    shrunk model meets the target to within a channel's cost. Costs are
+    counted as `report` counts them on the model `shrink` makes; latency is
+    predicted from a per-layer LiteRT table. Each epoch's logs
     carry the target and the expected cost (`rbp_target_<metric>`,
     `rbp_expected_<metric>`: frozen masks, active groups at pi >= 0.5,
     later groups whole).
@@ -72,6 +73,10 @@ class RecursivePruning(keras.callbacks.Callback):
             multiply-accumulates per example, or a float in (0, 1), the
             fraction of the unpruned model's.
         target_params: a parameter budget, in the same forms.
+        target_latency_ms: a latency budget: single-thread LiteRT
+            milliseconds per example on this machine (never a fraction),
+            predicted from a per-layer table measured when fit starts (see
+            `latency.LatencyTable`).
         round_to: with a budget, kept channel counts are multiples of it
             (rounded up where the budget allows, else down), at least
             round_to channels a group.
@@ -96,6 +101,7 @@ class RecursivePruning(keras.callbacks.Callback):
         finetune_learning_rate=None,
         target_macs=None,
         target_params=None,
+        target_latency_ms=None,
         round_to=1,
         plan_epochs=None,
         plan_steps=None,
@@ -127,7 +133,7 @@ class RecursivePruning(keras.callbacks.Callback):
         self.collapse_tolerance = collapse_tolerance
         self.max_noise_scale = max_noise_scale
         self.finetune_learning_rate = finetune_learning_rate
-        self.target = _check_target(target_macs, target_params)
+        self.target = _check_target(target_macs, target_params, target_latency_ms)
         _check_int("round_to", round_to, 1)
         self.round_to = round_to
         if plan_epochs is not None and plan_steps is not None:
@@ -146,7 +152,7 @@ class RecursivePruning(keras.callbacks.Callback):
         self.check_epochs = check_epochs
         self.verbose = verbose
         self._last_good_weights = None
-        self._budget = None
+        self.budget = None  # the `budget.Budget` of the target, once fit starts
 
     # The plan.
 
@@ -244,7 +250,7 @@ class RecursivePruning(keras.callbacks.Callback):
         _set_trainable(self.model, groups, {name: True for name in groups})
         if self.target is not None:
             metric, target = self.target
-            self._budget = Budget(self.model, metric, target, self.min_channels, self.round_to)
+            self.budget = Budget(self.model, metric, target, self.min_channels, self.round_to)
         # The optimiser must know every group's logits before a stage leaves
         # some out; it would otherwise be built at the first step, on the
         # first stage's. (tf_keras' legacy optimisers have no build.)
@@ -343,10 +349,10 @@ class RecursivePruning(keras.callbacks.Callback):
         if logs is not None:
             for name, noise in groups.items():
                 logs[f"rbp_kept/{name}"] = _kept_channels(noise, self.threshold)
-            if self._budget is not None:
-                metric = self._budget.metric
-                logs[f"rbp_target_{metric}"] = float(self._budget.target)
-                logs[f"rbp_expected_{metric}"] = float(self._budget.expected(
+            if self.budget is not None:
+                metric = self.budget.metric
+                logs[f"rbp_target_{metric}"] = float(self.budget.target)
+                logs[f"rbp_expected_{metric}"] = float(self.budget.expected(
                     _frozen_masks(groups),
                     {name: noise.keep_probability() for name, noise in groups.items() if noise.mode == "active"},
                 ))
@@ -389,14 +395,14 @@ class RecursivePruning(keras.callbacks.Callback):
                 f"its length ({self._lengths[0]} {unit}) with {undecided} of "
                 f"{sum(pi.size for pi in pis)} channels undecided (pi within "
                 f"({self.collapse_tolerance}, {1 - self.collapse_tolerance})); they are decided "
-                + ("by the budget" if self._budget is not None else f"at threshold {self.threshold}")
+                + ("by the budget" if self.budget is not None else f"at threshold {self.threshold}")
                 + "; a longer stage or a larger kl_weight lets the noise collapse",
                 stacklevel=2,
             )
         budget_masks = {}
-        if self._budget is not None:
+        if self.budget is not None:
             later = [name for stage in stages[index + 1 :] for name in stage]
-            budget_masks = self._budget.stage_masks(
+            budget_masks = self.budget.stage_masks(
                 _frozen_masks(groups), {name: groups[name].keep_probability() for name in names}, later
             )
         for name in names:
@@ -440,19 +446,21 @@ def _frozen_masks(groups):
     return {name: noise.mask.numpy() > 0 for name, noise in groups.items() if noise.mode == "frozen"}
 
 
-def _check_target(target_macs, target_params):
+def _check_target(target_macs, target_params, target_latency_ms):
     """(metric, target) of the one budget given, or None."""
-    given = [(metric, value) for metric, value in (("macs", target_macs), ("params", target_params))
-             if value is not None]
+    targets = (("macs", target_macs), ("params", target_params), ("latency_ms", target_latency_ms))
+    given = [(metric, value) for metric, value in targets if value is not None]
     if len(given) > 1:
         raise ValueError(
-            "RecursivePruning: give at most one of target_macs and target_params, received "
-            + ", ".join(f"target_{metric}={value!r}" for metric, value in given)
+            "RecursivePruning: give at most one of target_macs, target_params and "
+            "target_latency_ms, received " + ", ".join(f"target_{metric}={value!r}" for metric, value in given)
         )
     if not given:
         return None
     metric, value = given[0]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == 1:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"RecursivePruning: target_{metric} must be a number > 0, received: {value!r}")
+    if metric != "latency_ms" and value == 1:
         raise ValueError(
             f"RecursivePruning: target_{metric} must be a fraction in (0, 1) of the unpruned "
             f"model or a number of {metric} above 1, received: {value!r}"

@@ -61,7 +61,14 @@ def shrink(model, keep_input_shape=True, strict=False):
         ShrinkError: where the model cannot be rewritten, or a strict group
             cannot be pruned as its mask says.
     """
-    plan = ChannelPlan(model)
+    return shrink_as(model, None, keep_input_shape, strict)
+
+
+def shrink_as(model, thetas, keep_input_shape=True, strict=False):
+    """`shrink` as if the groups of `thetas` (a dict from group name to a
+    theta array, frozen or not) had that theta: for example, all ones for
+    the model with every channel kept."""
+    plan = ChannelPlan(model, thetas=thetas)
     plan.check(strict)
     return _Builder(plan, keep_input_shape).build()
 

@@ -1,6 +1,6 @@
 """Tests of budgets: the cost model against `report` on shrunk models, the
-stage masks, round_to, the errors, and MNIST LeNet-5 pruned to a MAC target
-in one fit."""
+stage masks, round_to, the errors, and MNIST LeNet-5 pruned to a MAC,
+parameter or LiteRT latency target in one fit."""
 
 import warnings
 
@@ -9,6 +9,7 @@ import pytest
 
 import keras_rbp as rbp
 from keras_rbp._keras import keras
+from keras_rbp import latency
 from keras_rbp.budget import Budget, CostModel
 
 from conftest import mnist_dir
@@ -84,13 +85,13 @@ def test_round_to_keeps_multiples_within_the_budget():
 
 def test_unreachable_and_bad_targets_are_refused():
     # conv1 and conv2 keeping one filter, fc1 one unit: 14,400 + 1,600 + 16 + 10 MACs.
-    with pytest.raises(ValueError, match=r"target_macs=1000 \(1,000\) is below 16,026 macs, the least "
-                                         r"possible with min_channels=1 \(the unpruned model has 2,293,000\)"):
+    with pytest.raises(ValueError, match=r"target_macs=1000 \(1,000 macs\) is below 16,026 macs, the least possible "
+                                         r"with min_channels=1 \(the unpruned model has 2,293,000 macs\)"):
         _budget(1000)
-    with pytest.raises(ValueError, match="at most one of target_macs and target_params"):
+    with pytest.raises(ValueError, match="at most one of target_macs, target_params and target_latency_ms"):
         rbp.RecursivePruning(target_macs=0.5, target_params=0.5)
     for value in (0, -3, 1, True, "half"):
-        with pytest.raises(ValueError, match="target_params must be a fraction in"):
+        with pytest.raises(ValueError, match="target_params must be a (number > 0|fraction in)"):
             rbp.RecursivePruning(target_params=value)
     with pytest.raises(ValueError, match="round_to"):
         rbp.RecursivePruning(target_macs=0.5, round_to=0)
@@ -130,9 +131,10 @@ def test_a_budgeted_plan_resumes_from_a_checkpoint_to_the_same_masks(tmp_path):
         np.testing.assert_array_equal(mask, expected[name], err_msg=name)
 
 
-@pytest.mark.parametrize("groups_per_stage", [1, None], ids=["recursive", "all_at_once"])
-def test_mnist_lenet5_meets_a_mac_target_in_one_fit(groups_per_stage):
-    (x_train, y_train), (x_test, y_test) = rbp.datasets.load_mnist(mnist_dir())
+def _mnist_lenet5(**schedule_kwargs):
+    """LeNet-5-Caffe trained 2 epochs on 6,000 MNIST images, then pruned
+    with RecursivePruning(**schedule_kwargs) in one fit."""
+    (x_train, y_train), _ = rbp.datasets.load_mnist(mnist_dir())
     x_train, y_train = x_train[:6000], y_train[:6000]
     keras.utils.set_random_seed(0)
     model = rbp.models.lenet5_caffe()
@@ -140,13 +142,19 @@ def test_mnist_lenet5_meets_a_mac_target_in_one_fit(groups_per_stage):
     model.fit(x_train, y_train, batch_size=128, epochs=2, verbose=0)
     pruned = rbp.prune(model, dataset_size=len(x_train), flatten_features=True, cost_aware=True,
                        kl_weight=60.0)
-    pruned.compile(keras.optimizers.Adam(1e-3), LOSS, metrics=["accuracy"])
-    schedule = rbp.RecursivePruning(epochs_per_stage=2, finetune_epochs=1, groups_per_stage=groups_per_stage,
-                                    target_macs=120_000, verbose=0)
+    pruned.compile(keras.optimizers.Adam(1e-3), LOSS)
+    schedule = rbp.RecursivePruning(epochs_per_stage=2, finetune_epochs=1, verbose=0, **schedule_kwargs)
     history = pruned.fit(x_train, y_train, batch_size=128, epochs=schedule.total_epochs(pruned),
                          callbacks=[schedule], verbose=0)
+    return model, pruned, schedule, history
+
+
+@pytest.mark.parametrize("groups_per_stage", [1, None], ids=["recursive", "all_at_once"])
+def test_mnist_lenet5_meets_a_mac_target_in_one_fit(groups_per_stage):
+    model, pruned, _, history = _mnist_lenet5(groups_per_stage=groups_per_stage, target_macs=120_000)
     small = rbp.shrink(pruned)
     macs = rbp.report(model, small).totals["macs_after"]
+    _, (x_test, y_test) = rbp.datasets.load_mnist(mnist_dir())
     small.compile(metrics=["accuracy"], loss=LOSS)
     _, accuracy = small.evaluate(x_test, y_test, verbose=0)
     print(f"LeNet-5 at target 120,000 MACs ({groups_per_stage}): {macs:,} MACs, test error {1 - accuracy:.4f}")
@@ -154,6 +162,30 @@ def test_mnist_lenet5_meets_a_mac_target_in_one_fit(groups_per_stage):
     assert history.history["rbp_target_macs"][-1] == 120_000
     assert history.history["rbp_expected_macs"][-1] == macs
     assert accuracy > 0.8  # a sanity floor: 6,000 images, 9 epochs
+
+
+def test_mnist_lenet5_meets_a_parameter_target():
+    model, pruned, _, history = _mnist_lenet5(target_params=0.1)
+    totals = rbp.report(model, rbp.shrink(pruned)).totals
+    assert 0.95 * 0.1 <= totals["params_after"] / totals["params_before"] <= 0.1
+    assert history.history["rbp_expected_params"][-1] == totals["params_after"]
+
+
+@pytest.mark.timing
+def test_mnist_lenet5_meets_a_latency_target_measured_in_litert():
+    keras.utils.set_random_seed(0)
+    unpruned_ms = latency.model_latency(rbp.models.lenet5_caffe(), runs=500, instances=5)
+    target = 0.5 * unpruned_ms
+    _, pruned, schedule, history = _mnist_lenet5(target_latency_ms=target)
+    small = rbp.shrink(pruned, keep_input_shape=False)
+    predicted = history.history["rbp_expected_latency_ms"][-1]
+    measured = latency.model_latency(small, runs=500, instances=5)
+    print(f"LeNet-5 at {target:.4f} ms: predicted {predicted:.4f} ms, measured {measured:.4f} ms")
+    assert 0.9 * target <= predicted <= target
+    assert abs(measured / target - 1) <= 0.15
+    with pytest.raises(ValueError, match=r"target_latency_ms=0.001 \(0.001 ms\) is below .* ms, the least "
+                                         r"possible .* of it is the rest of the model"):
+        Budget(pruned, "latency_ms", 0.001)
 
 
 def test_vgg16_on_generated_cifar10_shapes_meets_a_fraction_of_its_macs():

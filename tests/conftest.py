@@ -1,6 +1,9 @@
-"""Shared test set-up: two logical CPUs for tf.distribute, seeds, MNIST."""
+"""Shared test set-up: two logical CPUs for tf.distribute, seeds, MNIST,
+and a lock that runs the latency tests alone."""
 
+import fcntl
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -27,6 +30,18 @@ def strategy():
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)
+
+
+@pytest.fixture(autouse=True)
+def _machine_lock(request):
+    """Tests marked `timing` measure LiteRT latency, which another test
+    running on the other CPU slows by a third: they hold this run's lock
+    alone, while every other test holds it shared (pytest -n 2)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
+    with open(os.path.join(tempfile.gettempdir(), f"keras_rbp_tests_{run}.lock"), "a") as lock:
+        exclusive = request.node.get_closest_marker("timing") is not None
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
 
 
 def mnist_dir():

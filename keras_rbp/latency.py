@@ -1,0 +1,219 @@
+"""LiteRT latency: timing a TFLite file, and the per-layer latency table a
+latency budget predicts from.
+
+The table follows NetAdapt (Yang et al., ECCV 2018): each Dense and
+convolution layer is converted alone to TFLite at a few input and output
+widths and timed with one LiteRT thread on the machine at hand. The
+timings are noisy (a tenth or more on a busy machine), so each layer's are
+fitted by least squares with a constant, the product of its input and
+output widths, and each width. A model's latency is predicted as the sum
+of its layers' fitted latencies at their kept widths, plus the rest of the
+model (activations, pooling, the
+interpreter's call), measured once as the whole model's latency minus its
+layers' and taken as fixed.
+"""
+
+import dataclasses
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from keras_rbp._keras import keras
+
+from ai_edge_litert.interpreter import Interpreter
+
+# The widths each prunable dimension is timed at, as fractions of its
+# channels (and one channel).
+FRACTIONS = (0.25, 0.5, 1.0)
+
+
+def benchmark_tflite(path, num_threads=None, warmup=10, runs=100):
+    """LiteRT latency of a TFLite file on one example, in milliseconds.
+
+    Runs the file on random inputs `warmup` times, then times `runs` calls
+    of `invoke` and takes the median, once with one thread and once with
+    `num_threads`.
+
+    Args:
+        path: the TFLite file.
+        num_threads: the threads of the multi-thread run; by default every
+            CPU of the machine.
+        warmup: the untimed runs before timing.
+        runs: the timed runs.
+
+    Returns:
+        A dict with "single_thread" and "multi_thread" medians, "num_threads"
+        and "runs".
+    """
+    num_threads = num_threads or os.cpu_count()
+    for arg, value, low in (("num_threads", num_threads, 1), ("warmup", warmup, 0), ("runs", runs, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"benchmark_tflite: {arg} must be an integer >= {low}, received: {value!r}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"benchmark_tflite: path {path!r} is not a file")
+    return {
+        "single_thread": median_latency(Interpreter(model_path=path, num_threads=1), warmup, runs),
+        "multi_thread": median_latency(Interpreter(model_path=path, num_threads=num_threads), warmup, runs),
+        "num_threads": num_threads,
+        "runs": runs,
+    }
+
+
+def median_latency(interpreter, warmup, runs):
+    """The median time of `runs` calls of a LiteRT interpreter on random
+    inputs, after `warmup` calls, in milliseconds."""
+    interpreter.allocate_tensors()
+    rng = np.random.default_rng(0)
+    for detail in interpreter.get_input_details():
+        shape = [max(1, int(d)) for d in detail["shape"]]
+        if np.issubdtype(detail["dtype"], np.integer):
+            info = np.iinfo(detail["dtype"])
+            value = rng.integers(info.min, info.max, size=shape, endpoint=True)
+        else:
+            value = rng.random(shape)
+        interpreter.set_tensor(detail["index"], value.astype(detail["dtype"]))
+    for _ in range(warmup):
+        interpreter.invoke()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        interpreter.invoke()
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def model_latency(model, warmup=10, runs=100, instances=3):
+    """Single-thread LiteRT latency of a Keras model with one input, on
+    one example, in milliseconds: the float32 TFLite file is loaded by
+    `instances` interpreters, one after the other, and the least of their
+    median latencies is returned (other processes only add time, in bursts
+    that can slow a whole interpreter's runs by half)."""
+    spec = tf.TensorSpec((1,) + tuple(model.inputs[0].shape[1:]), model.inputs[0].dtype)
+    function = tf.function(lambda x: model(x, training=False), autograph=False)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function(spec)], model)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.tflite")
+        with open(path, "wb") as file:
+            file.write(converter.convert())
+        return min(
+            median_latency(Interpreter(model_path=path, num_threads=1), warmup, runs) for _ in range(instances)
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSlot:
+    """A layer of a model, as the latency table times it."""
+
+    name: str
+    layer: object  # the Keras layer (the wrapped one, for an RBPWrapper)
+    input_shape: tuple  # one example's input shape
+    axis: int  # the channel axis of input_shape
+    in_channels: int
+    out_channels: int
+    in_prunable: bool
+    out_prunable: bool
+    passes_channels: bool  # a depthwise layer: as many outputs as inputs
+
+
+class LatencyTable:
+    """Per-layer single-thread LiteRT latencies of a model, in milliseconds.
+
+    A model's layers, timed alone, do not add up to the model: the
+    interpreter overlaps and fuses work. Two whole models calibrate the
+    sum: latency = correction * (rest_ms + scale * (sum of the layers'
+    latencies)), where `correction` starts at 1 and a budget updates it
+    from measured models.
+
+    Args:
+        slots: the `LayerSlot` of each Dense and convolution layer.
+        models: two (Keras model of one input, kept fraction) pairs: the
+            model with every channel kept, and one keeping a fraction of
+            every prunable dimension.
+        warmup, runs: timing of each TFLite model (see `model_latency`).
+    """
+
+    def __init__(self, slots, models, warmup=10, runs=100):
+        self.warmup, self.runs = warmup, runs
+        self._measured = {}
+        self.grids = {slot.name: self._grid(slot) for slot in slots}
+        self.calibration = [
+            (model_latency(model, warmup, runs), sum(self.layer_ms(name, ratio, ratio) for name in self.grids))
+            for model, ratio in models
+        ]
+        (full_ms, full_sum), (part_ms, part_sum) = self.calibration
+        self.scale = (full_ms - part_ms) / (full_sum - part_sum) if full_sum > part_sum else 1.0
+        self.scale = min(2.0, max(0.5, self.scale))
+        self.rest_ms = max(0.0, full_ms - self.scale * full_sum)
+        self.correction = 1.0
+
+    def predict(self, layer_ratios):
+        """The model's latency when each layer keeps the given fractions:
+        a dict from layer name to (input fraction, output fraction)."""
+        return self.correction * (self.rest_ms + self.scale * sum(
+            self.layer_ms(name, *layer_ratios.get(name, (1.0, 1.0))) for name in self.grids
+        ))
+
+    def layer_ms(self, name, in_ratio, out_ratio):
+        """A layer's latency alone with the given kept fractions of its
+        input and output channels, from the table's fit."""
+        ins, outs, _, coefficients = self.grids[name]
+        return float(_features(in_ratio * ins[-1], out_ratio * outs[-1]) @ coefficients)
+
+    def to_dict(self):
+        return {
+            "calibration": [{"measured_ms": ms, "layers_ms": layers} for ms, layers in self.calibration],
+            "rest_ms": self.rest_ms,
+            "scale": self.scale,
+            "correction": self.correction,
+            "layers": {name: {"in_channels": ins.tolist(), "out_channels": outs.tolist(), "ms": ms.tolist(),
+                              "fit": coefficients.tolist()}
+                       for name, (ins, outs, ms, coefficients) in self.grids.items()},
+        }
+
+    def _grid(self, slot):
+        groups = getattr(slot.layer, "groups", 1) or 1
+        ins = _widths(slot.in_channels, slot.in_prunable, groups)
+        outs = [None] if slot.passes_channels else _widths(slot.out_channels, slot.out_prunable, groups)
+        ms = np.array([[self._time(slot, c_in, c_out) for c_out in outs] for c_in in ins])
+        if slot.passes_channels:  # its output width is its input's
+            outs = [slot.out_channels]
+        grid_in, grid_out = np.meshgrid(np.array(ins, float), np.array(outs, float), indexing="ij")
+        if slot.passes_channels:
+            grid_out = grid_in
+        coefficients = np.linalg.lstsq(_features(grid_in.ravel(), grid_out.ravel()), ms.ravel(), rcond=None)[0]
+        return np.array(ins, float), np.array(outs, float), ms, coefficients
+
+    def _time(self, slot, in_channels, out_channels):
+        config = slot.layer.get_config()
+        for key in ("filters", "units"):
+            if key in config and out_channels is not None:
+                config[key] = out_channels
+        shape = list(slot.input_shape)
+        shape[slot.axis] = in_channels
+        key = (type(slot.layer).__name__, repr(sorted(config.items(), key=str)), tuple(shape))
+        if key not in self._measured:
+            config["name"] = "timed"
+            inputs = keras.Input(tuple(shape), batch_size=1)
+            layer = type(slot.layer).from_config(config)
+            self._measured[key] = model_latency(keras.Model(inputs, layer(inputs)), self.warmup, self.runs)
+        return self._measured[key]
+
+
+def _features(in_channels, out_channels):
+    """The terms a layer's latency is fitted on: a constant, the product of
+    its widths (the MACs) and each width (reading and writing)."""
+    in_channels, out_channels = np.asarray(in_channels, float), np.asarray(out_channels, float)
+    return np.stack([np.ones_like(in_channels), in_channels * out_channels, in_channels, out_channels], -1)
+
+
+def _widths(channels, prunable, groups):
+    """The channel counts a dimension is timed at: one (group), the
+    FRACTIONS of its channels, all of them; multiples of `groups`."""
+    if not prunable:
+        return [channels]
+    counts = {groups, channels} | {max(groups, int(round(channels * f / groups)) * groups) for f in FRACTIONS}
+    return sorted(counts)
