@@ -174,6 +174,7 @@ class Budget:
             ])
         self.metric = metric
         self.measurements = []  # latency: each stage's predicted and measured latency
+        self._ratios = []  # latency: measured over the table's prediction, each model timed
         self.min_channels = min_channels
         self.round_to = round_to
         self.unpruned = self.costs.full()[metric]
@@ -189,7 +190,7 @@ class Budget:
                 + (f" and round_to={round_to}" if round_to > 1 else "")
                 + f" (the unpruned model has {_format(metric, self.unpruned)}"
                 + (f"; {rest:.3f} ms of it is the rest of the model, activations, pooling and the "
-                   "interpreter's call, which pruning does not shorten" if rest else "")
+                   "interpreter's call, which pruning does not shorten" if rest and rest > 0 else "")
                 + ")"
             )
 
@@ -220,9 +221,10 @@ class Budget:
 
         For a latency target, the model these masks and the share make is
         then converted and timed, the table's prediction is corrected by
-        the ratio of measured to predicted latency, and the masks are
-        chosen again, up to MEASURED_ROUNDS times: a layer's latency jumps
-        with its channel count (vector widths) in ways no table fit follows.
+        the median ratio of measured to predicted latency over every model
+        timed so far, and the masks are chosen again, up to MEASURED_ROUNDS
+        times: a layer's latency jumps with its channel count (vector
+        widths) in ways no table fit follows.
 
         Args:
             frozen: dict from group name to the mask of each frozen group.
@@ -235,11 +237,12 @@ class Budget:
             proposal = {**self.share_masks(frozen, stage, later), **masks}
             predicted = self.cost(proposal)
             thetas = {name: np.asarray(mask, np.float32) for name, mask in proposal.items()}
-            measured = model_latency(shrink_as(self.costs.model, thetas, keep_input_shape=False), runs=200, instances=5)
+            measured = model_latency(shrink_as(self.costs.model, thetas, keep_input_shape=False))
             self.measurements.append({"stage": list(stage), "predicted_ms": predicted, "measured_ms": measured})
             if abs(measured / predicted - 1) <= MEASURED_TOLERANCE:
                 break
-            table.correction *= measured / predicted
+            self._ratios.append(measured / (predicted / table.correction))
+            table.correction = float(np.median(self._ratios))
             masks = self._fill(frozen, stage, later)
         return masks
 

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from keras_rbp._keras import keras
 
@@ -63,9 +64,11 @@ def benchmark_tflite(path, num_threads=None, warmup=10, runs=100):
     }
 
 
-def median_latency(interpreter, warmup, runs):
-    """The median time of `runs` calls of a LiteRT interpreter on random
-    inputs, after `warmup` calls, in milliseconds."""
+def median_latency(interpreter, warmup, runs, batches=1):
+    """LiteRT latency of an interpreter on random inputs, in milliseconds:
+    after `warmup` calls, the median over `batches` batches of the median
+    time of `runs` calls. Other processes slow a machine in bursts; the
+    median of short batches' medians stays near the quiet latency."""
     interpreter.allocate_tensors()
     rng = np.random.default_rng(0)
     for detail in interpreter.get_input_details():
@@ -78,30 +81,31 @@ def median_latency(interpreter, warmup, runs):
         interpreter.set_tensor(detail["index"], value.astype(detail["dtype"]))
     for _ in range(warmup):
         interpreter.invoke()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        interpreter.invoke()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+    medians = []
+    for _ in range(batches):
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            interpreter.invoke()
+            times.append(time.perf_counter() - start)
+        medians.append(statistics.median(times))
+    return 1000.0 * statistics.median(medians)
 
 
-def model_latency(model, warmup=10, runs=100, instances=3):
+def model_latency(model, warmup=10, runs=25, batches=20):
     """Single-thread LiteRT latency of a Keras model with one input, on
-    one example, in milliseconds: the float32 TFLite file is loaded by
-    `instances` interpreters, one after the other, and the least of their
-    median latencies is returned (other processes only add time, in bursts
-    that can slow a whole interpreter's runs by half)."""
+    one example, in milliseconds (see `median_latency`), converted in
+    memory to a float32 TFLite model with its weights as constants, as
+    `export` writes it."""
     spec = tf.TensorSpec((1,) + tuple(model.inputs[0].shape[1:]), model.inputs[0].dtype)
     function = tf.function(lambda x: model(x, training=False), autograph=False)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function(spec)], model)
+    frozen = convert_variables_to_constants_v2(function.get_concrete_function(spec))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], model)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.tflite")
         with open(path, "wb") as file:
             file.write(converter.convert())
-        return min(
-            median_latency(Interpreter(model_path=path, num_threads=1), warmup, runs) for _ in range(instances)
-        )
+        return median_latency(Interpreter(model_path=path, num_threads=1), warmup, runs, batches)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,8 +127,9 @@ class LatencyTable:
     """Per-layer single-thread LiteRT latencies of a model, in milliseconds.
 
     A model's layers, timed alone, do not add up to the model: the
-    interpreter overlaps and fuses work. Two whole models calibrate the
-    sum: latency = correction * (rest_ms + scale * (sum of the layers'
+    interpreter overlaps and fuses work, and each layer timed alone pays
+    the call's overhead that the model pays once. Two whole models
+    calibrate the sum (`rest_ms` may be negative): latency = correction * (rest_ms + scale * (sum of the layers'
     latencies)), where `correction` starts at 1 and a budget updates it
     from measured models.
 
@@ -133,21 +138,22 @@ class LatencyTable:
         models: two (Keras model of one input, kept fraction) pairs: the
             model with every channel kept, and one keeping a fraction of
             every prunable dimension.
-        warmup, runs: timing of each TFLite model (see `model_latency`).
+        warmup, runs, batches: timing of each TFLite model (see
+            `median_latency`).
     """
 
-    def __init__(self, slots, models, warmup=10, runs=100):
-        self.warmup, self.runs = warmup, runs
+    def __init__(self, slots, models, warmup=10, runs=25, batches=20):
+        self.warmup, self.runs, self.batches = warmup, runs, batches
         self._measured = {}
         self.grids = {slot.name: self._grid(slot) for slot in slots}
         self.calibration = [
-            (model_latency(model, warmup, runs), sum(self.layer_ms(name, ratio, ratio) for name in self.grids))
+            (model_latency(model, warmup, runs, batches), sum(self.layer_ms(name, ratio, ratio) for name in self.grids))
             for model, ratio in models
         ]
         (full_ms, full_sum), (part_ms, part_sum) = self.calibration
         self.scale = (full_ms - part_ms) / (full_sum - part_sum) if full_sum > part_sum else 1.0
         self.scale = min(2.0, max(0.5, self.scale))
-        self.rest_ms = max(0.0, full_ms - self.scale * full_sum)
+        self.rest_ms = full_ms - self.scale * full_sum
         self.correction = 1.0
 
     def predict(self, layer_ratios):
@@ -199,7 +205,7 @@ class LatencyTable:
             config["name"] = "timed"
             inputs = keras.Input(tuple(shape), batch_size=1)
             layer = type(slot.layer).from_config(config)
-            self._measured[key] = model_latency(keras.Model(inputs, layer(inputs)), self.warmup, self.runs)
+            self._measured[key] = model_latency(keras.Model(inputs, layer(inputs)), self.warmup, self.runs, self.batches)
         return self._measured[key]
 
 
