@@ -38,7 +38,7 @@ from benchmarks import results_io
 from keras_rbp import models
 from keras_rbp._keras import keras
 from keras_rbp.budget import Budget
-from keras_rbp.export import convert, save_model
+from keras_rbp.exporting import convert, save_model
 
 MODELS = {
     "lenet5_caffe": models.lenet5_caffe,

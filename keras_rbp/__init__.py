@@ -5,7 +5,7 @@ pruned channels with `shrink`, and write mobile files with `export`.
 """
 
 from keras_rbp import datasets, models, rules
-from keras_rbp.export import ExportCheckError, export
+from keras_rbp.exporting import ExportCheckError, export
 from keras_rbp.latency import benchmark_tflite
 from keras_rbp.layers import RBPNoise
 from keras_rbp.metrics import Report, report
@@ -13,7 +13,8 @@ from keras_rbp.quantize import quantize_aware
 from keras_rbp.rules import LayerRule, register_rule
 from keras_rbp.schedule import PruningSummaries, RecursivePruning
 from keras_rbp.surgery import ShrinkError, kept_channels, shrink
-from keras_rbp.wrapper import RBPWrapper, freeze, prune, pruning_groups
+from keras_rbp.pruning import freeze, prune, pruning_groups
+from keras_rbp.wrapper import RBPWrapper
 
 __version__ = "0.1.0"
 

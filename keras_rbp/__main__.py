@@ -22,7 +22,8 @@ import numpy as np
 from absl import app, flags
 
 import keras_rbp as rbp
-from keras_rbp._keras import IS_KERAS_3, keras
+from keras_rbp import _keras
+from keras_rbp._keras import keras
 
 COMMANDS = ("shrink", "export", "report")
 USAGE_ERROR, COMMAND_ERROR = 2, 1
@@ -119,7 +120,7 @@ def _check_paths(command):
 
 def _load(flag):
     path = getattr(FLAGS, flag)
-    if IS_KERAS_3 and os.path.isdir(path):
+    if not _keras.loads_saved_model_folders() and os.path.isdir(path):
         raise CommandError(
             f"--{flag}={path!r} is a folder (a SavedModel?); Keras 3 reads .keras "
             "files: pass one, or run with TF_USE_LEGACY_KERAS=1"

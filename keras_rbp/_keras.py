@@ -82,10 +82,17 @@ def custom_objects(layers):
 __all__ = [
     "IS_KERAS_3",
     "OPERATION_CLASSES",
+    "call_record",
     "custom_objects",
     "first_call_shapes",
+    "input_names",
+    "loads_saved_model_folders",
+    "model_from_config",
     "model_operations",
     "operation_name",
+    "output_names",
+    "require_tf_keras",
+    "save_tf_saved_model",
     "ONLY_FIRST_REPLICA",
     "keras",
     "layers",
@@ -98,6 +105,57 @@ __all__ = [
 # deepest applications (EfficientNetV2L, with a noise after each group) go
 # past Python's default limit.
 GRAPH_RECURSION_LIMIT = 20000
+
+
+def call_record(output, history, graph_tensor_class):
+    """A functional config's record of one call of a layer on a tensor
+    shaped like `output`, which `history` ([layer, node index, tensor
+    index]) names."""
+    if IS_KERAS_3:
+        tensor = {
+            "class_name": graph_tensor_class,
+            "config": {"shape": list(output.shape), "dtype": output.dtype, "keras_history": history},
+        }
+        return {"args": [tensor], "kwargs": {}}
+    return [history + [{}]]
+
+
+def save_tf_saved_model(model, path):
+    """Writes `model` as a TensorFlow SavedModel with a serving_default
+    signature."""
+    if IS_KERAS_3:
+        model.export(path, format="tf_saved_model", verbose=False)
+    else:
+        tf.saved_model.save(model, path)
+
+
+def input_names(model):
+    """The names of a model's inputs, as its SavedModel signature has them."""
+    return [x.name for x in model.inputs] if IS_KERAS_3 else list(model.input_names)
+
+
+def output_names(model):
+    """The names of a model's outputs in its SavedModel signature, in order."""
+    if IS_KERAS_3:
+        return [f"output_{i}" for i in range(len(model.outputs))]
+    return list(model.output_names)
+
+
+def loads_saved_model_folders():
+    """Whether `keras.models.load_model` reads SavedModel folders (tf_keras
+    does; Keras 3 reads .keras files)."""
+    return not IS_KERAS_3
+
+
+def require_tf_keras(caller):
+    """Raises when running on Keras 3: `caller` needs tf_keras, on which
+    tensorflow-model-optimization runs."""
+    if IS_KERAS_3:
+        raise RuntimeError(
+            f"{caller}: quantization-aware training runs on tensorflow-model-optimization, "
+            "which needs Keras 2: install tf-keras and set TF_USE_LEGACY_KERAS=1 before "
+            "importing keras_rbp"
+        )
 
 
 def model_from_config(model_class, config, layers):

@@ -19,7 +19,7 @@ from keras_rbp.layers import RBPNoise
 from keras_rbp.metrics import layer_stats
 from keras_rbp.rules import channel_axis
 from keras_rbp.surgery import shrink_as
-from keras_rbp.wrapper import pruning_groups
+from keras_rbp.pruning import pruning_groups
 
 L = keras.layers
 

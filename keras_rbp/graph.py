@@ -9,6 +9,8 @@ import dataclasses
 
 import numpy as np
 
+from keras_rbp._keras import keras
+
 SEQUENTIAL = "Sequential"
 FUNCTIONAL = ("Functional", "Model")
 KERAS_TENSOR = "__keras_tensor__"
@@ -93,8 +95,20 @@ class Graph:
 
 def graph_of(model):
     """The `Graph` of a Sequential or Functional Keras model."""
-    class_name = SEQUENTIAL if type(model).__name__ == SEQUENTIAL else "Functional"
-    return Graph.from_config(class_name, model.get_config())
+    return Graph.from_config(model_class(model), model.get_config())
+
+
+def model_class(model):
+    """'Sequential' or 'Functional': how a model's config is read."""
+    return SEQUENTIAL if type(model).__name__ == SEQUENTIAL else "Functional"
+
+
+def all_layers(model):
+    """Every layer of `model`, each nested model followed by its layers."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from all_layers(layer)
 
 
 def model_class_name(entry):

@@ -48,7 +48,7 @@ def layer_stats(model):
     models flattened, in model order. RBPWrapper counts as the layer it
     wraps; RBPNoise layers are left out."""
     stats = []
-    for layer in _layers(model):
+    for layer in graph_lib.all_layers(model):
         inner = layer.layer if isinstance(layer, RBPWrapper) else layer
         if isinstance(layer, RBPNoise) or isinstance(layer, keras.Model) or not inner.weights:
             continue
@@ -86,7 +86,7 @@ def architecture(model):
     "784-300-100"."""
     outputs = _output_producers(model)
     widths, dense_seen = [], False
-    for layer in _layers(model):
+    for layer in graph_lib.all_layers(model):
         inner = layer.layer if isinstance(layer, RBPWrapper) else layer
         if layer.name in outputs or is_selection(inner):
             continue
@@ -198,17 +198,8 @@ def _percent(after, before):
     return f"{100.0 * after / before:.1f} %" if before else "-"
 
 
-def _layers(model):
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _layers(layer)
-
-
 def _output_producers(model):
-    class_name = graph_lib.SEQUENTIAL if isinstance(model, keras.Sequential) else "Functional"
-    graph = graph_lib.Graph.from_config(class_name, model.get_config())
-    return {ref.layer for ref in graph.outputs}
+    return {ref.layer for ref in graph_lib.graph_of(model).outputs}
 
 
 def _spatial(shape, layer):
@@ -235,11 +226,10 @@ def channel_costs(model):
     weighs each group's KL by it. Channels that reach a nested model's
     boundary count only the MACs inside that model."""
     costs = {}
-    for sub_model in [model] + [layer for layer in _layers(model) if isinstance(layer, keras.Model)]:
+    for sub_model in [model] + [layer for layer in graph_lib.all_layers(model) if isinstance(layer, keras.Model)]:
         macs = {stats.name: stats.macs for stats in layer_stats(sub_model)}
         layers = {layer.name: layer for layer in sub_model.layers}
-        class_name = graph_lib.SEQUENTIAL if isinstance(sub_model, keras.Sequential) else "Functional"
-        graph = graph_lib.Graph.from_config(class_name, sub_model.get_config())
+        graph = graph_lib.graph_of(sub_model)
         for name, layer in layers.items():
             noise = layer.noise if isinstance(layer, RBPWrapper) else layer
             if not isinstance(noise, RBPNoise):

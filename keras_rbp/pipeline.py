@@ -11,12 +11,12 @@ import numpy as np
 
 from keras_rbp import datasets, models
 from keras_rbp._keras import keras
-from keras_rbp.export import export
+from keras_rbp.exporting import export
 from keras_rbp.latency import model_latency
 from keras_rbp.metrics import report
 from keras_rbp.schedule import RecursivePruning
 from keras_rbp.surgery import kept_channels, shrink
-from keras_rbp.wrapper import prune, pruning_groups
+from keras_rbp.pruning import prune, pruning_groups
 
 LOADERS = {"mnist": datasets.load_mnist, "cifar10": datasets.load_cifar10}
 

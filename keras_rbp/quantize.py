@@ -6,8 +6,9 @@ import tempfile
 
 import numpy as np
 
-from keras_rbp.export import SAVED_MODEL, TFLITE_FILES, convert, save_model, tflite_outputs
-from keras_rbp._keras import IS_KERAS_3, keras
+from keras_rbp.exporting import SAVED_MODEL, TFLITE_FILES, convert, save_model, tflite_outputs
+from keras_rbp import _keras
+from keras_rbp._keras import keras
 
 
 def quantize_aware(
@@ -51,12 +52,7 @@ def quantize_aware(
         A dict with the accuracy of "float" (the Keras model), "qat_int8" and
         "ptq_int8", and the size in bytes of each TFLite file.
     """
-    if IS_KERAS_3:
-        raise RuntimeError(
-            "quantize_aware: quantization-aware training runs on "
-            "tensorflow-model-optimization, which needs Keras 2: install tf-keras "
-            "and set TF_USE_LEGACY_KERAS=1 before importing keras_rbp"
-        )
+    _keras.require_tf_keras("quantize_aware")
     import tensorflow_model_optimization as tfmot  # noqa: PLC0415 (tf_keras only)
 
     out_path = os.path.abspath(os.fspath(out_path))

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from keras_rbp._keras import keras
 from keras_rbp.budget import Budget
-from keras_rbp.wrapper import pruning_groups
+from keras_rbp.pruning import pruning_groups
 
 
 class RecursivePruning(keras.callbacks.Callback):

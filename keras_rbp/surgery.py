@@ -121,7 +121,7 @@ class _Builder:
         sequential = isinstance(model, keras.Sequential)
         config = copy.deepcopy(model.get_config())
         self._edit(config, (), sequential)
-        layers = _all_layers(model)
+        layers = list(graph_lib.all_layers(model))
         model_class = keras.Sequential if sequential else keras.Model
         small = _keras.model_from_config(model_class, config, layers)
         for (path, name), weights in self.weights.items():
@@ -281,15 +281,6 @@ class _Builder:
 def _weights(layer):
     get_weights = getattr(layer, "get_weights", None)
     return get_weights() if get_weights else []
-
-
-def _all_layers(model):
-    layers = []
-    for layer in model.layers:
-        layers.append(layer)
-        if isinstance(layer, keras.Model):
-            layers.extend(_all_layers(layer))
-    return layers
 
 
 def _find_layer(model, path, name):

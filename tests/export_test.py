@@ -2,7 +2,6 @@
 writes; argument errors; benchmark_tflite."""
 
 import functools
-import importlib
 import importlib.metadata
 import json
 import os
@@ -13,13 +12,13 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 import keras_rbp as rbp
+from keras_rbp import exporting as export_lib
 from keras_rbp._keras import keras
 from keras_rbp.datasets import load_mnist
 from keras_rbp.models import lenet5_caffe, small_resnet
 
 from conftest import mnist_dir
 
-export_lib = importlib.import_module("keras_rbp.export")  # keras_rbp.export is the function
 L = keras.layers
 TRAIN_SAMPLES = 3000
 CHECK_SAMPLES = 1000

@@ -1,5 +1,6 @@
-"""`export`: SavedModel and TFLite files of a Keras model, each checked
-against the model, with sizes and LiteRT latencies in report.json."""
+"""Exporting: `export` writes the SavedModel and TFLite files of a Keras
+model, each checked against the model, with sizes and LiteRT latencies in
+report.json."""
 
 import importlib.metadata
 import json
@@ -11,7 +12,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging as absl_logging
 
-from keras_rbp._keras import IS_KERAS_3, keras
+from keras_rbp import _keras
+from keras_rbp._keras import keras
 from keras_rbp.latency import benchmark_tflite
 from keras_rbp.metrics import report as metrics_report
 
@@ -149,10 +151,7 @@ def save_model(model, path):
     verbosity = absl_logging.get_verbosity()  # TensorFlow's saver logs through absl
     absl_logging.set_verbosity(min(verbosity, absl_logging.WARNING))
     try:
-        if IS_KERAS_3:
-            model.export(path, format="tf_saved_model", verbose=False)
-        else:
-            tf.saved_model.save(model, path)
+        _keras.save_tf_saved_model(model, path)
     finally:
         absl_logging.set_verbosity(verbosity)
 
@@ -168,7 +167,7 @@ def convert(model, saved_model, kind="float32", representative_data=None):
             `representative_data`).
         representative_data: a list of arrays, one per model input.
     """
-    input_names = _input_names(model)
+    input_names = _keras.input_names(model)
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
     if kind != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -198,7 +197,7 @@ def tflite_outputs(path, model, inputs):
         outputs; quantised inputs and outputs are converted with the file's
         scale and zero point.
     """
-    input_names, output_names = _input_names(model), _output_names(model)
+    input_names, output_names = _keras.input_names(model), _keras.output_names(model)
     runner = Interpreter(model_path=path).get_signature_runner()
     input_details = runner.get_input_details()
     output_details = runner.get_output_details()
@@ -231,12 +230,6 @@ def _check_quantize(quantize, representative_data, check_data):
             "checked by top-1 agreement on real inputs; pass check_data or representative_data"
         )
     return tuple(k for k in QUANTIZATIONS if k in quantize)
-
-
-def _input_names(model):
-    if IS_KERAS_3:
-        return [x.name for x in model.inputs]
-    return list(model.input_names)
 
 
 def _as_inputs(data, model, arg):
@@ -289,20 +282,13 @@ def _keras_outputs(model, inputs):
 
 
 def _saved_model_outputs(path, model, inputs):
-    input_names, output_names = _input_names(model), _output_names(model)
+    input_names, output_names = _keras.input_names(model), _keras.output_names(model)
     signature = tf.saved_model.load(path).signatures["serving_default"]
     batches = []
     for start in range(0, len(inputs[0]), BATCH_SIZE):
         feed = {name: tf.constant(x[start : start + BATCH_SIZE]) for name, x in zip(input_names, inputs)}
         batches.append({k: v.numpy() for k, v in signature(**feed).items()})
     return _ordered({k: np.concatenate([b[k] for b in batches]) for k in batches[0]}, output_names)
-
-
-def _output_names(model):
-    """The signature names of the model outputs, in the model's order."""
-    if IS_KERAS_3:
-        return [f"output_{i}" for i in range(len(model.outputs))]
-    return list(model.output_names)
 
 
 def _ordered(outputs, output_names):

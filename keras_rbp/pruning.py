@@ -1,0 +1,400 @@
+"""`prune`, which puts RBP noise on a model's prunable layers, and the
+groups of a pruned model: `pruning_groups` and `freeze`."""
+
+import copy
+import warnings
+
+from keras_rbp import _keras
+from keras_rbp import dependency
+from keras_rbp import graph as graph_lib
+from keras_rbp import metrics
+from keras_rbp._keras import keras, serialize
+from keras_rbp.layers import RBPNoise
+from keras_rbp.rules import activation_name
+from keras_rbp.wrapper import RBPWrapper, is_wrappable, supported_names
+
+
+def is_prunable(layer):
+    """Whether `prune` puts a noise on `layer` of its own accord: a wrappable
+    layer other than BatchNormalization, which is wrapped only where it
+    directly follows one of the others (see `prune`)."""
+    return is_wrappable(layer) and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+def pruning_groups(model):
+    """The prunable groups of a pruned model, in topological order (the
+    order in which the recursive schedule visits them), nested models
+    included: a dict from group name to its `RBPNoise`. A group is named
+    after its RBPWrapper, or after the standalone RBPNoise layer."""
+    groups = {}
+    for layer in _topological_layers(model):
+        if isinstance(layer, RBPWrapper):
+            groups[layer.name] = layer.noise
+        elif isinstance(layer, RBPNoise):
+            groups[layer.name] = layer
+        elif isinstance(layer, keras.Model):
+            groups.update(pruning_groups(layer))
+    return groups
+
+
+def freeze(model, masks, values=None):
+    """Freezes chosen groups with the keep masks given.
+
+    Lets channels chosen by any other means be removed by `shrink` too.
+
+    Args:
+        model: a model returned by `prune`.
+        masks: a dict from group name (see `pruning_groups`) to a boolean
+            array with one entry per channel, True for the channels kept.
+        values: an optional dict from group name to the frozen theta of each
+            channel; by default the group's current keep probability pi.
+    """
+    groups = pruning_groups(model)
+    values = values or {}
+    for name in list(masks) + list(values):
+        if name not in groups:
+            raise ValueError(
+                f"freeze: model {model.name!r} has no pruning group {name!r}; "
+                f"its groups are {list(groups)}"
+            )
+    for name, mask in masks.items():
+        groups[name].freeze(mask, values.get(name))
+
+
+def _topological_layers(model):
+    by_name = {layer.name: layer for layer in model.layers}
+    return [by_name[name] for name in graph_lib.graph_of(model).topological_order() if name in by_name]
+
+
+def prune(
+    model,
+    dataset_size,
+    layers=None,
+    kl_weight=10.0,
+    prior_keep_prob=0.01,
+    initial_keep_prob=0.9,
+    logit_scale=10.0,
+    noise_after_batchnorm=True,
+    input_features=False,
+    flatten_features=False,
+    cost_aware=False,
+    coupled_groups=True,
+    seed=0,
+):
+    """Returns a copy of `model` with an RBP noise on every prunable layer.
+
+    The user's model is left untouched; the copy has its weights. By default
+    every Dense and Conv layer is wrapped except those that produce a model
+    output (the classifier).
+
+    Args:
+        model: a Sequential or Functional Keras model; nested models, several
+            inputs and several outputs are supported.
+        dataset_size: the number of training examples; the KL is divided by it.
+        layers: which layers to wrap: a list of layer names (then exactly
+            those, output layers included), or a predicate called with each
+            prunable layer. None wraps every prunable layer but the outputs.
+        kl_weight: multiplies the KL term of every noise.
+        prior_keep_prob: pi_0 of the Bernoulli prior.
+        initial_keep_prob: the keep probability pi of every channel at start.
+        logit_scale: the logits are logit_scale times a trainable variable.
+        noise_after_batchnorm: where a layer's only consumer is a
+            BatchNormalization, put the noise after the BatchNormalization.
+        input_features: also put a noise on each model input's last axis
+            (the input pixels of LeNet-300-100).
+        flatten_features: also put a noise after each Flatten layer (the
+            inputs of a LeNet-5's first dense layer).
+        cost_aware: weigh each group's KL by the MACs one of its channels
+            carries (see `metrics.channel_costs`), over the mean of the groups,
+            so that expensive channels are removed first. Conv nets need it:
+            with equal prices the cheap dense neurons go first. A group
+            whose channels carry no MACs is priced as the cheapest group
+            that carries some; if none does, every group keeps cost 1, with
+            a warning.
+        coupled_groups: layers whose output channels `shrink` joins one to
+            one (the producers of a residual stream, both sides of a
+            squeeze-and-excitation product, a convolution and the depthwise
+            convolution after it) share one standalone RBPNoise, called
+            after each of them (before its activation, which becomes an
+            Activation layer): one set of logits, one mask, one KL and one
+            recursive stage, so what the mask removes is what `shrink`
+            removes. The group is named after its first layer,
+            ``<layer>_rbp_noise``. False gives each layer its own noise;
+            `shrink` then keeps a channel that any of them keeps.
+        seed: seeds every noise of the copy.
+
+    Returns:
+        A new, uncompiled Keras model with `RBPWrapper` and `RBPNoise` layers.
+    """
+    _check_model(model)
+    if isinstance(dataset_size, bool) or not isinstance(dataset_size, int) or dataset_size <= 0:
+        raise ValueError(
+            f"prune: dataset_size must be a positive integer, received: {dataset_size!r}"
+        )
+    noise_config = dict(
+        dataset_size=dataset_size,
+        kl_weight=kl_weight,
+        prior_keep_prob=prior_keep_prob,
+        initial_keep_prob=initial_keep_prob,
+        logit_scale=logit_scale,
+    )
+    RBPNoise(**noise_config)  # checks the arguments before any work
+    by_name = {layer.name: layer for layer in graph_lib.all_layers(model)}
+    chosen = _choose_layers(model, by_name, layers)
+    rewriter = _Rewriter(by_name, chosen, noise_config, seed, noise_after_batchnorm)
+    config = copy.deepcopy(model.get_config())
+    class_name = graph_lib.model_class(model)
+    if coupled_groups:
+        rewriter.coupled = dependency.coupled_layers(model, rewriter.targets(class_name, config))
+    rewriter.rewrite(class_name, config, input_features, flatten_features)
+    model_class = keras.Sequential if class_name == graph_lib.SEQUENTIAL else keras.Model
+    pruned = _keras.model_from_config(model_class, config, by_name.values())
+    _copy_weights(model, pruned)
+    if cost_aware:
+        _set_costs(pruned)
+    return pruned
+
+
+def _set_costs(pruned):
+    """Sets each noise's cost to its MACs per channel over the groups' mean;
+    a group whose channels carry no MACs costs what the cheapest group that
+    carries some costs. Done before the model is first trained, when the KL
+    term is traced."""
+    costs = metrics.channel_costs(pruned)
+    carrying = [cost for cost in costs.values() if cost > 0]
+    if not carrying:
+        warnings.warn(
+            "prune: cost_aware=True, but no pruning group carries MACs; every group keeps cost 1",
+            stacklevel=3,
+        )
+        return
+    mean = sum(costs.values()) / len(costs)
+    cheapest = min(carrying) / mean
+    for name, noise in pruning_groups(pruned).items():
+        noise.cost = costs[name] / mean if costs[name] > 0 else cheapest
+
+
+def _check_model(model):
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"prune: expected a Keras model, received {type(model).__name__}")
+    if type(model).__name__ not in ("Sequential", "Functional"):
+        raise TypeError(
+            f"prune: model {model.name!r} is a subclassed model "
+            f"({type(model).__name__}); keras_rbp supports Sequential and "
+            "Functional models, whose graph it can read"
+        )
+    for layer in graph_lib.all_layers(model):
+        if isinstance(layer, keras.Model):
+            _check_model(layer)
+        if isinstance(layer, (RBPWrapper, RBPNoise)):
+            raise ValueError(f"prune: model {model.name!r} is already pruned (layer {layer.name!r})")
+
+
+def _choose_layers(model, by_name, layers):
+    """Names of the layers to put a noise on."""
+    if layers is None or callable(layers):
+        outputs = _output_producers(model)
+        return {
+            name
+            for name, layer in by_name.items()
+            if is_prunable(layer)
+            and name not in outputs
+            and (layers is None or layers(layer))
+        }
+    names = [layers] if isinstance(layers, str) else list(layers)
+    for name in names:
+        if name not in by_name:
+            raise ValueError(f"prune: layers names {name!r}, which model {model.name!r} lacks")
+        layer = by_name[name]
+        if not is_prunable(layer):
+            raise ValueError(
+                f"prune: layer {name!r} of class {type(layer).__name__} cannot be "
+                f"pruned; supported: {supported_names(batch_normalization=False)}"
+            )
+    return set(names)
+
+
+def _output_producers(model):
+    """Prunable layers whose channels reach a model output unchanged or
+    through non-prunable layers only: the classifier and its kin."""
+    found = set()
+
+    def walk_back(sub_model, refs):
+        """Marks the producers behind `refs`; tells whether the walk went
+        through to the inputs of `sub_model`."""
+        graph = graph_lib.graph_of(sub_model)
+        inputs = {ref.layer for ref in graph.inputs}
+        layers = {layer.name: layer for layer in sub_model.layers}
+        pending, seen, reached_inputs = list(refs), set(), False
+        while pending:
+            name = pending.pop().layer
+            if name in seen:
+                continue
+            seen.add(name)
+            layer = layers.get(name)
+            if name in inputs:
+                reached_inputs = True
+            elif is_prunable(layer):
+                found.add(name)
+            elif not isinstance(layer, keras.Model) or walk_back(layer, graph_lib.graph_of(layer).outputs):
+                pending.extend(graph.layers[name].inputs)
+        return reached_inputs
+
+    walk_back(model, graph_lib.graph_of(model).outputs)
+    return found
+
+
+class _Rewriter:
+    """Rewrites a model config: wraps the chosen layers, inserts noises."""
+
+    def __init__(self, by_name, chosen, noise_config, seed, noise_after_batchnorm):
+        self.by_name = by_name
+        self.chosen = chosen
+        self.noise_config = noise_config
+        self.seed = seed
+        self.noise_after_batchnorm = noise_after_batchnorm
+        self.coupled = []  # lists of layer names that share one noise
+        self.count = 0
+
+    def _noise(self, **kwargs):
+        self.count += 1
+        return dict(self.noise_config, seed=self.seed * 100003 + self.count, **kwargs)
+
+    def targets(self, class_name, config):
+        """The names of the layers that get a noise, nested models included."""
+        graph = graph_lib.Graph.from_config(class_name, config)
+        found = {self._placement(graph, name) for name in self.chosen & set(graph.layers)}
+        for entry in config["layers"]:
+            nested = graph_lib.model_class_name(entry)
+            if nested:
+                found |= self.targets(nested, entry["config"])
+        return found
+
+    def rewrite(self, class_name, config, input_features=False, flatten_features=False):
+        graph = graph_lib.Graph.from_config(class_name, config)
+        targets = {self._placement(graph, name) for name in self.chosen & set(graph.layers)}
+        coupled = [names for names in self.coupled if names[0] in targets]
+        shared = {name for names in coupled for name in names}
+        for entry in config["layers"]:
+            name = entry["config"]["name"]
+            nested = graph_lib.model_class_name(entry)
+            if nested:
+                self.rewrite(nested, entry["config"], flatten_features=flatten_features)
+            elif name in targets - shared:
+                self._wrap(entry)
+        for names in coupled:
+            self._insert_shared_noise(config, names)
+        inserts = []
+        if input_features:
+            inserts += [ref.layer for ref in graph.inputs]
+        if flatten_features:
+            inserts += [n for n, node in graph.layers.items() if node.class_name == "Flatten"]
+        for name in inserts:
+            self._insert_noise_after(class_name, config, graph, name)
+
+    def _placement(self, graph, name):
+        """The layer to wrap for a chosen layer: itself, or the
+        BatchNormalization that is its only consumer."""
+        consumers = graph.consumers(name)
+        if (
+            self.noise_after_batchnorm
+            and len(consumers) == 1
+            and len(graph.layers[name].calls) <= 1
+            and not graph.is_output(name)
+            and isinstance(self.by_name.get(consumers[0]), keras.layers.BatchNormalization)
+        ):
+            return consumers[0]
+        return name
+
+    def _wrap(self, entry):
+        layer = self.by_name[entry["config"]["name"]]
+        inner = type(layer).from_config(layer.get_config())
+        calls = max(1, len(entry.get("inbound_nodes", ())))  # a shared layer's noise draws once a step
+        wrapped = serialize(RBPWrapper(inner, self._noise(calls=calls)))
+        for key in ("name", "inbound_nodes"):
+            if key in entry:
+                wrapped[key] = entry[key]
+        entry.clear()
+        entry.update(wrapped)
+
+    def _insert_shared_noise(self, config, names):
+        """Puts one RBPNoise, called once after each layer of `names`, on
+        their outputs; a layer's activation moves after the noise."""
+        noise_name = f"{names[0]}_rbp_noise"
+        noise = serialize(RBPNoise(name=noise_name, calls=len(names), **self._noise()))
+        noise.update(name=noise_name, inbound_nodes=[])
+        taken = {entry["config"]["name"] for entry in config["layers"]}
+        after = {}  # layer name -> the entries to insert after it
+        outputs = {}  # layer name -> the tensor its readers read instead
+        split = set()  # layers whose activation moves after the noise
+        for call_index, name in enumerate(names):
+            layer = self.by_name[name]
+            noise["inbound_nodes"].append(_call_node(layer))
+            outputs[name] = graph_lib.TensorRef(noise_name, call_index)
+            after[name] = [noise] if call_index == 0 else []
+            activation = getattr(layer, "activation", None)
+            if activation is not None and activation_name(activation) != "linear":
+                activation_layer = keras.layers.Activation(activation, name=_unique(f"{name}_activation", taken))
+                entry = serialize(activation_layer)
+                entry.update(name=activation_layer.name, inbound_nodes=[_call_node(layer, outputs[name])])
+                outputs[name] = graph_lib.TensorRef(activation_layer.name)
+                after[name].append(entry)
+                split.add(name)
+
+        def reroute(ref):
+            return outputs.get(ref.layer, ref) if ref.node_index == 0 else ref
+
+        for entry in config["layers"]:
+            graph_lib.reroute_references(entry["inbound_nodes"], reroute)
+        graph_lib.reroute_references(config["output_layers"], reroute)
+        layers = []
+        for entry in config["layers"]:
+            layers.append(entry)
+            name = entry["config"]["name"]
+            if name in split:
+                entry["config"]["activation"] = "linear"
+            layers.extend(after.get(name, []))
+        config["layers"] = layers
+
+    def _insert_noise_after(self, class_name, config, graph, name):
+        """Puts a standalone RBPNoise on the (only) output of layer `name`."""
+        noise_name = f"{name}_rbp_noise"
+        entry = serialize(RBPNoise(name=noise_name, **self._noise()))
+        layer_names = [e["config"]["name"] for e in config["layers"]]
+        position = layer_names.index(name) + 1
+        if class_name != graph_lib.SEQUENTIAL:
+            for other in config["layers"]:
+                graph_lib.rename_references(other["inbound_nodes"], name, noise_name)
+            graph_lib.rename_references(config["output_layers"], name, noise_name)
+            entry["name"] = noise_name
+            entry["inbound_nodes"] = [_call_node(self.by_name[name])]
+        config["layers"].insert(position, entry)
+
+
+def _call_node(layer, source=None):
+    """A config's record of one call on the output of `layer`, or on the
+    tensor `source` (a `graph.TensorRef`) of the same shape."""
+    source = source or graph_lib.TensorRef(layer.name)
+    history = [source.layer, source.node_index, source.tensor_index]
+    return _keras.call_record(layer.output, history, graph_lib.KERAS_TENSOR)
+
+
+def _unique(name, taken):
+    """`name`, or `name` with the first free suffix _1, _2, ...; taken."""
+    candidate, index = name, 0
+    while candidate in taken:
+        index += 1
+        candidate = f"{name}_{index}"
+    taken.add(candidate)
+    return candidate
+
+
+def _copy_weights(source, target):
+    for layer in source.layers:
+        new = target.get_layer(layer.name)
+        if isinstance(layer, keras.Model):
+            _copy_weights(layer, new)
+        elif isinstance(new, RBPWrapper):
+            new.layer.set_weights(layer.get_weights())
+        else:
+            new.set_weights(layer.get_weights())
