@@ -329,7 +329,9 @@ def test_mnist_lenet_300_100_prunes_every_hidden_group():
     kept = {name: int(g.mask.numpy().sum()) for name, g in rbp.pruning_groups(pruned).items()}
     _, accuracy = pruned.evaluate(x_test, y_test, verbose=0)
     print(f"LeNet-300-100 kept {kept}, test accuracy {accuracy:.4f}")
-    assert kept["fc1"] < 300 and kept["fc2"] < 100
+    # At kl_weight 10 the plan removes about 40 % of fc1 and 30 % of fc2
+    # (182 and 70 kept at this seed); a quarter and a sixth are the floor.
+    assert kept["fc1"] <= 225 and kept["fc2"] <= 85
     assert accuracy > 0.97
 
 
