@@ -29,7 +29,7 @@ import time
 from absl import app, flags
 
 from benchmarks import results_io
-from benchmarks.literature import BUDGETS, PUBLISHED
+from benchmarks.literature import BUDGETS, PUBLISHED, macs
 from keras_rbp import latency, models, pipeline
 
 FLAGS = flags.FLAGS
@@ -129,9 +129,9 @@ def _plot(rows, path):
                       and row["cell"] == "mac target" for run in row["runs"]]
             axis.scatter([p["macs"] for p in points], [p["error"] for p in points], marker=marker,
                          label=f"keras_rbp {schedule}")
-        for name, _, error, macs, _ in PUBLISHED[model]:
-            axis.scatter([macs], [error], marker="x", color="gray")
-            axis.annotate(name, (macs, error), fontsize=8)
+        for name, arch, error, _, _ in PUBLISHED[model]:
+            axis.scatter([macs(model, arch)], [error], marker="x", color="gray")
+            axis.annotate(name, (macs(model, arch), error), fontsize=8)
         for target in MAC_TARGETS[model]:
             axis.axvline(target, color="lightgray", linestyle="--")
         axis.set_xscale("log")

@@ -13,7 +13,9 @@ BUDGETS = {
     ),
 }
 
-# method.md section 7; FLOPs of RigL's table are 2 x MACs.
+# method.md section 7: (method, architecture, test error %, MACs as the
+# source counts them, source). RigL's table gives FLOPs, 2 x MACs; the
+# LeNet-5 papers count their own way: compare by `macs` below.
 PUBLISHED = {
     "lenet_300_100": [
         ("SBP", "245-160-55", 1.6, 97_100 / 2, "RigL (arXiv 1911.11134), appendix B"),
@@ -29,3 +31,21 @@ PUBLISHED = {
         ("GD", "7-13-208-16", 1.1, 254_000, "SBP's README"),
     ],
 }
+
+
+def macs(model, architecture):
+    """Multiply-accumulates per example of a LeNet with the widths of
+    `architecture`, counted as keras_rbp's `report` counts them: every
+    convolution and Dense layer, the kept input (LeNet-300-100) or Flatten
+    (LeNet-5-Caffe) features included."""
+    widths = [int(width) for width in architecture.split("-")]
+    if model == "lenet_300_100":
+        features, hidden1, hidden2 = widths
+        return features * hidden1 + hidden1 * hidden2 + hidden2 * 10
+    conv1, conv2, features, hidden = widths  # 5x5 convolutions: 24x24 then 8x8 outputs
+    return 24 * 24 * 25 * conv1 + 8 * 8 * 25 * conv1 * conv2 + features * hidden + hidden * 10
+
+
+def published_macs(model, method):
+    """A published method's MACs on `model` in keras_rbp's convention."""
+    return next(macs(model, arch) for name, arch, _, _, _ in PUBLISHED[model] if name == method)
