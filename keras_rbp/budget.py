@@ -153,9 +153,11 @@ class Budget:
     and later ones) kept the same fraction of its channels. Earlier stages
     are frozen as they are, so the last stage fills what remains, and the
     model `shrink` makes meets the target to within one channel's cost.
-    Within a stage of several groups (the all-at-once schedule), one pi
-    threshold over all of them decides, so the posterior sets how the cut
-    is shared among groups.
+    A stage of several groups (a block, or the all-at-once schedule) takes
+    them one after the other in the same way. (One pi order over all of a
+    stage's groups, tried first, cut LeNet-5-Caffe's conv1 to one filter
+    when pi were still undecided: its channels cost the most and were
+    skipped.)
 
     A MAC or parameter target is a number, or a fraction in (0, 1) of the
     unpruned model's; a latency target is in milliseconds, always (models
@@ -217,7 +219,22 @@ class Budget:
         }
 
     def stage_masks(self, frozen, stage, later):
-        """Masks for the groups of a stage that meet their share.
+        """Masks for the groups of a stage that meet their share: one group
+        after the other, in topological order, each as if it were a stage
+        of its own and the stage's next groups were later ones.
+
+        Args:
+            frozen: dict from group name to the mask of each frozen group.
+            stage: dict from group name to the pi of each group of the stage.
+            later: names of the groups of later stages.
+        """
+        masks, names = {}, list(stage)
+        for index, name in enumerate(names):
+            masks.update(self._group_masks({**frozen, **masks}, {name: stage[name]}, names[index + 1 :] + list(later)))
+        return masks
+
+    def _group_masks(self, frozen, stage, later):
+        """Masks for `stage`'s groups that meet their share, in one pi order.
 
         For a latency target, the model these masks and the share make is
         then converted and timed, the table's prediction is corrected by
@@ -225,11 +242,6 @@ class Budget:
         timed so far, and the masks are chosen again, up to MEASURED_ROUNDS
         times: a layer's latency jumps with its channel count (vector
         widths) in ways no table fit follows.
-
-        Args:
-            frozen: dict from group name to the mask of each frozen group.
-            stage: dict from group name to the pi of each group of the stage.
-            later: names of the groups of later stages.
         """
         masks = self._fill(frozen, stage, later)
         table = self.costs.latency
