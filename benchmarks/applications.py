@@ -17,7 +17,6 @@ Writes applications_<keras mode>.json and .md to --output_dir.
 """
 
 import collections
-import os
 import re
 import time
 import warnings
@@ -34,11 +33,7 @@ APPLICATIONS = sorted(name for name in dir(keras.applications) if name[0].isuppe
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", APPLICATIONS, "keras.applications constructors to shrink.")
 flags.DEFINE_float("keep", 0.7, "Fraction of each group's channels its random mask keeps.")
-flags.DEFINE_string(
-    "output_dir",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
-    "Where the JSON and markdown results are written.",
-)
+results_io.define_output_dir()
 
 
 def build_application(name, classes=10):

@@ -34,11 +34,7 @@ from keras_rbp import latency, models, pipeline
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Folder holding mnist.npz (else $KERAS_RBP_DATA).")
-flags.DEFINE_string(
-    "output_dir",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
-    "Where budgets.json, .md and .png are written.",
-)
+results_io.define_output_dir("budgets.json, .md and .png")
 flags.DEFINE_list("parts", ["macs", "params", "latency", "plans"], "Which cells to run (see above).")
 flags.DEFINE_integer("seeds", 3, "Seeds per cell (0, 1, ...).")
 flags.DEFINE_integer("train_examples", 20_000, "A subset of MNIST's training set.")

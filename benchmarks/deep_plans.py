@@ -16,14 +16,12 @@ Run from the repository root:
 Writes deep_plans_<keras>.json and .md to --output_dir.
 """
 
-import os
 import time
 
 import numpy as np
 from absl import app, flags
 
 from benchmarks import results_io
-from benchmarks.applications import build_application
 import keras_rbp as rbp
 from keras_rbp._keras import keras
 
@@ -34,11 +32,7 @@ flags.DEFINE_integer("groups_per_stage", 8, "Consecutive groups visited in one s
 flags.DEFINE_float("target_macs", 0.5, "The MAC target, a fraction of the unpruned model's.")
 flags.DEFINE_integer("examples", 512, "Generated training images.")
 flags.DEFINE_integer("batch_size", 32, "Training batch size.")
-flags.DEFINE_string(
-    "output_dir",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
-    "Where the JSON and markdown results are written.",
-)
+results_io.define_output_dir()
 
 
 class _StageSteps(keras.callbacks.Callback):
@@ -61,7 +55,8 @@ class _StageSteps(keras.callbacks.Callback):
 
 def _run(name):
     keras.utils.set_random_seed(0)
-    model, size = build_application(name)
+    size = 32
+    model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=10)
     rng = np.random.default_rng(0)
     x = rng.random((FLAGS.examples, size, size, 3), dtype=np.float32)
     y = rng.integers(0, 10, FLAGS.examples)

@@ -58,11 +58,7 @@ flags.DEFINE_string(
 flags.DEFINE_bool(
     "random_data", False, "Train on random MNIST-shaped data instead of MNIST."
 )
-flags.DEFINE_string(
-    "output_dir",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
-    "Where the JSON and markdown results are written.",
-)
+results_io.define_output_dir()
 
 MEASURED = (
     "wall time of each call of the model's train function (one step), in "

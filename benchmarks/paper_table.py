@@ -26,11 +26,7 @@ from keras_rbp import pipeline
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Folder holding mnist.npz (else $KERAS_RBP_DATA).")
-flags.DEFINE_string(
-    "output_dir",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
-    "Where paper_table.json, .md and .png are written.",
-)
+results_io.define_output_dir("paper_table.json, .md and .png")
 flags.DEFINE_list("models", ["lenet_300_100", "lenet5_caffe"], "Models to run.")
 flags.DEFINE_list("lenet_300_100_kl_weights", ["10", "20"], "kl_weight sweep of LeNet-300-100.")
 flags.DEFINE_list("lenet5_caffe_kl_weights", ["60", "120"], "kl_weight sweep of LeNet-5-Caffe.")

@@ -1,10 +1,23 @@
-"""Writes a benchmark's result as JSON and as a markdown table."""
+"""What every benchmark shares: its --output_dir flag, the provenance of a
+result, and writing it as JSON and as a markdown table."""
 
 import importlib.metadata
 import json
 import os
 import platform
 import subprocess
+
+from absl import flags
+
+flags.disclaim_key_flags()  # the flags defined here belong to the benchmark that asks
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def define_output_dir(files="the JSON and markdown results"):
+    """Defines the calling benchmark's --output_dir flag, benchmarks/results
+    by default; --help lists it with the benchmark's own flags."""
+    flags.DEFINE_string("output_dir", RESULTS_DIR, f"Where {files} are written.")
 
 
 def provenance():

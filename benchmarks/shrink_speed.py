@@ -15,7 +15,6 @@ Run from the repository root, under Keras 3 or tf_keras:
 Writes shrink_speed_<keras mode>.json and .md to --output_dir.
 """
 
-import os
 import statistics
 import time
 import warnings
@@ -38,11 +37,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("models", list(MODELS), f"Models to time, of {list(MODELS)}.")
 flags.DEFINE_integer("repetitions", 3, "Timed shrink() calls per model.")
 flags.DEFINE_float("keep", 0.5, "Fraction of each group's channels kept.")
-flags.DEFINE_string(
-    "output_dir",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
-    "Where the JSON and markdown results are written.",
-)
+results_io.define_output_dir()
 
 
 def time_model(name):

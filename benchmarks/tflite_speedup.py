@@ -74,11 +74,7 @@ flags.DEFINE_list("round_to", ["4", "8"], "The round_to values to compare with f
 flags.DEFINE_integer("repetitions", 5, "Alternating timings of each unpruned/shrunk pair.")
 flags.DEFINE_integer("warmup", 20, "Untimed runs before each timing.")
 flags.DEFINE_integer("runs", 200, "Timed runs per timing; the median is kept.")
-flags.DEFINE_string(
-    "output_dir",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
-    "Where the JSON and markdown results are written.",
-)
+results_io.define_output_dir()
 
 
 def shrunk_model(name):
