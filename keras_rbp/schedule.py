@@ -36,7 +36,8 @@ class RecursivePruning(keras.callbacks.Callback):
     predicted from a per-layer LiteRT table. Each epoch's logs
     carry the target and the expected cost (`rbp_target_<metric>`,
     `rbp_expected_<metric>`: frozen masks, active groups at pi >= 0.5,
-    later groups whole).
+    later groups whole; with a latency target, `rbp_latency_correction`,
+    the factor measured models have set on the table's prediction).
 
     The plan's length can be given instead, as `plan_epochs` or
     `plan_steps`: it is then counted in training steps, shared among the
@@ -356,6 +357,8 @@ class RecursivePruning(keras.callbacks.Callback):
                     _frozen_masks(groups),
                     {name: noise.keep_probability() for name, noise in groups.items() if noise.mode == "active"},
                 ))
+                if self.budget.costs.latency is not None:
+                    logs["rbp_latency_correction"] = self.budget.costs.latency.correction
 
     def _advance(self, logs):
         """Counts an epoch (or a step) of the current stage or the fine-tune,
@@ -545,7 +548,7 @@ class PruningSummaries(keras.callbacks.Callback):
                 tf.summary.scalar(f"rbp/kl/{name}", noise.kl_loss())
                 tf.summary.histogram(f"rbp/pi/{name}", pi)
             for key, value in (logs or {}).items():  # RecursivePruning's budget, if any
-                if key.startswith(("rbp_target_", "rbp_expected_")):
+                if key.startswith(("rbp_target_", "rbp_expected_", "rbp_latency_")):
                     tf.summary.scalar(f"rbp/budget/{key[len('rbp_'):]}", value)
         self._writer.flush()
 

@@ -183,6 +183,8 @@ def test_mnist_lenet5_meets_a_latency_target_measured_in_litert():
     print(f"LeNet-5 at {target:.4f} ms: predicted {predicted:.4f} ms, measured {measured:.4f} ms")
     assert predicted <= target
     assert abs(measured / target - 1) <= 0.15
+    assert history.history["rbp_latency_correction"][-1] == schedule.budget.costs.latency.correction
+    assert schedule.budget.measurements  # each stage timed its proposal
     with pytest.raises(ValueError, match=r"target_latency_ms=0.001 \(0.001 ms\) is below .* ms, the least "
                                          r"possible with min_channels=1 \(the unpruned model has .* ms"):
         Budget(pruned, "latency_ms", 0.001)
