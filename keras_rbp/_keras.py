@@ -5,11 +5,13 @@ environment sets ``TF_USE_LEGACY_KERAS=1``, as tensorflow-model-optimization
 does. Every other module imports Keras from here.
 """
 
+import contextlib
 import os
 import re
 import sys
 
 import tensorflow as tf
+from absl import logging as absl_logging
 
 IS_KERAS_3 = os.environ.get("TF_USE_LEGACY_KERAS", "").lower() not in ("1", "true")
 
@@ -98,6 +100,7 @@ __all__ = [
     "layers",
     "register_serializable",
     "serialize",
+    "tensorflow_warnings_only",
 ]
 
 
@@ -156,6 +159,18 @@ def require_tf_keras(caller):
             "which needs Keras 2: install tf-keras and set TF_USE_LEGACY_KERAS=1 before "
             "importing keras_rbp"
         )
+
+
+@contextlib.contextmanager
+def tensorflow_warnings_only():
+    """Silences TensorFlow's INFO lines (assets, fingerprints, shards) while
+    it writes a SavedModel, which it logs through absl."""
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(min(verbosity, absl_logging.WARNING))
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(verbosity)
 
 
 def model_from_config(model_class, config, layers):

@@ -10,7 +10,6 @@ import tempfile
 
 import numpy as np
 import tensorflow as tf
-from absl import logging as absl_logging
 
 from keras_rbp import _keras
 from keras_rbp._keras import keras
@@ -148,12 +147,8 @@ def export(
 def save_model(model, path):
     """Writes `model` as a SavedModel with a serving_default signature,
     without TensorFlow's INFO lines about assets, fingerprints and shards."""
-    verbosity = absl_logging.get_verbosity()  # TensorFlow's saver logs through absl
-    absl_logging.set_verbosity(min(verbosity, absl_logging.WARNING))
-    try:
+    with _keras.tensorflow_warnings_only():
         _keras.save_tf_saved_model(model, path)
-    finally:
-        absl_logging.set_verbosity(verbosity)
 
 
 def convert(model, saved_model, kind="float32", representative_data=None):

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from keras_rbp import _keras
 from keras_rbp._keras import keras
 
 from ai_edge_litert.interpreter import Interpreter
@@ -101,7 +102,7 @@ def model_latency(model, warmup=10, runs=25, batches=20):
     function = tf.function(lambda x: model(x, training=False), autograph=False)
     frozen = convert_variables_to_constants_v2(function.get_concrete_function(spec))
     converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], model)
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, _keras.tensorflow_warnings_only():
         path = os.path.join(folder, "model.tflite")
         with open(path, "wb") as file:
             file.write(converter.convert())
