@@ -164,6 +164,25 @@ def test_mnist_lenet5_meets_a_mac_target_in_one_fit(groups_per_stage):
     assert accuracy > 0.8  # a sanity floor: 6,000 images, 9 epochs
 
 
+@pytest.mark.parametrize("groups_per_stage", [1, None], ids=["recursive", "all_at_once"])
+@pytest.mark.parametrize("target", [10_000, 20_000])
+def test_mnist_lenet_300_100_with_input_pixels_meets_a_mac_target(target, groups_per_stage):
+    (x_train, y_train), _ = rbp.datasets.load_mnist(mnist_dir())
+    x_train, y_train = x_train[:6000].reshape(6000, -1), y_train[:6000]
+    keras.utils.set_random_seed(0)
+    model = rbp.models.lenet_300_100(input_shape=(784,))
+    model.compile(keras.optimizers.Adam(1e-3), LOSS)
+    model.fit(x_train, y_train, batch_size=128, epochs=2, verbose=0)
+    pruned = rbp.prune(model, dataset_size=len(x_train), input_features=True, kl_weight=10.0)
+    pruned.compile(keras.optimizers.Adam(1e-3), LOSS)
+    schedule = rbp.RecursivePruning(epochs_per_stage=2, finetune_epochs=1, groups_per_stage=groups_per_stage,
+                                    target_macs=target, verbose=0)
+    pruned.fit(x_train, y_train, batch_size=128, epochs=schedule.total_epochs(pruned), callbacks=[schedule],
+               verbose=0)
+    macs = rbp.report(model, rbp.shrink(pruned, keep_input_shape=False)).totals["macs_after"]
+    assert 0.95 * target <= macs <= target
+
+
 def test_mnist_lenet5_meets_a_parameter_target():
     model, pruned, _, history = _mnist_lenet5(target_params=0.1)
     totals = rbp.report(model, rbp.shrink(pruned)).totals
