@@ -24,7 +24,6 @@ from keras_rbp.pruning import pruning_groups
 L = keras.layers
 
 METRICS = ("macs", "params", "latency_ms")
-FILL_ROUNDS = 16  # channels a stage may skip to fit cheaper ones after them
 MEASURED_ROUNDS = 3  # latency: times a stage's masks are measured and chosen again
 MEASURED_TOLERANCE = 0.05  # latency: a prediction this close to the measurement stands
 
@@ -234,7 +233,7 @@ class Budget:
         return masks
 
     def _group_masks(self, frozen, stage, later):
-        """Masks for `stage`'s groups that meet their share, in one pi order.
+        """The mask of `stage`'s one group that meets its share.
 
         For a latency target, the model these masks and the share make is
         then converted and timed, the table's prediction is corrected by
@@ -259,26 +258,14 @@ class Budget:
         return masks
 
     def _fill(self, frozen, stage, later):
-        """The stage's channels in order of pi, as many as fit its share."""
+        """The stage's one group keeps its channels in order of pi, as many
+        as fit its share (a group's channels all cost the same)."""
         rest = self.share_masks(frozen, stage, later)
-        order = sorted(((-pi[c], name, c) for name, pi in stage.items() for c in range(pi.size)))
-
-        def first(channels, n):
-            masks = {name: _top(pi, self._floor(pi.size)) for name, pi in stage.items()}
-            for _, name, channel in channels[:n]:
-                masks[name][channel] = True
-            return masks
-
-        # The longest run of channels in order of pi that fits; then, a few
-        # times, skip the channel that did not fit and extend the run with
-        # cheaper ones after it.
-        for _ in range(FILL_ROUNDS):
-            count = int(_largest(lambda n: self.cost({**rest, **first(order, int(n))}) <= self.target,
-                                 0, len(order), integer=True))
-            if count == len(order):
-                break
-            order = order[:count] + order[count + 1 :]
-        masks = first(order, count)
+        (name, pi), = stage.items()
+        floor = self._floor(pi.size)
+        count = int(_largest(lambda n: self.cost({**rest, name: _top(pi, max(floor, int(n)))}) <= self.target,
+                             0, pi.size, integer=True))
+        masks = {name: _top(pi, max(floor, count))}
         if self.round_to > 1:
             masks = self._round(masks, stage, rest)
         return masks
