@@ -25,7 +25,6 @@ Writes overhead_<keras mode>.json and .md to --output_dir.
 """
 
 import os
-import platform
 import statistics
 import time
 
@@ -37,7 +36,7 @@ import keras_rbp as rbp
 from benchmarks import results_io
 from keras_rbp import datasets, models
 from keras_rbp import noise as noise_lib
-from keras_rbp._keras import IS_KERAS_3, keras
+from keras_rbp._keras import keras
 
 MODELS = {
     # name: (builder, prune options of the literature's set-up, whether to
@@ -215,25 +214,19 @@ def main(argv):
         .batch(FLAGS.batch_size, drop_remainder=True)
         .prefetch(tf.data.AUTOTUNE)
     )
-    keras_mode = "keras3" if IS_KERAS_3 else "tf_keras"
-    load_before = os.getloadavg()
+    provenance = results_io.provenance()
+    keras_mode = provenance["keras"]
+    load_before = provenance["machine"]["load_average_at_start"]
     results = {name: _time_model(name, dataset, len(x)) for name in FLAGS.models}
     result = {
         "benchmark": "overhead",
+        **provenance,
         "measured": MEASURED,
-        "keras_mode": keras_mode,
-        "keras_version": keras.__version__,
-        "tensorflow_version": tf.__version__,
         "data": source,
         "batch_size": FLAGS.batch_size,
         "rounds": FLAGS.rounds,
         "chunk": FLAGS.chunk,
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "load_average_before": load_before,
-            "load_average_after": os.getloadavg(),
-        },
+        "load_average_after": list(os.getloadavg()),
         "target_ratio": 1.10,
         "models": results,
     }
@@ -253,7 +246,7 @@ def main(argv):
     ]
     markdown = (
         f"# RBP wrapper overhead ({keras_mode}, Keras {keras.__version__}, "
-        f"TensorFlow {tf.__version__})\n\n"
+        f"TensorFlow {tf.__version__}, commit {str(provenance['commit'])[:7]})\n\n"
         f"Training steps per second at batch {FLAGS.batch_size} on {source} data, "
         f"{FLAGS.rounds} rounds x {FLAGS.chunk} steps a variant, "
         f"{os.cpu_count()} CPUs, load average {load_before[0]:.1f} at start. "
