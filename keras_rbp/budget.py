@@ -204,8 +204,8 @@ class Budget:
 
     def share_masks(self, frozen, stage, later):
         """The frozen masks, and the `later` groups keeping the fraction of
-        their channels that meets the target if the `stage` groups kept it
-        too: the rest of the model a stage's share is measured with."""
+        their channels that meets the target if the `stage` groups (names)
+        kept it too: the rest of the model a stage's share is measured with."""
         pis = {name: np.zeros(self.costs.groups[name].channels) for name in list(stage) + list(later)}
         fraction = _largest(lambda f: self.cost({**frozen, **self._at_fraction(pis, f)}) <= self.target, 0.0, 1.0)
         return {**frozen, **self._at_fraction({name: pis[name] for name in later}, fraction)}
@@ -229,65 +229,54 @@ class Budget:
         """
         masks, names = {}, list(stage)
         for index, name in enumerate(names):
-            masks.update(self._group_masks({**frozen, **masks}, {name: stage[name]}, names[index + 1 :] + list(later)))
+            masks[name] = self._group_mask({**frozen, **masks}, name, stage[name], names[index + 1 :] + list(later))
         return masks
 
-    def _group_masks(self, frozen, stage, later):
-        """The mask of `stage`'s one group that meets its share.
+    def _group_mask(self, frozen, name, pi, later):
+        """The mask of group `name` that meets its share.
 
-        For a latency target, the model these masks and the share make is
+        For a latency target, the model this mask and the share make is
         then converted and timed, the table's prediction is corrected by
         the median ratio of measured to predicted latency over every model
-        timed so far, and the masks are chosen again, up to MEASURED_ROUNDS
+        timed so far, and the mask is chosen again, up to MEASURED_ROUNDS
         times: a layer's latency jumps with its channel count (vector
         widths) in ways no table fit follows.
         """
-        masks = self._fill(frozen, stage, later)
+        rest = self.share_masks(frozen, [name], later)
+        mask = self._fill(rest, name, pi)
         table = self.costs.latency
         for _ in range(MEASURED_ROUNDS if table is not None else 0):
-            proposal = {**self.share_masks(frozen, stage, later), **masks}
+            proposal = {**rest, name: mask}
             predicted = self.cost(proposal)
-            thetas = {name: np.asarray(mask, np.float32) for name, mask in proposal.items()}
+            thetas = {group: np.asarray(kept, np.float32) for group, kept in proposal.items()}
             measured = model_latency(shrink_as(self.costs.model, thetas, keep_input_shape=False))
-            self.measurements.append({"stage": list(stage), "predicted_ms": predicted, "measured_ms": measured})
+            self.measurements.append({"group": name, "predicted_ms": predicted, "measured_ms": measured})
             if abs(measured / predicted - 1) <= MEASURED_TOLERANCE:
                 break
             self._ratios.append(measured / (predicted / table.correction))
             table.correction = float(np.median(self._ratios))
-            masks = self._fill(frozen, stage, later)
-        return masks
+            rest = self.share_masks(frozen, [name], later)
+            mask = self._fill(rest, name, pi)
+        return mask
 
-    def _fill(self, frozen, stage, later):
-        """The stage's one group keeps its channels in order of pi, as many
-        as fit its share (a group's channels all cost the same)."""
-        rest = self.share_masks(frozen, stage, later)
-        (name, pi), = stage.items()
+    def _fill(self, rest, name, pi):
+        """Group `name` keeps its channels in order of pi, as many as fit
+        beside `rest` (a group's channels all cost the same); with round_to,
+        a multiple of it, rounded up where the budget allows, else down."""
         floor = self._floor(pi.size)
         count = int(_largest(lambda n: self.cost({**rest, name: _top(pi, max(floor, int(n)))}) <= self.target,
                              0, pi.size, integer=True))
-        masks = {name: _top(pi, max(floor, count))}
-        if self.round_to > 1:
-            masks = self._round(masks, stage, rest)
-        return masks
+        count = max(floor, count)
+        if self.round_to == 1:
+            return _top(pi, count)
+        up = _top(pi, min(pi.size, -(-count // self.round_to) * self.round_to))
+        if self.cost({**rest, name: up}) <= self.target:
+            return up
+        return _top(pi, max(floor, self._rounded(count, pi.size)))
 
     def _rounded(self, count, channels):
         """`count` rounded down to a multiple of round_to (at most `channels`)."""
         return min(channels, int(count) // self.round_to * self.round_to)
-
-    def _round(self, masks, stage, rest):
-        """Each group's kept count rounded to a multiple of round_to: up
-        where the budget allows it, else down."""
-        rounded = {}
-        for name, pi in stage.items():
-            kept = int(masks[name].sum())
-            down = max(self._floor(pi.size), self._rounded(kept, pi.size))
-            rounded[name] = _top(pi, down)
-        for name, pi in stage.items():
-            up = min(pi.size, -(-int(masks[name].sum()) // self.round_to) * self.round_to)
-            trial = dict(rounded, **{name: _top(pi, up)})
-            if self.cost({**rest, **trial}) <= self.target:
-                rounded = trial
-        return rounded
 
     def expected(self, frozen, active):
         """The cost of the frozen masks with active groups at pi >= 0.5 and

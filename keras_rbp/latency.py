@@ -6,11 +6,9 @@ convolution layer is converted alone to TFLite at a few input and output
 widths and timed with one LiteRT thread on the machine at hand. The
 timings are noisy (a tenth or more on a busy machine), so each layer's are
 fitted by least squares with a constant, the product of its input and
-output widths, and each width. A model's latency is predicted as the sum
-of its layers' fitted latencies at their kept widths, plus the rest of the
-model (activations, pooling, the
-interpreter's call), measured once as the whole model's latency minus its
-layers' and taken as fixed.
+output widths, and each width. A model's latency is predicted from the sum
+of its layers' fitted latencies at their kept widths, calibrated against
+two whole models (see `LatencyTable`).
 """
 
 import dataclasses
@@ -130,9 +128,10 @@ class LatencyTable:
     A model's layers, timed alone, do not add up to the model: the
     interpreter overlaps and fuses work, and each layer timed alone pays
     the call's overhead that the model pays once. Two whole models
-    calibrate the sum (`rest_ms` may be negative): latency = correction * (rest_ms + scale * (sum of the layers'
-    latencies)), where `correction` starts at 1 and a budget updates it
-    from measured models.
+    calibrate the sum (`rest_ms` may be negative, `scale` is kept within
+    [0.5, 2]): latency = correction * (rest_ms + scale * (sum of the
+    layers' latencies)), where `correction` starts at 1 and a budget
+    updates it from measured models.
 
     Args:
         slots: the `LayerSlot` of each Dense and convolution layer.
@@ -148,7 +147,8 @@ class LatencyTable:
         self._measured = {}
         self.grids = {slot.name: self._grid(slot) for slot in slots}
         self.calibration = [
-            (model_latency(model, warmup, runs, batches), sum(self.layer_ms(name, ratio, ratio) for name in self.grids))
+            (model_latency(model, warmup, runs, batches),
+             sum(self.layer_ms(name, ratio, ratio) for name in self.grids))
             for model, ratio in models
         ]
         (full_ms, full_sum), (part_ms, part_sum) = self.calibration
@@ -167,8 +167,8 @@ class LatencyTable:
     def layer_ms(self, name, in_ratio, out_ratio):
         """A layer's latency alone with the given kept fractions of its
         input and output channels, from the table's fit."""
-        ins, outs, _, coefficients = self.grids[name]
-        return float(_features(in_ratio * ins[-1], out_ratio * outs[-1]) @ coefficients)
+        in_channels, out_channels, _, coefficients = self.grids[name]
+        return float(_features(in_ratio * in_channels, out_ratio * out_channels) @ coefficients)
 
     def to_dict(self):
         return {
@@ -176,23 +176,24 @@ class LatencyTable:
             "rest_ms": self.rest_ms,
             "scale": self.scale,
             "correction": self.correction,
-            "layers": {name: {"in_channels": ins.tolist(), "out_channels": outs.tolist(), "ms": ms.tolist(),
-                              "fit": coefficients.tolist()}
-                       for name, (ins, outs, ms, coefficients) in self.grids.items()},
+            "layers": {name: {"in_channels": ins, "out_channels": outs, "timed": points, "fit": coefficients.tolist()}
+                       for name, (ins, outs, points, coefficients) in self.grids.items()},
         }
 
     def _grid(self, slot):
+        """(input channels, output channels, timed points, fit) of a layer:
+        each point is (input width, output width, ms)."""
         groups = getattr(slot.layer, "groups", 1) or 1
         ins = _widths(slot.in_channels, slot.in_prunable, groups)
-        outs = [None] if slot.passes_channels else _widths(slot.out_channels, slot.out_prunable, groups)
-        ms = np.array([[self._time(slot, c_in, c_out) for c_out in outs] for c_in in ins])
         if slot.passes_channels:  # its output width is its input's
-            outs = [slot.out_channels]
-        grid_in, grid_out = np.meshgrid(np.array(ins, float), np.array(outs, float), indexing="ij")
-        if slot.passes_channels:
-            grid_out = grid_in
-        coefficients = np.linalg.lstsq(_features(grid_in.ravel(), grid_out.ravel()), ms.ravel(), rcond=None)[0]
-        return np.array(ins, float), np.array(outs, float), ms, coefficients
+            widths = [(c_in, c_in) for c_in in ins]
+        else:
+            widths = [(c_in, c_out) for c_in in ins for c_out in _widths(slot.out_channels, slot.out_prunable, groups)]
+        points = [(c_in, c_out, self._time(slot, c_in, None if slot.passes_channels else c_out))
+                  for c_in, c_out in widths]
+        grid_in, grid_out, ms = np.array(points, float).T
+        coefficients = np.linalg.lstsq(_features(grid_in, grid_out), ms, rcond=None)[0]
+        return slot.in_channels, slot.out_channels, points, coefficients
 
     def _time(self, slot, in_channels, out_channels):
         config = slot.layer.get_config()
@@ -206,7 +207,8 @@ class LatencyTable:
             config["name"] = "timed"
             inputs = keras.Input(tuple(shape), batch_size=1)
             layer = type(slot.layer).from_config(config)
-            self._measured[key] = model_latency(keras.Model(inputs, layer(inputs)), self.warmup, self.runs, self.batches)
+            model = keras.Model(inputs, layer(inputs))
+            self._measured[key] = model_latency(model, self.warmup, self.runs, self.batches)
         return self._measured[key]
 
 
