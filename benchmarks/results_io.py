@@ -69,3 +69,26 @@ def write_results(output_dir, name, result, markdown):
         os.replace(path + ".tmp", path)
         paths.append(path)
     return paths
+
+
+class RunCache:
+    """Finished runs of a long benchmark, one JSON file keyed by a run's
+    settings: a run stopped part way resumes where it stopped, and a table
+    can fill over several runs. Each run records the provenance that made it."""
+
+    def __init__(self, path):
+        self.path = path
+        self.runs = {}
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                self.runs = json.load(f)["runs"]
+
+    def get_or_run(self, key, run):
+        """The cached result of `key`, or `run()`'s, stored at once."""
+        if key not in self.runs:
+            self.runs[key] = {"result": run(), "provenance": provenance()}
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            with open(self.path + ".tmp", "w", encoding="utf-8") as f:
+                json.dump({"runs": self.runs}, f, indent=1)
+            os.replace(self.path + ".tmp", self.path)
+        return self.runs[key]["result"]
