@@ -27,6 +27,9 @@ if IS_KERAS_3:
     register_serializable = keras.saving.register_keras_serializable
     serialize = keras.saving.serialize_keras_object
     ONLY_FIRST_REPLICA = "only_first_replica"
+    # add_weight's argument that keeps a float variable in its own dtype
+    # under a mixed-precision policy.
+    NO_AUTOCAST = {"autocast": False}
     # Keras 3 records `x + 3.0` and `keras.ops.*` calls as operations that
     # are not layers.
     OPERATION_CLASSES = (keras.Operation,)
@@ -36,6 +39,7 @@ else:
     register_serializable = keras.utils.register_keras_serializable
     serialize = keras.utils.serialize_keras_object
     ONLY_FIRST_REPLICA = tf.VariableAggregation.ONLY_FIRST_REPLICA
+    NO_AUTOCAST = {"experimental_autocast": False}
     from tf_keras.src.layers.core import TFOpLambda
 
     # tf_keras records TensorFlow functions called on Keras tensors as

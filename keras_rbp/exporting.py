@@ -15,6 +15,7 @@ from keras_rbp import _keras
 from keras_rbp._keras import keras
 from keras_rbp.latency import benchmark_tflite
 from keras_rbp.metrics import report as metrics_report
+from keras_rbp.surgery import float32_copy
 
 from ai_edge_litert.interpreter import Interpreter
 
@@ -62,7 +63,10 @@ def export(
     is left behind.
 
     Args:
-        model: a plain Keras model, such as the one `keras_rbp.shrink` returns.
+        model: a plain Keras model, such as the one `keras_rbp.shrink`
+            returns. A model under a mixed-precision policy is written as its
+            float32 copy (`keras_rbp.surgery.float32_copy`), checked against
+            that copy's outputs.
         out_dir: the folder to create.
         representative_data: inputs of the model (an array, or a list of
             arrays for several inputs), used to calibrate the int8 file and,
@@ -92,6 +96,7 @@ def export(
         ExportCheckError: a file failed its check.
     """
     out_dir = os.path.abspath(os.fspath(out_dir))
+    model = float32_copy(model)
     quantize = _check_quantize(quantize, representative_data, check_data)
     if not 0.0 <= min_agreement <= 1.0:
         raise ValueError(f"export: min_agreement must be in [0, 1], received: {min_agreement!r}")
@@ -366,6 +371,7 @@ def _compare_with_original(original, model, files, benchmark):
     if benchmark:
         with tempfile.TemporaryDirectory() as folder:
             saved_model = os.path.join(folder, SAVED_MODEL)
+            original = float32_copy(original)
             save_model(original, saved_model)
             path = os.path.join(folder, FLOAT_TFLITE)
             with open(path, "wb") as file:

@@ -5,7 +5,7 @@ import random
 import tensorflow as tf
 
 from keras_rbp import noise as noise_lib
-from keras_rbp._keras import ONLY_FIRST_REPLICA, keras, register_serializable
+from keras_rbp._keras import NO_AUTOCAST, ONLY_FIRST_REPLICA, keras, register_serializable
 
 MODES = ("off", "active", "frozen")
 OFF, ACTIVE, FROZEN = range(3)
@@ -124,23 +124,31 @@ class RBPNoise(keras.layers.Layer):
             )
         initial_v = noise_lib.logit(self.initial_keep_prob) / self.logit_scale
         constant = keras.initializers.Constant
+        # Every variable stays float32 under a mixed-precision policy: the
+        # logits and the KL are computed in float32, and only the sample and
+        # the product run in the compute dtype.
         self.scaled_logits = self.add_weight(
             name="scaled_logits",
             shape=(channels,),
+            dtype="float32",
             initializer=constant(initial_v),
             trainable=True,
+            **NO_AUTOCAST,
         )
         self.mode_variable = self.add_weight(
             name="mode", shape=(), dtype="int32", initializer="zeros", trainable=False
         )
         self.mask = self.add_weight(
-            name="mask", shape=(channels,), initializer="ones", trainable=False
+            name="mask", shape=(channels,), dtype="float32", initializer="ones", trainable=False,
+            **NO_AUTOCAST,
         )
         self.frozen_value = self.add_weight(
-            name="frozen_value", shape=(channels,), initializer="ones", trainable=False
+            name="frozen_value", shape=(channels,), dtype="float32", initializer="ones", trainable=False,
+            **NO_AUTOCAST,
         )
         self.noise_scale = self.add_weight(
-            name="noise_scale", shape=(), initializer="ones", trainable=False
+            name="noise_scale", shape=(), dtype="float32", initializer="ones", trainable=False,
+            **NO_AUTOCAST,
         )
         self.mode_epochs = self.add_weight(
             name="mode_epochs", shape=(), dtype="int32", initializer="zeros", trainable=False
@@ -252,6 +260,7 @@ class RBPNoise(keras.layers.Layer):
         """inputs times theta drawn per example and per channel."""
         seed = tf.stack([tf.constant(self.seed, tf.int64), counter])
         eps = noise_lib.standard_normal([tf.shape(inputs)[0], self.channels], seed)
+        eps = tf.cast(eps, inputs.dtype)  # the sample runs in the compute dtype
         return self._scale(inputs, noise_lib.sample(logits, eps, self.noise_scale))
 
     def call(self, inputs, training=None):

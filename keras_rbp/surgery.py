@@ -287,3 +287,42 @@ def _find_layer(model, path, name):
     for nested in path:
         model = model.get_layer(nested)
     return model.get_layer(name)
+
+
+def float32_copy(model):
+    """`model` with every layer computing in float32: a copy when some layer
+    runs under a mixed-precision policy ("mixed_float16", "mixed_bfloat16"),
+    else `model` itself. Its variables are float32 already, so the copy's
+    outputs are `model`'s computed without the reduced precision."""
+    config = model.get_config()
+    if not _drop_mixed_precision(config):
+        return model
+    model_class = keras.Sequential if graph_lib.model_class(model) == graph_lib.SEQUENTIAL else keras.Model
+    copy_ = _keras.model_from_config(model_class, config, graph_lib.all_layers(model))
+    copy_.set_weights(model.get_weights())
+    return copy_
+
+
+def _drop_mixed_precision(config):
+    """Replaces every mixed dtype policy in `config`, a nested structure of
+    dicts and lists, by "float32"; returns whether it replaced any."""
+    replaced = False
+    if isinstance(config, list):
+        for item in config:
+            replaced = _drop_mixed_precision(item) or replaced
+    elif isinstance(config, dict):
+        for key, value in config.items():
+            if key == "dtype" and _policy_name(value).startswith("mixed_"):
+                config[key] = "float32"
+                replaced = True
+            else:
+                replaced = _drop_mixed_precision(value) or replaced
+    return replaced
+
+
+def _policy_name(dtype):
+    """The name of a layer config's dtype: a string, or a serialised policy
+    ({"class_name": "DTypePolicy" or "Policy", "config": {"name": ...}})."""
+    if isinstance(dtype, dict):
+        dtype = (dtype.get("config") or {}).get("name")
+    return dtype if isinstance(dtype, str) else ""
