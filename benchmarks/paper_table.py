@@ -26,8 +26,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Folder holding mnist.npz (else $KERAS_RBP_DATA).")
 results_io.define_output_dir("paper_table_runs.json and paper_table.json, .md and .png")
 flags.DEFINE_list("models", ["lenet_300_100", "lenet5_caffe"], "Models to run.")
-flags.DEFINE_list("lenet_300_100_kl_weights", ["10"], "kl_weight sweep of LeNet-300-100.")
-flags.DEFINE_list("lenet5_caffe_kl_weights", ["60"], "kl_weight sweep of LeNet-5-Caffe.")
+flags.DEFINE_list("lenet_300_100_kl_weights", ["10", "20"], "kl_weight sweep of LeNet-300-100.")
+flags.DEFINE_list("lenet5_caffe_kl_weights", ["60", "120"], "kl_weight sweep of LeNet-5-Caffe.")
 flags.DEFINE_list("schedules", ["recursive"], "recursive and/or all_at_once.")
 flags.DEFINE_integer("seeds", 3, "Seeds per setting (0, 1, ...).")
 flags.DEFINE_bool("table_only", False, "Rebuild the table and plot from paper_table_runs.json "
