@@ -5,6 +5,7 @@ pruned channels with `shrink`, and write mobile files with `export`.
 """
 
 from keras_rbp import datasets, models, rules
+from keras_rbp.distribute import check_strategy, is_chief
 from keras_rbp.exporting import ExportCheckError, export
 from keras_rbp.latency import benchmark_tflite
 from keras_rbp.layers import RBPNoise
@@ -28,8 +29,10 @@ __all__ = [
     "Report",
     "ShrinkError",
     "benchmark_tflite",
+    "check_strategy",
     "export",
     "freeze",
+    "is_chief",
     "kept_channels",
     "prune",
     "pruning_groups",

@@ -186,3 +186,18 @@ def model_from_config(model_class, config, layers):
         return model_class.from_config(config, custom_objects=custom_objects(layers))
     finally:
         sys.setrecursionlimit(limit)
+
+
+def check_strategy(strategy, caller="keras_rbp"):
+    """Raises before any training where Keras cannot train under `strategy`:
+    Keras 3's fit fails under MultiWorkerMirroredStrategy (keras-team/keras
+    issue 20585), while tf_keras trains there. `prune` and
+    `RecursivePruning` call it; call it first to fail before a baseline's
+    training."""
+    if IS_KERAS_3 and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        raise RuntimeError(
+            f"{caller}: Keras 3 cannot train under MultiWorkerMirroredStrategy (its fit fails "
+            "on the strategy's per-replica values, keras-team/keras issue 20585); run the "
+            "workers with tf_keras: install tf-keras and set TF_USE_LEGACY_KERAS=1 before "
+            "importing keras_rbp"
+        )

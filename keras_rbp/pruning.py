@@ -4,6 +4,8 @@ groups of a pruned model: `pruning_groups` and `freeze`."""
 import copy
 import warnings
 
+import tensorflow as tf
+
 from keras_rbp import _keras
 from keras_rbp import dependency
 from keras_rbp import graph as graph_lib
@@ -90,7 +92,11 @@ def prune(
     Args:
         model: a Sequential or Functional Keras model; nested models, several
             inputs and several outputs are supported.
-        dataset_size: the number of training examples; the KL is divided by it.
+        dataset_size: the number of training examples, by which the KL is
+            divided: an int, or the finite, batched `tf.data.Dataset` that
+            fit will read, whose examples are then counted in one pass. A
+            repeated dataset or one of unknown length cannot be counted:
+            give its size as an int (steps_per_epoch * batch size).
         layers: which layers to wrap: a list of layer names (then exactly
             those, output layers included), or a predicate called with each
             prunable layer. None wraps every prunable layer but the outputs.
@@ -127,10 +133,8 @@ def prune(
         A new, uncompiled Keras model with `RBPWrapper` and `RBPNoise` layers.
     """
     _check_model(model)
-    if isinstance(dataset_size, bool) or not isinstance(dataset_size, int) or dataset_size <= 0:
-        raise ValueError(
-            f"prune: dataset_size must be a positive integer, received: {dataset_size!r}"
-        )
+    _keras.check_strategy(tf.distribute.get_strategy(), "prune")
+    dataset_size = _count_examples(dataset_size)
     noise_config = dict(
         dataset_size=dataset_size,
         kl_weight=kl_weight,
@@ -153,6 +157,34 @@ def prune(
     if cost_aware:
         _set_costs(pruned)
     return pruned
+
+
+def _count_examples(dataset_size):
+    """`prune`'s dataset_size as a positive int: the int given, or the
+    examples of a finite batched tf.data.Dataset, counted by one pass."""
+    if isinstance(dataset_size, tf.data.Dataset):
+        cardinality = int(dataset_size.cardinality())
+        if cardinality in (tf.data.INFINITE_CARDINALITY, tf.data.UNKNOWN_CARDINALITY):
+            length = "infinite (repeated)" if cardinality == tf.data.INFINITE_CARDINALITY else "of unknown length"
+            raise ValueError(
+                f"prune: dataset_size is a tf.data.Dataset {length}, whose examples cannot be "
+                "counted; pass the number of training examples as an int, for example "
+                "steps_per_epoch * batch_size"
+            )
+        if any(spec.shape.rank == 0 for spec in tf.nest.flatten(dataset_size.element_spec)):
+            raise ValueError(
+                "prune: dataset_size is a tf.data.Dataset of single examples; pass the batched "
+                "dataset that fit reads, or the number of examples as an int"
+            )
+        dataset_size = int(dataset_size.reduce(
+            tf.constant(0, tf.int64),
+            lambda count, batch: count + tf.shape(tf.nest.flatten(batch)[0], out_type=tf.int64)[0],
+        ))
+    if isinstance(dataset_size, bool) or not isinstance(dataset_size, int) or dataset_size <= 0:
+        raise ValueError(
+            f"prune: dataset_size must be a positive integer, received: {dataset_size!r}"
+        )
+    return dataset_size
 
 
 def _set_costs(pruned):

@@ -7,8 +7,10 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from keras_rbp import _keras
 from keras_rbp._keras import keras
 from keras_rbp.budget import Budget
+from keras_rbp.distribute import is_chief
 from keras_rbp.pruning import pruning_groups
 
 
@@ -202,9 +204,7 @@ class RecursivePruning(keras.callbacks.Callback):
             return len(self.stages(model)) * self.epochs_per_stage + self.finetune_epochs
         if self.plan_epochs is not None:
             return math.ceil(self.plan_epochs)
-        if not steps_per_epoch:
-            raise ValueError("RecursivePruning.total_epochs: a plan of plan_steps needs steps_per_epoch")
-        return math.ceil(self.plan_steps / steps_per_epoch)
+        return math.ceil(self.plan_steps / self._steps_per_epoch_given(steps_per_epoch, "total_epochs"))
 
     def remaining_epochs(self, model, steps_per_epoch=None):
         """The most epochs the plan still needs from its current state."""
@@ -217,7 +217,17 @@ class RecursivePruning(keras.callbacks.Callback):
         else:
             done = self._done(groups, stages[stage]) if self._is_started(stages[stage], groups) else 0
             remaining = (len(stages) - stage) * stage_length - done + finetune_length
-        return math.ceil(remaining / steps_per_epoch) if self.in_steps else remaining
+        if not self.in_steps:
+            return remaining
+        return math.ceil(remaining / self._steps_per_epoch_given(steps_per_epoch, "remaining_epochs"))
+
+    def _steps_per_epoch_given(self, steps_per_epoch, caller):
+        if not steps_per_epoch:
+            raise ValueError(
+                f"RecursivePruning.{caller}: a plan counted in steps needs steps_per_epoch, "
+                f"received: {steps_per_epoch!r}"
+            )
+        return steps_per_epoch
 
     @staticmethod
     def _current_stage(stages, groups):
@@ -241,6 +251,7 @@ class RecursivePruning(keras.callbacks.Callback):
     # Callback hooks.
 
     def on_train_begin(self, logs=None):
+        _keras.check_strategy(self.model.distribute_strategy, "RecursivePruning")
         groups = _groups(self.model)
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is None:
@@ -522,7 +533,8 @@ class PruningSummaries(keras.callbacks.Callback):
     """Writes TensorBoard summaries of the pruning at the end of each epoch:
     kept channels, mean pi and KL per group as scalars, pi as histograms,
     and the target and expected cost of a budgeted `RecursivePruning`
-    (listed before this callback).
+    (listed before this callback). In a multi-worker cluster only the chief
+    writes (`keras_rbp.is_chief`); the other workers write nothing.
 
     Args:
         log_dir: the folder of the TensorBoard event files.
@@ -536,10 +548,12 @@ class PruningSummaries(keras.callbacks.Callback):
         self._writer = None
 
     def on_train_begin(self, logs=None):
-        if self._writer is None:
+        if self._writer is None and is_chief(self.model.distribute_strategy):
             self._writer = tf.summary.create_file_writer(self.log_dir)
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._writer is None:
+            return
         with self._writer.as_default(step=epoch):
             for name, noise in _groups(self.model).items():
                 pi = noise.keep_probability()

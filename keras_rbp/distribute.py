@@ -1,0 +1,23 @@
+"""Training on a tf.distribute cluster: which strategies the Keras in use
+can train under (`check_strategy`), and which worker writes files."""
+
+import tensorflow as tf
+
+from keras_rbp._keras import check_strategy  # noqa: F401 (public here)
+
+
+def is_chief(strategy=None):
+    """Whether this process writes summaries, checkpoints and exports: the
+    chief of a multi-worker cluster (task "chief", else worker 0), and any
+    process that trains on one machine.
+
+    Args:
+        strategy: the tf.distribute strategy; by default the current one.
+    """
+    resolver = getattr(strategy or tf.distribute.get_strategy(), "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
