@@ -4,7 +4,7 @@ import random
 
 import tensorflow as tf
 
-from keras_rbp import noise as noise_lib
+from keras_rbp import methods as methods_lib
 from keras_rbp._keras import NO_AUTOCAST, ONLY_FIRST_REPLICA, keras, register_serializable
 
 MODES = ("off", "active", "frozen")
@@ -17,7 +17,9 @@ class RBPNoise(keras.layers.Layer):
 
     The noise theta_c has mean pi_c = sigmoid(phi_c) and standard deviation
     s * sqrt(pi_c (1 - pi_c)); it is drawn per example and per channel and
-    shared over spatial positions. The layer has three modes, held in a
+    shared over spatial positions. `method` chooses another method's noise
+    instead (SBP, VIBNet, L0: see `keras_rbp.methods`); pi is then the
+    method's keep score. The layer has three modes, held in a
     variable so that they switch without recompiling the model:
 
     - ``"off"``: theta = 1 and no KL; the layer is the identity.
@@ -56,6 +58,10 @@ class RBPNoise(keras.layers.Layer):
         cost: extra weight of this layer's KL (the cost-aware prior).
         calls: the number of places the model calls this layer; each call
             adds 1/calls of the KL and they share one draw a step.
+        method: the noise, one of `keras_rbp.methods.METHODS`: "rbp",
+            "sbp", "vib" or "l0". Its parameters are the variables
+            ``scaled_<parameter>``, each logit_scale times smaller than the
+            parameter (RBP: ``scaled_logits``).
         seed: integer seed of the noise; drawn at random when None and then
             kept in the config.
 
@@ -75,10 +81,16 @@ class RBPNoise(keras.layers.Layer):
         cost=1.0,
         calls=1,
         seed=None,
+        method="rbp",
         **kwargs,
     ):
         super().__init__(**kwargs)
         name = self.name
+        try:
+            self._method = methods_lib.get(method)
+        except ValueError as error:
+            raise ValueError(f"RBPNoise {name!r}: {error}") from None
+        self.method = method
         if not isinstance(dataset_size, int) or dataset_size <= 0:
             raise ValueError(
                 f"RBPNoise {name!r}: dataset_size must be a positive integer, "
@@ -122,19 +134,22 @@ class RBPNoise(keras.layers.Layer):
                 f"RBPNoise {self.name!r}: the channel axis {self.axis} of input "
                 f"shape {tuple(input_shape)} must be known"
             )
-        initial_v = noise_lib.logit(self.initial_keep_prob) / self.logit_scale
         constant = keras.initializers.Constant
         # Every variable stays float32 under a mixed-precision policy: the
-        # logits and the KL are computed in float32, and only the sample and
-        # the product run in the compute dtype.
-        self.scaled_logits = self.add_weight(
-            name="scaled_logits",
-            shape=(channels,),
-            dtype="float32",
-            initializer=constant(initial_v),
-            trainable=True,
-            **NO_AUTOCAST,
-        )
+        # noise and its KL are computed in float32, and only its product with
+        # the input runs in the compute dtype.
+        self._parameter_variables = {}
+        for parameter, value in self._method.initial_values(self.initial_keep_prob).items():
+            variable = self.add_weight(
+                name=f"scaled_{parameter}",
+                shape=(channels,),
+                dtype="float32",
+                initializer=constant(value / self.logit_scale),
+                trainable=True,
+                **NO_AUTOCAST,
+            )
+            setattr(self, f"scaled_{parameter}", variable)
+            self._parameter_variables[parameter] = variable
         self.mode_variable = self.add_weight(
             name="mode", shape=(), dtype="int32", initializer="zeros", trainable=False
         )
@@ -168,16 +183,28 @@ class RBPNoise(keras.layers.Layer):
 
     @property
     def channels(self):
-        return int(self.scaled_logits.shape[0])
+        return int(self.mask.shape[0])
+
+    @property
+    def collapses(self):
+        """Whether the noise is Dirac-like: its keep score goes to 0 or 1 as
+        it decides (RBP), so a stage may end once every channel has."""
+        return self._method.collapses
+
+    def parameters(self):
+        """The method's parameters, a dict of float32 tensors (channels,)."""
+        return {name: self.logit_scale * tf.convert_to_tensor(variable)
+                for name, variable in self._parameter_variables.items()}
 
     @property
     def logits(self):
-        """phi, the logits of the keep probabilities."""
-        return self.logit_scale * tf.convert_to_tensor(self.scaled_logits)
+        """phi, the logits of RBP's keep probabilities."""
+        return self.parameters()["logits"]
 
     def keep_probability(self):
-        """pi per channel, as a numpy array."""
-        return noise_lib.keep_probability(self.logits).numpy()
+        """pi per channel, as a numpy array: the keep probability of RBP, the
+        keep score of another method (above 0.5 where it keeps a channel)."""
+        return self._method.keep_score(self.parameters()).numpy()
 
     @property
     def mode(self):
@@ -206,28 +233,28 @@ class RBPNoise(keras.layers.Layer):
                 f"received shape {tuple(mask.shape)}"
             )
         if value is None:
-            value = noise_lib.keep_probability(self.logits)
+            value = self._method.mean(self.parameters())
         self.mask.assign(mask)
         self.frozen_value.assign(tf.cast(value, tf.float32))
         self.mode = "frozen"
 
     def kl_loss(self):
         """The loss its calls add now together, as a float (0 unless active)."""
-        return self.calls * float(self._kl_term(self.logits, tf.equal(self.mode_variable, ACTIVE)))
+        return self.calls * float(self._kl_term(self.parameters(), tf.equal(self.mode_variable, ACTIVE)))
 
     def theta(self):
         """The deterministic theta of the current mode, shape (channels,)."""
         return self._deterministic_theta(
-            tf.convert_to_tensor(self.mode_variable), self.logits
+            tf.convert_to_tensor(self.mode_variable), self.parameters()
         )
 
-    def _deterministic_theta(self, mode, logits):
-        """theta of `mode`: 1 when off, pi when active, mask * frozen value
-        when frozen. Selected with tf.where, not control flow, which would
-        cost more than the noise itself."""
-        pi = noise_lib.keep_probability(logits)
+    def _deterministic_theta(self, mode, params):
+        """theta of `mode`: 1 when off, the method's mean (RBP: pi) when
+        active, mask * frozen value when frozen. Selected with tf.where, not
+        control flow, which would cost more than the noise itself."""
+        mean = self._method.mean(params)
         frozen = tf.where(tf.equal(mode, FROZEN), self.mask * self.frozen_value, 1.0)
-        return tf.where(tf.equal(mode, ACTIVE), pi, frozen)
+        return tf.where(tf.equal(mode, ACTIVE), mean, frozen)
 
     def _next_counter(self):
         """A number unique to this training step and replica, for the seed;
@@ -256,12 +283,11 @@ class RBPNoise(keras.layers.Layer):
     def _scale(self, inputs, theta):
         return inputs * tf.cast(self._broadcast(theta, inputs.shape.rank), inputs.dtype)
 
-    def _sampled_outputs(self, inputs, logits, counter):
+    def _sampled_outputs(self, inputs, params, counter):
         """inputs times theta drawn per example and per channel."""
         seed = tf.stack([tf.constant(self.seed, tf.int64), counter])
-        eps = noise_lib.standard_normal([tf.shape(inputs)[0], self.channels], seed)
-        eps = tf.cast(eps, inputs.dtype)  # the sample runs in the compute dtype
-        return self._scale(inputs, noise_lib.sample(logits, eps, self.noise_scale))
+        draws = self._method.draw([tf.shape(inputs)[0], self.channels], seed)
+        return self._scale(inputs, self._method.sample(params, draws, self.noise_scale))
 
     def call(self, inputs, training=None):
         if not self.trainable:
@@ -273,16 +299,16 @@ class RBPNoise(keras.layers.Layer):
         counter = self._next_counter() if training else None
         mode = tf.convert_to_tensor(self.mode_variable)
         active = tf.equal(mode, ACTIVE)
-        logits = self.logits
-        self.add_loss(self._kl_term(logits, active))
+        params = self.parameters()
+        self.add_loss(self._kl_term(params, active))
         if not training:
-            return self._scale(inputs, self._deterministic_theta(mode, logits))
+            return self._scale(inputs, self._deterministic_theta(mode, params))
         # A group that is not active draws no random numbers and sends no
-        # gradient to its logits, which it does not use.
+        # gradient to its parameters, which it does not use.
         return tf.cond(
             active,
-            lambda: self._sampled_outputs(inputs, logits, counter),
-            self._deterministic_branch(inputs, mode, logits),
+            lambda: self._sampled_outputs(inputs, params, counter),
+            self._deterministic_branch(inputs, mode, params),
         )
 
     def _deterministic_outputs(self, inputs, training, mode):
@@ -291,20 +317,20 @@ class RBPNoise(keras.layers.Layer):
         less); at inference the graph has no control flow, which export
         prefers."""
         if not training:
-            return self._scale(inputs, self._deterministic_theta(mode, self.logits))
-        return self._deterministic_branch(inputs, mode, self.logits)()
+            return self._scale(inputs, self._deterministic_theta(mode, self.parameters()))
+        return self._deterministic_branch(inputs, mode, self.parameters())()
 
-    def _deterministic_branch(self, inputs, mode, logits):
+    def _deterministic_branch(self, inputs, mode, params):
         """A function for tf.cond: inputs times the deterministic theta. The
         theta and the test for "off" are computed before the cond, so that
         no boolean is made inside a branch (TensorFlow's type inference
         rejects a cond whose branches keep intermediates of other types)."""
-        theta = tf.stop_gradient(self._deterministic_theta(mode, logits))
+        theta = tf.stop_gradient(self._deterministic_theta(mode, params))
         off = tf.equal(mode, OFF)
         return lambda: tf.cond(off, lambda: tf.identity(inputs), lambda: self._scale(inputs, theta))
 
-    def _kl_term(self, logits, active):
-        kl_per_channel = noise_lib.kl_divergence(logits, self.prior_keep_prob)
+    def _kl_term(self, params, active):
+        kl_per_channel = self._method.penalty(params, self.prior_keep_prob)
         scale = self.kl_weight * self.cost / (self.dataset_size * self.calls)
         return tf.where(active, scale * tf.reduce_sum(kl_per_channel), 0.0)
 
@@ -326,5 +352,6 @@ class RBPNoise(keras.layers.Layer):
             cost=self.cost,
             calls=self.calls,
             seed=self.seed,
+            method=self.method,
         )
         return config

@@ -39,16 +39,11 @@ def sample(logits, eps, scale=1.0):
     """theta = pi + scale * std * eps, the reparametrised sample.
 
     Args:
-        logits: phi, shape (channels,), float32.
-        eps: standard normal draws, shape (..., channels); the sample has
-            their dtype (float16 or bfloat16 under mixed precision), while pi
-            and its standard deviation are computed in float32.
+        logits: phi, shape (channels,).
+        eps: standard normal draws, shape (..., channels).
         scale: the noise scale s that multiplies the standard deviation.
     """
-    dtype = eps.dtype
-    mean = tf.cast(keep_probability(logits), dtype)
-    spread = tf.cast(scale * standard_deviation(logits), dtype)
-    return mean + spread * eps
+    return keep_probability(logits) + scale * standard_deviation(logits) * eps
 
 
 def kl_divergence(logits, prior_keep_prob):

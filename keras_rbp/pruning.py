@@ -82,6 +82,7 @@ def prune(
     cost_aware=False,
     coupled_groups=True,
     seed=0,
+    method="rbp",
 ):
     """Returns a copy of `model` with an RBP noise on every prunable layer.
 
@@ -128,6 +129,11 @@ def prune(
             ``<layer>_rbp_noise``. False gives each layer its own noise;
             `shrink` then keeps a channel that any of them keeps.
         seed: seeds every noise of the copy.
+        method: the noise of every group: "rbp" (Recursive Bayesian
+            Pruning), or a peer method for comparison, "sbp" (Structured
+            Bayesian Pruning), "vib" (VIBNet) or "l0" (L0 hard-concrete
+            gates); see `keras_rbp.methods`. Every method uses the same
+            schedules, budgets, `shrink` and `export`.
 
     Returns:
         A new, uncompiled Keras model with `RBPWrapper` and `RBPNoise` layers.
@@ -141,6 +147,7 @@ def prune(
         prior_keep_prob=prior_keep_prob,
         initial_keep_prob=initial_keep_prob,
         logit_scale=logit_scale,
+        method=method,
     )
     RBPNoise(**noise_config)  # checks the arguments before any work
     by_name = {layer.name: layer for layer in graph_lib.all_layers(model)}

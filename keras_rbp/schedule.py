@@ -394,13 +394,17 @@ class RecursivePruning(keras.callbacks.Callback):
             self._ramp_noise(clock)
 
     def _collapsed(self, noise):
+        """Whether a Dirac-like noise has decided every channel; the peer
+        methods' noises do not collapse, and their stages run their length."""
+        if not noise.collapses:
+            return False
         pi = noise.keep_probability()
         return bool(np.all(np.minimum(pi, 1.0 - pi) <= self.collapse_tolerance))
 
     def _end_stage(self, index, logs):
         groups, stages = self._noises, self._stages
         names, count = stages[index], len(stages)
-        pis = [groups[name].keep_probability() for name in names]
+        pis = [groups[name].keep_probability() for name in names if groups[name].collapses]
         undecided = sum(int(np.sum(np.minimum(pi, 1.0 - pi) > self.collapse_tolerance)) for pi in pis)
         if undecided:
             unit = "steps" if self.in_steps else "epochs"

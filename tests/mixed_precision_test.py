@@ -20,7 +20,7 @@ def policy(request):
     keras.mixed_precision.set_global_policy("float32")
 
 
-def test_noise_samples_in_the_compute_dtype_and_keeps_float32_logits_and_kl(policy):
+def test_noise_multiplies_in_the_compute_dtype_and_keeps_float32_parameters_and_kl(policy):
     noise = rbp.RBPNoise(dataset_size=100, kl_weight=3.0, seed=1)
     x = tf.ones((4, 6), POLICIES[policy])
     noise(x)

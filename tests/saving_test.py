@@ -7,6 +7,7 @@ import pytest
 
 import keras_rbp as rbp
 from keras_rbp._keras import IS_KERAS_3, keras
+from keras_rbp.methods import METHODS
 from keras_rbp.models import lenet5_caffe
 
 FORMATS = ["keras"] if IS_KERAS_3 else ["savedmodel", "h5"]
@@ -14,7 +15,7 @@ FORMATS = ["keras"] if IS_KERAS_3 else ["savedmodel", "h5"]
 
 def _state(model):
     return [
-        (n.name, n.mode, n.mask.numpy(), n.frozen_value.numpy(), n.scaled_logits.numpy(),
+        (n.name, n.mode, n.mask.numpy(), n.frozen_value.numpy(), *n.parameters().values(),
          float(n.noise_scale.numpy()), int(n.noise_step.numpy()))
         for n in rbp.pruning_groups(model).values()
     ]
@@ -29,9 +30,10 @@ def _save_and_load(model, folder, fmt):
     return keras.models.load_model(path)
 
 
+@pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_round_trip_keeps_modes_masks_and_logits(tmp_path, fmt):
-    pruned = rbp.prune(lenet5_caffe(), dataset_size=1000, flatten_features=True, seed=4)
+def test_round_trip_keeps_modes_masks_and_logits(tmp_path, fmt, method):
+    pruned = rbp.prune(lenet5_caffe(), dataset_size=1000, flatten_features=True, seed=4, method=method)
     pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x = np.random.rand(16, 28, 28, 1).astype("float32")
     y = np.arange(16) % 10

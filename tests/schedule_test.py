@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import keras_rbp as rbp
 from keras_rbp._keras import keras
+from keras_rbp.methods import METHODS
 
 from conftest import mnist_dir
 
@@ -196,8 +197,9 @@ def test_several_fit_calls_equal_one():
     assert any(mask.sum() < mask.size for _, mask, _ in one.values())
 
 
-def test_checkpoint_mid_stage_resumes_in_a_new_model(tmp_path):
-    kwargs = dict(kl_weight=0.1, initial_keep_prob=0.7)
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_checkpoint_mid_stage_resumes_in_a_new_model(tmp_path, method):
+    kwargs = dict(kl_weight=0.1, initial_keep_prob=0.7, method=method)
     uninterrupted = _train_plan(_small_pruned(4, **kwargs), _plan(), [(0, 10)])
 
     first = _small_pruned(4, **kwargs)
@@ -213,8 +215,9 @@ def test_checkpoint_mid_stage_resumes_in_a_new_model(tmp_path):
     _assert_same_state(uninterrupted, _state(restored))
 
 
-def test_backup_and_restore_resumes_the_plan(tmp_path):
-    kwargs = dict(kl_weight=0.1, initial_keep_prob=0.7)
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_backup_and_restore_resumes_the_plan(tmp_path, method):
+    kwargs = dict(kl_weight=0.1, initial_keep_prob=0.7, method=method)
     uninterrupted = _train_plan(_small_pruned(5, **kwargs), _plan(), [(0, 10)], optimizer=keras.optimizers.SGD(0.1))
 
     class Interrupt(keras.callbacks.Callback):

@@ -1,0 +1,232 @@
+"""The channel noises of the Bayesian pruning methods keras_rbp offers.
+
+Each method multiplies channel c by a random theta_c and adds a penalty per
+channel; `RBPNoise(method=...)` holds its parameters and `prune(method=...)`
+places it. A method gives, as pure TensorFlow functions of its parameters
+(float32 tensors of shape (channels,)):
+
+- `draw(shape, seed)`: the standard random numbers of one training step;
+- `sample(params, draws, scale)`: theta per example and channel, with the
+  spread of the noise multiplied by `scale` (the noise-scale ramp of
+  `RecursivePruning`; 1 is the method as published);
+- `mean(params)`: the deterministic theta used at inference;
+- `penalty(params, prior_keep_prob)`: the KL (or expected L0) per channel,
+  which the layer multiplies by kl_weight * cost / dataset_size;
+- `keep_score(params)`: a score in [0, 1] that is above 0.5 exactly where
+  the method's own rule keeps the channel; thresholds and budgets read it;
+- `collapses`: whether the score goes to 0 or 1 as the noise decides (RBP's
+  Dirac-like noise), so that a stage can end early once every channel has.
+
+Every method draws its noise per example and channel (SBP's and L0's
+published code draw one vector per minibatch), and its penalty is per
+channel, weighted by `cost` (L0 weighs each gate by its group's parameter
+count, VIBNet by the feature map's area; `cost_aware` plays that part here).
+
+- "rbp": Recursive Bayesian Pruning (Zhou et al. 2019) as reconstructed in
+  `keras_rbp.noise`: Gaussian theta with Bernoulli(pi) moments, Bernoulli KL.
+- "sbp": Structured Bayesian Pruning (Neklyudov et al. 2017; code
+  necludov/group-sparsity-sbp, nets/layers.py): log theta ~ N(mu, sigma^2)
+  truncated to [-20, 0], a log-uniform prior on the same interval, kept
+  where the signal-to-noise ratio E theta / std theta exceeds 1.
+- "vib": VIBNet (Dai et al. 2018; code zhuchen03/VIBNet, ib_layers.py):
+  theta ~ N(mu, sigma^2), penalty 0.5 log(1 + mu^2 / sigma^2), kept where
+  log alpha = log(sigma^2 / mu^2) < 0.
+- "l0": L0 regularisation (Louizos et al. 2018; code
+  AMLab-Amsterdam/L0_regularization, l0_layers.py): hard-concrete gates
+  with beta = 2/3, gamma = -0.1, zeta = 1.1, penalty P(gate != 0), kept
+  where the test-time gate is above 0.
+"""
+
+import math
+
+import tensorflow as tf
+
+from keras_rbp import noise as rbp_noise
+
+# SBP's truncation of log theta, and its clip of mu and log sigma.
+SBP_LOG_RANGE = (-20.0, 0.0)
+SBP_PARAMETER_RANGE = (-20.0, 5.0)
+# L0's hard-concrete stretch (gamma, zeta) and temperature beta.
+L0_GAMMA, L0_ZETA, L0_BETA = -0.1, 1.1, 2.0 / 3.0
+_UNIFORM_EPSILON = 1e-6
+
+
+def _normal_cdf(x):
+    return 0.5 * tf.math.erfc(-x / math.sqrt(2.0))
+
+
+def _normal_pdf(x):
+    return tf.exp(-0.5 * tf.square(x)) / math.sqrt(2.0 * math.pi)
+
+
+def _uniform(shape, seed):
+    """Uniform draws in (eps, 1 - eps), stateless."""
+    return tf.random.stateless_uniform(shape, seed, minval=_UNIFORM_EPSILON, maxval=1.0 - _UNIFORM_EPSILON)
+
+
+class RBP:
+    """Recursive Bayesian Pruning's Dirac-like noise (`keras_rbp.noise`)."""
+
+    name = "rbp"
+    collapses = True
+    parameters = ("logits",)
+
+    def initial_values(self, initial_keep_prob):
+        return {"logits": rbp_noise.logit(initial_keep_prob)}
+
+    def draw(self, shape, seed):
+        return rbp_noise.standard_normal(shape, seed)
+
+    def sample(self, params, draws, scale):
+        return rbp_noise.sample(params["logits"], draws, scale)
+
+    def mean(self, params):
+        return rbp_noise.keep_probability(params["logits"])
+
+    def penalty(self, params, prior_keep_prob):
+        return rbp_noise.kl_divergence(params["logits"], prior_keep_prob)
+
+    def keep_score(self, params):
+        return rbp_noise.keep_probability(params["logits"])
+
+
+class SBP:
+    """Structured Bayesian Pruning: truncated log-normal noise."""
+
+    name = "sbp"
+    collapses = False
+    parameters = ("mu", "log_sigma")
+
+    def initial_values(self, initial_keep_prob):
+        del initial_keep_prob  # SBP starts every channel at mu = 0, log sigma = -5
+        return {"mu": 0.0, "log_sigma": -5.0}
+
+    @staticmethod
+    def _standardised(params):
+        """(mu, sigma, alpha, beta, Z) of the truncated normal of log theta."""
+        low, high = SBP_PARAMETER_RANGE
+        mu = tf.clip_by_value(params["mu"], low, high)
+        sigma = tf.exp(tf.clip_by_value(params["log_sigma"], low, high))
+        a, b = SBP_LOG_RANGE
+        alpha, beta = (a - mu) / sigma, (b - mu) / sigma
+        z = tf.maximum(_normal_cdf(beta) - _normal_cdf(alpha), 1e-30)
+        return mu, sigma, alpha, beta, z
+
+    def draw(self, shape, seed):
+        return _uniform(shape, seed)
+
+    def sample(self, params, draws, scale):
+        """exp of the truncated normal's inverse CDF at a uniform draw, with
+        sigma times `scale` (SBP's sample_truncated_normal)."""
+        mu, sigma, _, _, _ = self._standardised(params)
+        sigma = sigma * scale
+        a, b = SBP_LOG_RANGE
+        alpha, beta = (a - mu) / sigma, (b - mu) / sigma
+        low, high = _normal_cdf(alpha), _normal_cdf(beta)
+        gamma = tf.clip_by_value(low + draws * (high - low), 1e-5, 1.0 - 1e-5)
+        log_theta = tf.math.ndtri(gamma) * sigma + mu
+        return tf.exp(tf.clip_by_value(log_theta, a, b))
+
+    def mean(self, params):
+        """E theta = exp(mu + sigma^2 / 2) (Phi(sigma - alpha) - Phi(sigma - beta)) / Z."""
+        mu, sigma, alpha, beta, z = self._standardised(params)
+        return tf.exp(mu + 0.5 * tf.square(sigma)) * (_normal_cdf(sigma - alpha) - _normal_cdf(sigma - beta)) / z
+
+    def penalty(self, params, prior_keep_prob):
+        """KL against the log-uniform prior on [a, b]: log(b - a) - log(2 pi e) / 2
+        - log sigma - log Z - (alpha phi(alpha) - beta phi(beta)) / (2 Z)."""
+        del prior_keep_prob  # the log-uniform prior has no parameter
+        _, sigma, alpha, beta, z = self._standardised(params)
+        a, b = SBP_LOG_RANGE
+        return (
+            math.log(b - a) - 0.5 * math.log(2.0 * math.pi * math.e) - tf.math.log(sigma) - tf.math.log(z)
+            - (alpha * _normal_pdf(alpha) - beta * _normal_pdf(beta)) / (2.0 * z)
+        )
+
+    def keep_score(self, params):
+        """SNR / (1 + SNR), SNR = E theta / std theta, computed in float64."""
+        params = {name: tf.cast(value, tf.float64) for name, value in params.items()}
+        _, sigma, alpha, beta, z = self._standardised(params)
+        first = _normal_cdf(sigma - alpha) - _normal_cdf(sigma - beta)
+        second = z * tf.exp(tf.square(sigma)) * (_normal_cdf(2.0 * sigma - alpha) - _normal_cdf(2.0 * sigma - beta))
+        variance = tf.maximum(second - tf.square(first), 0.0)
+        snr = first / tf.sqrt(variance)  # inf where the noise vanishes
+        return tf.cast(tf.where(tf.math.is_finite(snr), snr / (1.0 + snr), 1.0), tf.float32)
+
+
+class VIB:
+    """VIBNet's Gaussian noise with the information-bottleneck penalty."""
+
+    name = "vib"
+    collapses = False
+    parameters = ("mu", "log_variance")
+
+    def initial_values(self, initial_keep_prob):
+        del initial_keep_prob  # VIBNet starts at mu = 1, log sigma^2 = -9
+        return {"mu": 1.0, "log_variance": -9.0}
+
+    def draw(self, shape, seed):
+        return rbp_noise.standard_normal(shape, seed)
+
+    def sample(self, params, draws, scale):
+        return params["mu"] + scale * tf.exp(0.5 * params["log_variance"]) * draws
+
+    def mean(self, params):
+        return params["mu"]
+
+    def penalty(self, params, prior_keep_prob):
+        """0.5 log(1 + mu^2 / sigma^2) (VIBNet's kl_closed_form)."""
+        del prior_keep_prob
+        return 0.5 * tf.math.log1p(tf.square(params["mu"]) / (tf.exp(params["log_variance"]) + 1e-8))
+
+    def keep_score(self, params):
+        """sigmoid(-log alpha), log alpha = log sigma^2 - log mu^2."""
+        log_alpha = params["log_variance"] - tf.math.log(tf.square(params["mu"]) + 1e-8)
+        return tf.sigmoid(-log_alpha)
+
+
+class L0:
+    """L0 regularisation with hard-concrete gates."""
+
+    name = "l0"
+    collapses = False
+    parameters = ("log_alpha",)
+
+    def initial_values(self, initial_keep_prob):
+        """log alpha = log(1 - d) - log d for the initial drop rate d."""
+        return {"log_alpha": rbp_noise.logit(initial_keep_prob)}
+
+    def draw(self, shape, seed):
+        return _uniform(shape, seed)
+
+    def sample(self, params, draws, scale):
+        """min(1, max(0, s (zeta - gamma) + gamma)), s = sigmoid((log u -
+        log(1 - u) + log alpha) / beta). The gate has no spread parameter:
+        `scale` does not apply."""
+        del scale
+        s = tf.sigmoid((tf.math.log(draws) - tf.math.log1p(-draws) + params["log_alpha"]) / L0_BETA)
+        return tf.clip_by_value(s * (L0_ZETA - L0_GAMMA) + L0_GAMMA, 0.0, 1.0)
+
+    def mean(self, params):
+        """The test-time gate min(1, max(0, sigmoid(log alpha) (zeta - gamma) + gamma))."""
+        return tf.clip_by_value(tf.sigmoid(params["log_alpha"]) * (L0_ZETA - L0_GAMMA) + L0_GAMMA, 0.0, 1.0)
+
+    def penalty(self, params, prior_keep_prob):
+        """P(gate != 0) = sigmoid(log alpha - beta log(-gamma / zeta))."""
+        del prior_keep_prob
+        return tf.sigmoid(params["log_alpha"] - L0_BETA * math.log(-L0_GAMMA / L0_ZETA))
+
+    def keep_score(self, params):
+        """sigmoid(log alpha - logit(-gamma / (zeta - gamma))): 0.5 where the
+        test-time gate leaves 0, at log alpha = -log 11."""
+        return tf.sigmoid(params["log_alpha"] - rbp_noise.logit(-L0_GAMMA / (L0_ZETA - L0_GAMMA)))
+
+
+METHODS = {method.name: method for method in (RBP(), SBP(), VIB(), L0())}
+
+
+def get(name):
+    """The method called `name`; a clear error for any other value."""
+    if name not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, received: {name!r}")
+    return METHODS[name]

@@ -1,0 +1,167 @@
+"""The peer methods' noises (SBP, VIBNet, L0) against independent numpy
+computations, and each method end to end on MNIST."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_rbp as rbp
+from conftest import mnist_dir
+from keras_rbp import methods
+from keras_rbp._keras import IS_KERAS_3, keras
+
+# Far enough in the tails that a correct sampler fails once in 10^5 runs.
+Z_SCORE = 4.5
+DRAWS = 200_000
+
+
+def _tensors(**params):
+    return {name: tf.constant(value, tf.float32) for name, value in params.items()}
+
+
+def _truncated_log_normal_grid(mu, sigma, points=400_001):
+    """The density of log theta, N(mu, sigma^2) truncated to SBP's interval,
+    on a fine grid: (x, density, dx)."""
+    a, b = methods.SBP_LOG_RANGE
+    x = np.linspace(max(a, mu - 12 * sigma), min(b, mu + 12 * sigma), points)
+    density = np.exp(-0.5 * ((x - mu) / sigma) ** 2)
+    dx = x[1] - x[0]
+    return x, density / (density.sum() * dx), dx
+
+
+SBP_CASES = [(-1.0, 0.5), (-0.3, 1.2), (-3.0, 2.0), (-0.05, 0.05)]
+
+
+@pytest.mark.parametrize("mu, sigma", SBP_CASES)
+def test_sbp_kl_mean_and_snr_match_numerical_integrals(mu, sigma):
+    params = _tensors(mu=[mu], log_sigma=[math.log(sigma)])
+    x, q, dx = _truncated_log_normal_grid(mu, sigma)
+    a, b = methods.SBP_LOG_RANGE
+    # KL(q || uniform on [a, b]) in log space: the log-uniform prior on theta.
+    kl = np.sum(q * np.log(np.maximum(q, 1e-300) * (b - a))) * dx
+    mean = np.sum(q * np.exp(x)) * dx
+    second = np.sum(q * np.exp(2 * x)) * dx
+    snr = mean / math.sqrt(second - mean**2)
+    sbp = methods.METHODS["sbp"]
+    assert float(sbp.penalty(params, None)[0]) == pytest.approx(kl, rel=1e-3, abs=1e-4)
+    assert float(sbp.mean(params)[0]) == pytest.approx(mean, rel=1e-4)
+    assert float(sbp.keep_score(params)[0]) == pytest.approx(snr / (1 + snr), rel=1e-4)
+
+
+@pytest.mark.parametrize("mu, sigma", SBP_CASES)
+def test_sbp_samples_have_the_truncated_log_normal_mean(mu, sigma):
+    sbp = methods.METHODS["sbp"]
+    params = _tensors(mu=[mu], log_sigma=[math.log(sigma)])
+    draws = sbp.draw([DRAWS, 1], tf.constant([3, 4], tf.int64))
+    theta = sbp.sample(params, draws, 1.0).numpy()[:, 0]
+    a, b = methods.SBP_LOG_RANGE
+    assert np.all((theta >= math.exp(a)) & (theta <= math.exp(b)))
+    expected = float(sbp.mean(params)[0])
+    assert abs(theta.mean() - expected) <= Z_SCORE * theta.std() / math.sqrt(DRAWS)
+
+
+def test_sbp_keeps_a_channel_where_its_snr_exceeds_one():
+    sbp = methods.METHODS["sbp"]
+    # SNR of a log-normal: 1 / sqrt(exp(sigma^2) - 1), 1 at sigma^2 = log 2.
+    for sigma, kept in ((0.5, True), (1.2, False)):
+        score = float(sbp.keep_score(_tensors(mu=[-8.0], log_sigma=[math.log(sigma)]))[0])
+        assert (score > 0.5) == kept
+
+
+def test_vib_penalty_keep_rule_and_samples():
+    vib = methods.METHODS["vib"]
+    mu = np.array([1.0, 0.3, -0.5, 0.02], "float32")
+    log_variance = np.array([-9.0, -1.0, 0.5, -2.0], "float32")
+    params = _tensors(mu=mu, log_variance=log_variance)
+    variance = np.exp(log_variance.astype("float64"))
+    np.testing.assert_allclose(vib.penalty(params, None).numpy(), 0.5 * np.log(1 + mu**2 / (variance + 1e-8)),
+                               rtol=1e-5)
+    log_alpha = np.log(variance) - np.log(mu.astype("float64") ** 2)
+    np.testing.assert_array_equal(vib.keep_score(params).numpy() > 0.5, log_alpha < 0)
+    np.testing.assert_array_equal(vib.mean(params).numpy(), mu)
+    theta = vib.sample(params, vib.draw([DRAWS, 4], tf.constant([5, 6], tf.int64)), 2.0).numpy()
+    std = 2.0 * np.sqrt(variance)
+    assert np.all(np.abs(theta.mean(0) - mu) <= Z_SCORE * std / math.sqrt(DRAWS))
+    np.testing.assert_allclose(theta.std(0), std, rtol=Z_SCORE * math.sqrt(1 / (2 * DRAWS)))
+
+
+def _hard_concrete_numpy(log_alpha, u):
+    """Louizos et al.'s hard-concrete sample, written again in numpy."""
+    gamma, zeta, beta = -0.1, 1.1, 2.0 / 3.0
+    s = 1 / (1 + np.exp(-(np.log(u) - np.log(1 - u) + log_alpha) / beta))
+    return np.clip(s * (zeta - gamma) + gamma, 0, 1)
+
+
+def test_l0_gates_match_numpy_and_the_penalty_is_their_probability_of_being_nonzero():
+    l0 = methods.METHODS["l0"]
+    log_alpha = np.array([-4.0, -2.398, -1.0, 0.0, 2.0], "float32")
+    params = _tensors(log_alpha=log_alpha)
+    u = l0.draw([DRAWS, 5], tf.constant([7, 8], tf.int64))
+    gates = l0.sample(params, u, 1.0).numpy()
+    np.testing.assert_allclose(gates, _hard_concrete_numpy(log_alpha, u.numpy().astype("float64")), atol=2e-6)
+    nonzero = (gates > 0).mean(0)
+    probability = l0.penalty(params, None).numpy()
+    assert np.all(np.abs(nonzero - probability) <= Z_SCORE * np.sqrt(probability * (1 - probability) / DRAWS))
+    # The test-time gate, and the keep rule: kept where it is above 0.
+    test_gate = np.clip(1 / (1 + np.exp(-log_alpha.astype("float64"))) * 1.2 - 0.1, 0, 1)
+    np.testing.assert_allclose(l0.mean(params).numpy(), test_gate, atol=1e-6)
+    np.testing.assert_array_equal(l0.keep_score(params).numpy() > 0.5, test_gate > 0)
+
+
+def test_an_unknown_method_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match=r"RBPNoise 'noise': method must be one of \['l0', 'rbp', 'sbp', 'vib'\], "
+                                         r"received: 'dropout'"):
+        rbp.RBPNoise(dataset_size=10, method="dropout", name="noise")
+
+
+@pytest.mark.parametrize("method", sorted(methods.METHODS))
+def test_noise_config_round_trip_and_frozen_value(method):
+    noise = rbp.RBPNoise(dataset_size=10, method=method, seed=3)
+    noise.build((None, 5))
+    copy = rbp.RBPNoise.from_config(noise.get_config())
+    assert copy.method == method
+    noise.freeze(np.array([1, 0, 1, 1, 0]))
+    expected = methods.get(method).mean(noise.parameters()).numpy() * [1, 0, 1, 1, 0]
+    np.testing.assert_allclose(noise.theta().numpy(), expected, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def lenet_300_100_baseline():
+    (x_train, y_train), (x_test, y_test) = rbp.datasets.load_mnist(mnist_dir())
+    data = (x_train[:8192], y_train[:8192]), (x_test[:2000], y_test[:2000])
+    keras.utils.set_random_seed(0)
+    baseline = rbp.models.lenet_300_100()
+    baseline.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    baseline.fit(*data[0], batch_size=128, epochs=3, verbose=0)
+    return baseline, data
+
+
+@pytest.mark.parametrize("method", sorted(methods.METHODS))
+def test_each_method_prunes_lenet_300_100_to_a_mac_budget_and_shrinks(method, lenet_300_100_baseline, tmp_path):
+    baseline, ((x_train, y_train), (x_test, y_test)) = lenet_300_100_baseline
+    pruned = rbp.prune(baseline, dataset_size=len(x_train), method=method, kl_weight=10.0, seed=1)
+    pruned.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    schedule = rbp.RecursivePruning(epochs_per_stage=2, finetune_epochs=1, target_macs=0.3,
+                                    max_noise_scale=3.0 if method == "rbp" else 1.0, verbose=0)
+    pruned.fit(x_train, y_train, batch_size=128, epochs=schedule.total_epochs(pruned), callbacks=[schedule],
+               verbose=0)
+    groups = rbp.pruning_groups(pruned)
+    assert all(noise.method == method for noise in groups.values())
+    kept = {name: int(noise.mask.numpy().sum()) for name, noise in groups.items()}
+    assert 0 < kept["fc1"] < 300 and 0 < kept["fc2"] < 100, kept
+
+    path = str(tmp_path / ("pruned.keras" if IS_KERAS_3 else "pruned.h5"))
+    pruned.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded.predict(x_test, verbose=0), pruned.predict(x_test, verbose=0), atol=1e-5)
+
+    small = rbp.shrink(loaded)
+    np.testing.assert_allclose(small.predict(x_test, verbose=0), pruned.predict(x_test, verbose=0), atol=1e-4)
+    assert rbp.report(baseline, small).totals["macs_after"] <= 0.3 * rbp.report(baseline, baseline).totals["macs_after"]
+
+    def error(model):
+        return np.mean(np.argmax(model.predict(x_test, verbose=0), -1) != y_test)
+
+    assert error(small) <= error(baseline) + 0.02, (error(small), error(baseline))
