@@ -24,6 +24,10 @@ HELP = {
     "batch_size": "images per training step",
     "learning_rate": "Adam's learning rate (the baseline's decays to a tenth of it)",
     "pretrain_epochs": "epochs that train the unpruned baseline",
+    "baseline_dir": "keep the trained baseline in this folder and reuse it in later runs with the "
+                    "same model, data, seed and baseline epochs",
+    "method": "the pruning noise: rbp (Recursive Bayesian Pruning), or a peer's for comparison: "
+              "sbp (Structured Bayesian Pruning), vib (VIBNet), l0 (L0 hard-concrete gates)",
     "kl_weight": "how hard pruning pushes: larger removes more channels",
     "prior_keep_prob": "the prior probability that a channel is kept (pi_0)",
     "initial_keep_prob": "every channel's keep probability when pruning starts",

@@ -5,6 +5,7 @@ The examples and the paper benchmark run it with their own budgets.
 """
 
 import dataclasses
+import os
 import time
 
 import numpy as np
@@ -36,7 +37,9 @@ class Recipe:
     batch_size: int = 128
     learning_rate: float = 1e-3
     pretrain_epochs: int = 10
+    baseline_dir: str = None  # trained baselines kept here, one per setting, and reused
     # prune()
+    method: str = "rbp"  # or a peer's noise: "sbp", "vib", "l0"
     kl_weight: float = 10.0
     prior_keep_prob: float = 0.01
     initial_keep_prob: float = 0.9
@@ -76,10 +79,7 @@ def run(recipe, verbose=1):
     fit_size = int(round(len(x_train) * (1.0 - recipe.validation_split)))
     clock = _Clock()
 
-    baseline = getattr(models, recipe.model)(x_train.shape[1:], int(y_train.max()) + 1)
-    _compile(baseline, _decaying(recipe, fit_size))
-    baseline.fit(x_train, y_train, batch_size=recipe.batch_size, epochs=recipe.pretrain_epochs,
-                 validation_split=recipe.validation_split, verbose=2 if verbose else 0)
+    baseline = _baseline(recipe, x_train, y_train, fit_size, verbose)
     clock.lap("pretrain")
 
     pruned = prune(
@@ -92,6 +92,7 @@ def run(recipe, verbose=1):
         flatten_features=recipe.flatten_features,
         cost_aware=recipe.cost_aware,
         seed=recipe.seed,
+        method=recipe.method,
     )
     _compile(pruned, recipe.learning_rate)
     schedule = RecursivePruning(
@@ -156,6 +157,33 @@ def run(recipe, verbose=1):
     if verbose:
         print(summary)
     return results
+
+
+def _baseline(recipe, x_train, y_train, fit_size, verbose):
+    """The recipe's trained, unpruned model: loaded from `baseline_dir` when
+    a run with the same baseline settings saved it there, else trained (and
+    saved there). Every method and schedule of a seed then starts from the
+    same weights."""
+    baseline = getattr(models, recipe.model)(x_train.shape[1:], int(y_train.max()) + 1)
+    path = None
+    if recipe.baseline_dir:
+        settings = (recipe.model, recipe.dataset, recipe.seed, recipe.train_examples, recipe.validation_split,
+                    recipe.batch_size, recipe.learning_rate, recipe.pretrain_epochs, recipe.input_features)
+        name = "_".join(str(value) for value in settings).replace(".", "p")
+        path = os.path.join(recipe.baseline_dir, f"{name}.weights.h5")
+        if os.path.exists(path):
+            baseline.load_weights(path)  # before compile: the optimiser's state is not needed
+            _compile(baseline, recipe.learning_rate)
+            return baseline
+    _compile(baseline, _decaying(recipe, fit_size))
+    baseline.fit(x_train, y_train, batch_size=recipe.batch_size, epochs=recipe.pretrain_epochs,
+                 validation_split=recipe.validation_split, verbose=2 if verbose else 0)
+    if path:
+        os.makedirs(recipe.baseline_dir, exist_ok=True)
+        partial = path.replace(".weights.h5", ".partial.weights.h5")
+        baseline.save_weights(partial)
+        os.replace(partial, path)
+    return baseline
 
 
 def _masks(pruned):
