@@ -87,22 +87,15 @@ def keras_mode():
     return "keras3" if IS_KERAS_3 else "tf_keras"
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, keras_mode):
-    """Two workers that run the example to its end: (folder, cluster)."""
-    if keras_mode == "keras3":
-        pytest.skip("Keras 3 cannot train under MultiWorkerMirroredStrategy")
-    from conftest import mnist_dir
-
-    folder = str(tmp_path_factory.mktemp("uninterrupted"))
-    cluster = Cluster(folder, _example(folder, mnist_dir()))
+def _uninterrupted(folder, data_dir):
+    """Two workers that run the example to its end."""
+    cluster = Cluster(folder, _example(folder, data_dir))
     codes = cluster.wait()
     assert codes == [0, 0], cluster.log(0)[-3000:] + cluster.log(1)[-3000:]
-    return folder, cluster
+    return cluster
 
 
-def test_two_workers_end_with_the_same_masks_and_only_the_chief_writes(uninterrupted):
-    folder, cluster = uninterrupted
+def _check_same_masks_and_chief_only_files(folder, cluster):
     chief, other = _kept(cluster.log(0)), _kept(cluster.log(1))
     assert chief == other
     full = {"image_rbp_noise": 784, "fc1": 300, "fc2": 100}
@@ -116,14 +109,12 @@ def test_two_workers_end_with_the_same_masks_and_only_the_chief_writes(uninterru
     assert report["report"]["totals"]["macs_after"] <= 0.25 * report["report"]["totals"]["macs_before"]
 
 
-def test_a_killed_worker_resumes_from_backup_to_the_same_masks(uninterrupted, tmp_path):
-    from conftest import mnist_dir
-
-    folder = str(tmp_path)
-    command = _example(folder, mnist_dir())
+def _kill_mid_stage_and_restart(folder, data_dir):
+    """Worker 1 is killed in the middle of the first stage (3 epochs), after
+    the pruning fit's second epoch; then both workers start again with the
+    same command. Returns the restarted cluster."""
+    command = _example(folder, data_dir)
     cluster = Cluster(folder, command)
-    # Worker 1 dies in the middle of the first stage (3 epochs): after the
-    # pruning fit's second epoch, whose end BackupAndRestore saved.
     deadline = time.time() + TIMEOUT_S
     while cluster.log(1).count("rbp_stage: 1.0000") < 2:
         assert time.time() < deadline and cluster.processes[1].poll() is None, cluster.log(1)[-3000:]
@@ -131,13 +122,28 @@ def test_a_killed_worker_resumes_from_backup_to_the_same_masks(uninterrupted, tm
     cluster.processes[1].send_signal(signal.SIGKILL)
     cluster.kill()  # the chief cannot go on without it
     assert "kept channels" not in cluster.log(0) + cluster.log(1)
-
     restarted = Cluster(folder, command, name="restarted")
     assert restarted.wait() == [0, 0], restarted.log(0)[-3000:] + restarted.log(1)[-3000:]
     # Neither the baseline nor the plan starts again: the fit resumes at the
     # epoch after the last backup.
     assert "Epoch 1/" not in restarted.log(0) + restarted.log(1)
-    expected = _kept(uninterrupted[1].log(0))
+    return restarted
+
+
+def test_two_workers_agree_and_a_killed_worker_resumes_to_the_same_masks(tmp_path, keras_mode):
+    if keras_mode == "keras3":
+        pytest.skip("Keras 3 cannot train under MultiWorkerMirroredStrategy")
+    from conftest import mnist_dir
+
+    uninterrupted_folder = str(tmp_path / "uninterrupted")
+    os.makedirs(uninterrupted_folder)
+    uninterrupted = _uninterrupted(uninterrupted_folder, mnist_dir())
+    _check_same_masks_and_chief_only_files(uninterrupted_folder, uninterrupted)
+
+    resumed_folder = str(tmp_path / "resumed")
+    os.makedirs(resumed_folder)
+    restarted = _kill_mid_stage_and_restart(resumed_folder, mnist_dir())
+    expected = _kept(uninterrupted.log(0))
     assert _kept(restarted.log(0)) == expected
     assert _kept(restarted.log(1)) == expected
 
