@@ -27,8 +27,9 @@ def provenance():
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True)
+    # Changes to the code; the results a benchmark is writing do not count.
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":(exclude)benchmarks/results"], capture_output=True, text=True)
     versions = {}
     for package in ("keras-rbp", "tensorflow", "keras", "tf-keras", "ai-edge-litert", "numpy"):
         try:
