@@ -51,6 +51,10 @@ KL_WEIGHTS = {
 MAX_NOISE_SCALE = {"rbp": 3.0, "sbp": 1.0, "vib": 1.0, "l0": 1.0}
 
 
+for _model, _targets in MAC_TARGETS.items():
+    flags.DEFINE_list(f"{_model}_targets", [str(t) for t in _targets], f"MAC targets of {_model}.")
+
+
 def _plan_epochs(model):
     """The default recursive plan's length, given to every cell."""
     budget = BUDGETS[model]
@@ -93,7 +97,7 @@ def _key(model, method, schedule, target, seed):
 
 def _cells():
     for model in FLAGS.models:
-        for target in MAC_TARGETS[model]:
+        for target in map(int, FLAGS[f"{model}_targets"].value):
             for method in FLAGS.methods:
                 for schedule in FLAGS.schedules:
                     yield model, method, schedule, target
