@@ -49,3 +49,15 @@ def macs(model, architecture):
 def published_macs(model, method):
     """A published method's MACs on `model` in keras_rbp's convention."""
     return next(macs(model, arch) for name, arch, _, _, _ in PUBLISHED[model] if name == method)
+
+
+def draw_published(axis, model, title):
+    """Draws `model`'s published points on a matplotlib axis of test error
+    against MACs (keras_rbp's count, log scale), and labels the axis."""
+    for name, arch, error, _, _ in PUBLISHED[model]:
+        axis.scatter([macs(model, arch)], [error], marker="x", color="gray")
+        axis.annotate(name, (macs(model, arch), error), fontsize=8)
+    axis.set_xscale("log")
+    axis.set_xlabel("MACs per example (keras_rbp's count)")
+    axis.set_ylabel("test error %")
+    axis.set_title(title)

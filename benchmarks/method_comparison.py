@@ -19,7 +19,7 @@ import statistics
 from absl import app, flags
 
 from benchmarks import results_io
-from benchmarks.literature import BUDGETS, PUBLISHED, macs, published_macs
+from benchmarks.literature import BUDGETS, PUBLISHED, draw_published, macs, published_macs
 from keras_rbp import methods, pipeline
 
 FLAGS = flags.FLAGS
@@ -151,13 +151,7 @@ def _plot(rows, path):
                     axis.errorbar([p["macs"] for p in points], [p["error"] for p in points],
                                   yerr=[p["error_std"] for p in points], fmt=marker, capsize=3,
                                   label=f"{method} {schedule}")
-        for name, arch, error, _, _ in PUBLISHED[model]:
-            axis.scatter([macs(model, arch)], [error], marker="x", color="gray")
-            axis.annotate(name, (macs(model, arch), error), fontsize=8)
-        axis.set_xscale("log")
-        axis.set_xlabel("MACs per example (keras_rbp's count)")
-        axis.set_ylabel("test error %")
-        axis.set_title(f"{model}: methods at equal MACs and epochs")
+        draw_published(axis, model, f"{model}: methods at equal MACs and epochs")
         axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=90)

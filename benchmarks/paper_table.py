@@ -19,7 +19,7 @@ import statistics
 from absl import app, flags
 
 from benchmarks import results_io
-from benchmarks.literature import BUDGETS, PUBLISHED, macs, published_macs
+from benchmarks.literature import BUDGETS, PUBLISHED, draw_published, macs, published_macs
 from keras_rbp import pipeline
 
 FLAGS = flags.FLAGS
@@ -152,13 +152,7 @@ def _plot(rows, path):
                 axis.errorbar([p["macs"] for p in points], [p["error"] for p in points],
                               xerr=[p["macs_std"] for p in points], yerr=[p["error_std"] for p in points],
                               fmt=marker, capsize=3, label=f"keras_rbp {schedule} (mean ± std)")
-        for name, arch, error, _, _ in PUBLISHED[model]:
-            axis.scatter([macs(model, arch)], [error], marker="x", color="gray")
-            axis.annotate(name, (macs(model, arch), error), fontsize=8)
-        axis.set_xscale("log")
-        axis.set_xlabel("MACs per example (keras_rbp's count)")
-        axis.set_ylabel("test error %")
-        axis.set_title(f"{model}: error against MACs")
+        draw_published(axis, model, f"{model}: error against MACs")
         axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
@@ -186,8 +180,9 @@ def main(argv):
               "published": PUBLISHED, "macs_unit": "multiply-accumulates per example"}
     markdown = _markdown(rows, provenance)
     paths = results_io.write_results(FLAGS.output_dir, "paper_table", result, markdown)
-    paths.append(os.path.join(FLAGS.output_dir, "paper_table.png"))
-    _plot(rows, paths[-1])
+    if rows:
+        paths.append(os.path.join(FLAGS.output_dir, "paper_table.png"))
+        _plot(rows, paths[-1])
     print("\n".join(paths))
     print(markdown)
 
