@@ -23,9 +23,10 @@ class RBPNoise(keras.layers.Layer):
     variable so that they switch without recompiling the model:
 
     - ``"off"``: theta = 1 and no KL; the layer is the identity.
-    - ``"active"``: theta is sampled in training and equal to pi at
-      inference; the KL against the Bernoulli(pi_0) prior, times
-      ``kl_weight * cost / dataset_size``, is added with `add_loss`.
+    - ``"active"``: theta is sampled in training and equal to its mean
+      (RBP: pi) at inference; the KL against the Bernoulli(pi_0) prior (or
+      the method's penalty), times ``kl_weight * cost / dataset_size``, is
+      added with `add_loss`.
     - ``"frozen"``: theta = mask * frozen value, deterministic, no KL, no
       gradient to the logits.
 
