@@ -43,7 +43,7 @@ def test_noise_multiplies_in_the_compute_dtype_and_keeps_float32_parameters_and_
 
 def test_lenet5_prunes_shrinks_and_exports_a_float32_tflite_file(policy, tmp_path):
     (x_train, y_train), (x_test, _) = rbp.datasets.load_mnist(mnist_dir())
-    x_train, y_train, x_test = x_train[:2048], y_train[:2048], x_test[:256]
+    x_train, y_train, x_test = x_train[:1024], y_train[:1024], x_test[:256]
     model = rbp.models.lenet5_caffe()
     assert model.get_layer("conv1").compute_dtype == POLICIES[policy].name
     pruned = rbp.prune(model, dataset_size=len(x_train), kl_weight=30.0, flatten_features=True, seed=3)
