@@ -103,6 +103,12 @@ def model_class(model):
     return SEQUENTIAL if type(model).__name__ == SEQUENTIAL else "Functional"
 
 
+def keras_model_class(model):
+    """keras.Sequential or keras.Model: the class that rebuilds `model`
+    from its config, as `model_class` reads it."""
+    return keras.Sequential if model_class(model) == SEQUENTIAL else keras.Model
+
+
 def all_layers(model):
     """Every layer of `model`, each nested model followed by its layers."""
     for layer in model.layers:

@@ -158,8 +158,7 @@ def prune(
     if coupled_groups:
         rewriter.coupled = dependency.coupled_layers(model, rewriter.targets(class_name, config))
     rewriter.rewrite(class_name, config, input_features, flatten_features)
-    model_class = keras.Sequential if class_name == graph_lib.SEQUENTIAL else keras.Model
-    pruned = _keras.model_from_config(model_class, config, by_name.values())
+    pruned = _keras.model_from_config(graph_lib.keras_model_class(model), config, by_name.values())
     _copy_weights(model, pruned)
     if cost_aware:
         _set_costs(pruned)

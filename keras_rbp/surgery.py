@@ -297,8 +297,7 @@ def float32_copy(model):
     config = model.get_config()
     if not _drop_mixed_precision(config):
         return model
-    model_class = keras.Sequential if graph_lib.model_class(model) == graph_lib.SEQUENTIAL else keras.Model
-    copy_ = _keras.model_from_config(model_class, config, graph_lib.all_layers(model))
+    copy_ = _keras.model_from_config(graph_lib.keras_model_class(model), config, graph_lib.all_layers(model))
     copy_.set_weights(model.get_weights())
     return copy_
 
