@@ -18,9 +18,10 @@ class RBPNoise(keras.layers.Layer):
     The noise theta_c has mean pi_c = sigmoid(phi_c) and standard deviation
     s * sqrt(pi_c (1 - pi_c)); it is drawn per example and per channel and
     shared over spatial positions. `method` chooses another method's noise
-    instead (SBP, VIBNet, L0: see `keras_rbp.methods`); pi is then the
-    method's keep score. The layer has three modes, held in a
-    variable so that they switch without recompiling the model:
+    instead (SBP, VIBNet, L0: see `keras_rbp.methods`), or none (the
+    magnitude baseline); pi is then the method's keep score. The layer has
+    three modes, held in a variable so that they switch without
+    recompiling the model:
 
     - ``"off"``: theta = 1 and no KL; the layer is the identity.
     - ``"active"``: theta is sampled in training and equal to its mean
@@ -60,9 +61,10 @@ class RBPNoise(keras.layers.Layer):
         calls: the number of places the model calls this layer; each call
             adds 1/calls of the KL and they share one draw a step.
         method: the noise, one of `keras_rbp.methods.METHODS`: "rbp",
-            "sbp", "vib" or "l0". Its parameters are the variables
-            ``scaled_<parameter>``, each logit_scale times smaller than the
-            parameter (RBP: ``scaled_logits``).
+            "sbp", "vib", "l0", or "magnitude" (no noise: a budget keeps
+            the channels of largest weight magnitude). Its parameters are
+            the variables ``scaled_<parameter>``, each logit_scale times
+            smaller than the parameter (RBP: ``scaled_logits``).
         seed: integer seed of the noise; drawn at random when None and then
             kept in the config.
 
@@ -146,7 +148,7 @@ class RBPNoise(keras.layers.Layer):
                 shape=(channels,),
                 dtype="float32",
                 initializer=constant(value / self.logit_scale),
-                trainable=True,
+                trainable=self._method.trainable,
                 **NO_AUTOCAST,
             )
             setattr(self, f"scaled_{parameter}", variable)
@@ -191,6 +193,12 @@ class RBPNoise(keras.layers.Layer):
         """Whether the noise is Dirac-like: its keep score goes to 0 or 1 as
         it decides (RBP), so a stage may end once every channel has."""
         return self._method.collapses
+
+    @property
+    def ranks_by_weights(self):
+        """Whether a budget ranks the channels by weight magnitude
+        (`keras_rbp.magnitude`) rather than by `keep_probability`."""
+        return self._method.ranks_by_weights
 
     def parameters(self):
         """The method's parameters, a dict of float32 tensors (channels,)."""

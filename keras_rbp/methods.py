@@ -15,7 +15,11 @@ places it. A method gives, as pure TensorFlow functions of its parameters
 - `keep_score(params)`: a score in [0, 1] that is above 0.5 exactly where
   the method's own rule keeps the channel; thresholds and budgets read it;
 - `collapses`: whether the score goes to 0 or 1 as the noise decides (RBP's
-  Dirac-like noise), so that a stage can end early once every channel has.
+  Dirac-like noise), so that a stage can end early once every channel has;
+- `ranks_by_weights`: whether the channels are ranked by the weights'
+  magnitude (`keras_rbp.magnitude`) instead of the keep score, which a
+  budget then cuts;
+- `trainable`: whether training updates the parameters.
 
 Every method draws its noise per example and channel (SBP's and L0's
 published code draw one vector per minibatch), and its penalty is per
@@ -35,6 +39,10 @@ count, VIBNet by the feature map's area; `cost_aware` plays that part here).
   AMLab-Amsterdam/L0_regularization, l0_layers.py): hard-concrete gates
   with beta = 2/3, gamma = -0.1, zeta = 1.1, penalty P(gate != 0), kept
   where the test-time gate is above 0.
+- "magnitude": no noise and no penalty (theta = 1) while a stage trains;
+  at its end a budget keeps the channels of largest weight norm (Li et al.
+  2017) or BatchNormalization |gamma| (Liu et al. 2017), see
+  `keras_rbp.magnitude`, and the later stages and the fine-tune retrain.
 """
 
 import math
@@ -69,6 +77,8 @@ class RBP:
 
     name = "rbp"
     collapses = True
+    ranks_by_weights = False
+    trainable = True
     parameters = ("logits",)
 
     def initial_values(self, initial_keep_prob):
@@ -95,6 +105,8 @@ class SBP:
 
     name = "sbp"
     collapses = False
+    ranks_by_weights = False
+    trainable = True
     parameters = ("mu", "log_sigma")
 
     def initial_values(self, initial_keep_prob):
@@ -159,6 +171,8 @@ class VIB:
 
     name = "vib"
     collapses = False
+    ranks_by_weights = False
+    trainable = True
     parameters = ("mu", "log_variance")
 
     def initial_values(self, initial_keep_prob):
@@ -190,6 +204,8 @@ class L0:
 
     name = "l0"
     collapses = False
+    ranks_by_weights = False
+    trainable = True
     parameters = ("log_alpha",)
 
     def initial_values(self, initial_keep_prob):
@@ -222,7 +238,40 @@ class L0:
         return tf.sigmoid(params["log_alpha"] - rbp_noise.logit(-L0_GAMMA / (L0_ZETA - L0_GAMMA)))
 
 
-METHODS = {method.name: method for method in (RBP(), SBP(), VIB(), L0())}
+class Magnitude:
+    """The non-Bayesian baseline: a constant gate of 1, which a budget
+    closes on the channels of smallest weight magnitude."""
+
+    name = "magnitude"
+    collapses = False
+    ranks_by_weights = True
+    trainable = False
+    parameters = ("gate",)
+
+    def initial_values(self, initial_keep_prob):
+        del initial_keep_prob  # every channel is kept until the budget cuts
+        return {"gate": 1.0}
+
+    def draw(self, shape, seed):
+        del seed
+        return tf.zeros(shape)
+
+    def sample(self, params, draws, scale):
+        del scale
+        return params["gate"] + draws
+
+    def mean(self, params):
+        return params["gate"]
+
+    def penalty(self, params, prior_keep_prob):
+        del prior_keep_prob
+        return tf.zeros_like(params["gate"])
+
+    def keep_score(self, params):
+        return params["gate"]
+
+
+METHODS = {method.name: method for method in (RBP(), SBP(), VIB(), L0(), Magnitude())}
 
 
 def get(name):

@@ -54,6 +54,17 @@ class LayerRule:
         for tensor in plan.ins(op):
             tensor.needed[:] = True
 
+    def output_norms(self, layer):
+        """The L1 norm of the weights that make each output channel (a numpy
+        array), which ``method="magnitude"`` ranks channels by; None where
+        the layer has no such weights."""
+        return None
+
+    def input_norms(self, layer):
+        """The L1 norm of the weights that read each channel of the first
+        input, or None; ranks the channels no weighted layer makes."""
+        return None
+
     def rebuild(self, build, op, ins):
         """Returns the physical channels (indices into each output's channels)
         of every output; `ins` holds those of every input. Sets the new
@@ -189,6 +200,7 @@ class _ProducerRule(LayerRule):
         raise NotImplementedError
 
 
+
 class DenseConvRule(_ProducerRule):
     """Dense and Conv1D/2D/3D, grouped convolutions included. A Dense on a
     tensor of rank above 2 mixes its last axis like a 1x1 convolution.
@@ -257,6 +269,16 @@ class DenseConvRule(_ProducerRule):
             kernel = kernel[..., in_index, :]
         return [kernel[..., out_index] * theta] + bias, changes
 
+    def output_norms(self, layer):
+        kernel = np.abs(layer.get_weights()[0])
+        return kernel.reshape(-1, kernel.shape[-1]).sum(0)
+
+    def input_norms(self, layer):
+        if getattr(layer, "groups", 1) > 1:
+            return None
+        kernel = np.abs(layer.get_weights()[0])
+        return np.moveaxis(kernel, -2, 0).reshape(kernel.shape[-2], -1).sum(1)
+
 
 class TransposedConvRule(_ProducerRule):
     """Conv1DTranspose, Conv2DTranspose, Conv3DTranspose: the kernel holds
@@ -268,6 +290,10 @@ class TransposedConvRule(_ProducerRule):
         kernel = weights[0][..., out_index, :][..., in_index]
         kernel = kernel * theta.reshape(-1, 1)
         return [kernel] + bias, {"filters": len(out_index)}
+
+    def output_norms(self, layer):
+        kernel = np.abs(layer.get_weights()[0])
+        return np.moveaxis(kernel, -2, 0).reshape(kernel.shape[-2], -1).sum(1)
 
 
 class DepthwiseRule(_ProducerRule):
@@ -295,6 +321,10 @@ class DepthwiseRule(_ProducerRule):
         kernel = weights[0][..., in_index, :]
         return [kernel * theta.reshape(kernel.shape[-2:])] + bias, {}
 
+    def output_norms(self, layer):
+        kernel = np.abs(layer.get_weights()[0])  # (..., in, multiplier): channel c * m + k
+        return kernel.reshape(-1, kernel.shape[-2] * kernel.shape[-1]).sum(0)
+
 
 class SeparableConvRule(_ProducerRule):
     """SeparableConv1D/2D: a depthwise part sliced on its input channels and
@@ -308,6 +338,10 @@ class SeparableConvRule(_ProducerRule):
         rows = (in_index[:, None] * multiplier + np.arange(multiplier)).reshape(-1)
         pointwise = weights[1][..., rows, :][..., out_index] * theta
         return [depthwise, pointwise] + bias, {"filters": len(out_index)}
+
+    def output_norms(self, layer):
+        pointwise = np.abs(layer.get_weights()[1])
+        return pointwise.reshape(-1, pointwise.shape[-1]).sum(0)
 
 
 class BatchNormalizationRule(_ProducerRule):
@@ -339,6 +373,10 @@ class BatchNormalizationRule(_ProducerRule):
             sliced["beta"] = sliced["beta"] * theta
         order = ["gamma", "beta", "moving_mean", "moving_variance"]
         return [sliced[name] for name in order if name in sliced], changes
+
+    def output_norms(self, layer):
+        """|gamma| (network slimming); None without a scale."""
+        return np.abs(layer.get_weights()[0]) if layer.scale else None
 
 
 class GroupNormalizationRule(LayerRule):

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rbp import _keras
+from keras_rbp import magnitude
 from keras_rbp._keras import keras
 from keras_rbp.budget import Budget
 from keras_rbp.distribute import is_chief
@@ -35,7 +36,9 @@ class RecursivePruning(keras.callbacks.Callback):
     same fraction of its channels, so the last stage fills the rest and the
     shrunk model meets the target to within a channel's cost. Costs are
     counted as `report` counts them on the model `shrink` makes; latency is
-    predicted from a per-layer LiteRT table. Each epoch's logs
+    predicted from a per-layer LiteRT table. Groups of method "magnitude"
+    rank their channels by weight magnitude (`keras_rbp.magnitude`) instead
+    of pi, and need a budget. Each epoch's logs
     carry the target and the expected cost (`rbp_target_<metric>`,
     `rbp_expected_<metric>`: frozen masks, active groups at pi >= 0.5,
     later groups whole; with a latency target, `rbp_latency_correction`,
@@ -263,6 +266,15 @@ class RecursivePruning(keras.callbacks.Callback):
         if self.target is not None:
             metric, target = self.target
             self.budget = Budget(self.model, metric, target, self.min_channels, self.round_to)
+        ranked = [name for name, noise in groups.items() if noise.ranks_by_weights]
+        if ranked and self.budget is None:
+            raise ValueError(
+                f"RecursivePruning: groups {ranked} use method 'magnitude', which keeps the "
+                "channels of largest weight magnitude that a budget allows; pass target_macs, "
+                "target_params or target_latency_ms"
+            )
+        if ranked:
+            magnitude.channel_importance(self.model, ranked)  # fails now, not after a stage
         # The optimiser must know every group's logits before a stage leaves
         # some out; it would otherwise be built at the first step, on the
         # first stage's. (tf_keras' legacy optimisers have no build.)
@@ -420,9 +432,10 @@ class RecursivePruning(keras.callbacks.Callback):
         budget_masks = {}
         if self.budget is not None:
             later = [name for stage in stages[index + 1 :] for name in stage]
-            budget_masks = self.budget.stage_masks(
-                _frozen_masks(groups), {name: groups[name].keep_probability() for name in names}, later
-            )
+            ranked = [name for name in names if groups[name].ranks_by_weights]
+            scores = {name: groups[name].keep_probability() for name in names}
+            scores.update(magnitude.channel_importance(self.model, ranked) if ranked else {})
+            budget_masks = self.budget.stage_masks(_frozen_masks(groups), scores, later)
         for name in names:
             noise = groups[name]
             pi = noise.keep_probability()

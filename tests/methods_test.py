@@ -1,5 +1,6 @@
 """The peer methods' noises (SBP, VIBNet, L0) against independent numpy
-computations, and each method end to end on MNIST."""
+computations, and each method (the magnitude baseline too) end to end on
+MNIST."""
 
 import math
 
@@ -111,7 +112,8 @@ def test_l0_gates_match_numpy_and_the_penalty_is_their_probability_of_being_nonz
 
 
 def test_an_unknown_method_is_refused_with_the_choices():
-    with pytest.raises(ValueError, match=r"RBPNoise 'noise': method must be one of \['l0', 'rbp', 'sbp', 'vib'\], "
+    with pytest.raises(ValueError, match=r"RBPNoise 'noise': method must be one of \['l0', 'magnitude', 'rbp', "
+                                         r"'sbp', 'vib'\], "
                                          r"received: 'dropout'"):
         rbp.RBPNoise(dataset_size=10, method="dropout", name="noise")
 
