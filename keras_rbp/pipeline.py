@@ -39,7 +39,7 @@ class Recipe:
     pretrain_epochs: int = 10
     baseline_dir: str = None  # trained baselines kept here, one per setting, and reused
     # prune()
-    method: str = "rbp"  # or a peer's noise: "sbp", "vib", "l0"
+    method: str = "rbp"  # or "rbp_relaxed", a peer's noise ("sbp", "vib", "l0"), "magnitude"
     kl_weight: float = 10.0
     prior_keep_prob: float = 0.01
     initial_keep_prob: float = 0.9
