@@ -81,13 +81,21 @@ def _uniform(shape, seed):
     return tf.random.stateless_uniform(shape, seed, minval=_UNIFORM_EPSILON, maxval=1.0 - _UNIFORM_EPSILON)
 
 
-class RBP:
+class Method:
+    """The attributes every method has; its class gives the functions."""
+
+    name = None
+    collapses = False
+    ranks_by_weights = False
+    trainable = True
+    parameters = ()
+
+
+class RBP(Method):
     """Recursive Bayesian Pruning's Dirac-like noise (`keras_rbp.noise`)."""
 
     name = "rbp"
     collapses = True
-    ranks_by_weights = False
-    trainable = True
     parameters = ("logits",)
 
     def initial_values(self, initial_keep_prob):
@@ -123,13 +131,10 @@ class RelaxedRBP(RBP):
         return tf.sigmoid((params["logits"] + logistic) * (scale / RELAXED_TEMPERATURE))
 
 
-class SBP:
+class SBP(Method):
     """Structured Bayesian Pruning: truncated log-normal noise."""
 
     name = "sbp"
-    collapses = False
-    ranks_by_weights = False
-    trainable = True
     parameters = ("mu", "log_sigma")
 
     def initial_values(self, initial_keep_prob):
@@ -189,13 +194,10 @@ class SBP:
         return tf.cast(tf.where(tf.math.is_finite(snr), snr / (1.0 + snr), 1.0), tf.float32)
 
 
-class VIB:
+class VIB(Method):
     """VIBNet's Gaussian noise with the information-bottleneck penalty."""
 
     name = "vib"
-    collapses = False
-    ranks_by_weights = False
-    trainable = True
     parameters = ("mu", "log_variance")
 
     def initial_values(self, initial_keep_prob):
@@ -222,13 +224,10 @@ class VIB:
         return tf.sigmoid(-log_alpha)
 
 
-class L0:
+class L0(Method):
     """L0 regularisation with hard-concrete gates."""
 
     name = "l0"
-    collapses = False
-    ranks_by_weights = False
-    trainable = True
     parameters = ("log_alpha",)
 
     def initial_values(self, initial_keep_prob):
@@ -261,12 +260,11 @@ class L0:
         return tf.sigmoid(params["log_alpha"] - rbp_noise.logit(-L0_GAMMA / (L0_ZETA - L0_GAMMA)))
 
 
-class Magnitude:
+class Magnitude(Method):
     """The non-Bayesian baseline: a constant gate of 1, which a budget
     closes on the channels of smallest weight magnitude."""
 
     name = "magnitude"
-    collapses = False
     ranks_by_weights = True
     trainable = False
     parameters = ("gate",)
