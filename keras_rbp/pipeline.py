@@ -134,6 +134,8 @@ def run(recipe, verbose=1):
         "report": summary.to_dict(),
         **results_features,
     }
+    if fit_size < len(x_train):  # the held-out split: where hyperparameters are chosen
+        results["validation_error"] = _error(small, small_x_train[fit_size:], y_train[fit_size:])
     if recipe.target_latency_ms is not None:
         results["latency_ms"] = {
             "target": recipe.target_latency_ms,
