@@ -1,6 +1,7 @@
-"""The pruning methods side by side: RBP, SBP, VIBNet and L0 noises and the
-magnitude baseline on the same models, under both schedules, at the same MAC budgets and the
-same number of epochs after the baseline, over several seeds.
+"""The pruning methods side by side: RBP (Gaussian and relaxed-Bernoulli
+samples), SBP, VIBNet and L0 noises and the magnitude baseline on the same
+models, under both schedules, at the same MAC budgets and the same number of
+epochs after the baseline, over several seeds.
 
 Each cell is one (model, method, schedule, MAC target) over its seeds. Every
 run goes through `keras_rbp.pipeline` with a `target_macs` budget and
@@ -8,7 +9,9 @@ run goes through `keras_rbp.pipeline` with a `target_macs` budget and
 methods of a seed start from the same baseline weights (kept in
 --baseline_dir). Every finished run is kept in method_comparison_runs.json,
 so the table fills over several runs and a stopped run resumes; cells whose
-seeds are all done go into method_comparison.json, .md and .png.
+seeds are all done go into method_comparison.json, .md and .png. With
+--tune_models, each method's and schedule's kl_weight is first chosen on a
+held-out validation split (the test set is never used to choose).
 
     python -m benchmarks.method_comparison --data_dir ../shared/data --models lenet_300_100
 """
@@ -34,6 +37,9 @@ flags.DEFINE_integer("seeds", 3, "Seeds per cell (0, 1, ...).")
 flags.DEFINE_integer("train_examples", None, "A subset of MNIST's training set (all by default).")
 flags.DEFINE_float("epoch_scale", 1.0, "Multiplies the baseline and plan epochs (a smaller budget: < 1).")
 flags.DEFINE_bool("table_only", False, "Rebuild the table from the runs file without running anything.")
+flags.DEFINE_list("tune_models", [], "Models whose kl_weights are chosen on a validation split first: "
+                  "each method's and schedule's default times 1, 1/3 and 3, at the smallest MAC target, "
+                  "seed 0, with the last tenth of the training images held out.")
 
 # The MAC budgets, in keras_rbp's count: the published points to beat.
 MAC_TARGETS = {
@@ -41,16 +47,19 @@ MAC_TARGETS = {
     "lenet5_caffe": [100_000, published_macs("lenet5_caffe", "BC-GHS")],
 }
 # Each method's strength. Under a MAC target the budget decides how many
-# channels go; the penalty shapes which. Not tuned yet: the first values that
-# pruned LeNet-300-100 in a short plan (RBP's: the documented defaults).
+# channels go; the penalty shapes which. The defaults: the first values that
+# pruned LeNet-300-100 in a short plan (RBP's: the documented defaults);
+# --tune_models chooses among them times TUNE_FACTORS on a validation split.
 # Magnitude has no penalty: its weight is unused.
 KL_WEIGHTS = {
-    "lenet_300_100": {"rbp": 10.0, "sbp": 100.0, "vib": 10.0, "l0": 100.0, "magnitude": 1.0},
-    "lenet5_caffe": {"rbp": 60.0, "sbp": 600.0, "vib": 60.0, "l0": 600.0, "magnitude": 1.0},
+    "lenet_300_100": {"rbp": 10.0, "rbp_relaxed": 10.0, "sbp": 100.0, "vib": 10.0, "l0": 100.0, "magnitude": 1.0},
+    "lenet5_caffe": {"rbp": 60.0, "rbp_relaxed": 60.0, "sbp": 600.0, "vib": 60.0, "l0": 600.0, "magnitude": 1.0},
 }
 # RBP's noise-scale ramp is its own; the peers run as published (scale 1),
 # and magnitude has no noise.
-MAX_NOISE_SCALE = {"rbp": 3.0, "sbp": 1.0, "vib": 1.0, "l0": 1.0, "magnitude": 1.0}
+MAX_NOISE_SCALE = {"rbp": 3.0, "rbp_relaxed": 3.0, "sbp": 1.0, "vib": 1.0, "l0": 1.0, "magnitude": 1.0}
+TUNE_FACTORS = (1.0, 1.0 / 3.0, 3.0)  # the default first: it wins a tie
+VALIDATION_SPLIT = 0.1
 
 
 for _model, _targets in MAC_TARGETS.items():
@@ -64,20 +73,21 @@ def _plan_epochs(model):
     return FLAGS.epoch_scale * (groups * budget["epochs_per_stage"] + budget["finetune_epochs"])
 
 
-def _recipe(model, method, schedule, target, seed):
+def _recipe(model, method, schedule, target, seed, kl_weight, validation_split):
     budget = dict(BUDGETS[model])
     budget["pretrain_epochs"] = max(1, round(budget["pretrain_epochs"] * FLAGS.epoch_scale))
     return pipeline.Recipe(
         model=model, dataset="mnist", data_dir=FLAGS.data_dir, seed=seed, train_examples=FLAGS.train_examples,
         baseline_dir=FLAGS.baseline_dir or os.path.join(FLAGS.output_dir, "method_comparison_baselines"),
-        method=method, kl_weight=KL_WEIGHTS[model][method], max_noise_scale=MAX_NOISE_SCALE[method],
+        validation_split=validation_split, method=method, kl_weight=kl_weight,
+        max_noise_scale=MAX_NOISE_SCALE[method],
         groups_per_stage=1 if schedule == "recursive" else 0, target_macs=target,
         plan_epochs=_plan_epochs(model), **{k: v for k, v in budget.items() if k != "quantize"},
     )
 
 
-def _run(model, method, schedule, target, seed):
-    results = pipeline.run(_recipe(model, method, schedule, target, seed), verbose=0)
+def _run(model, method, schedule, target, seed, kl_weight, validation_split=0.0):
+    results = pipeline.run(_recipe(model, method, schedule, target, seed, kl_weight, validation_split), verbose=0)
     totals = results["report"]["totals"]
     run = {
         "architecture": results["report"]["architecture_after"],
@@ -88,13 +98,39 @@ def _run(model, method, schedule, target, seed):
         "pruning_epochs": results["epochs"]["pruning"],
         "seconds": sum(results["seconds"].values()),
     }
-    print(f"{model} {method} {schedule} target {target:,}: seed {seed}: {run['architecture']}, "
-          f"error {run['error']:.2f} %, {run['macs']:,} MACs, {run['seconds']:.0f} s", flush=True)
+    if "validation_error" in results:
+        run["validation_error"] = 100 * results["validation_error"]
+    print(f"{model} {method} {schedule} target {target:,}: seed {seed}, kl_weight {kl_weight:g}"
+          + (f", validation split {validation_split:g}: validation error {run['validation_error']:.2f} %"
+             if validation_split else "")
+          + f": {run['architecture']}, error {run['error']:.2f} %, {run['macs']:,} MACs, {run['seconds']:.0f} s",
+          flush=True)
     return run
 
 
-def _key(model, method, schedule, target, seed):
-    return f"{model}/{method}/{schedule}/{target}/{seed}/x{FLAGS.epoch_scale:g}/{FLAGS.train_examples}"
+def _key(model, method, schedule, target, seed, kl_weight, validation_split=0.0):
+    key = f"{model}/{method}/{schedule}/{target}/{seed}/x{FLAGS.epoch_scale:g}/{FLAGS.train_examples}/kl{kl_weight:g}"
+    return key + (f"/validation{validation_split:g}" if validation_split else "")
+
+
+def _kl_weight(cache, model, method, schedule):
+    """(the cell's kl_weight, the validation error % of each kl_weight
+    tried): the default, or for --tune_models the one of least validation
+    error; (None, trials) while trials are missing (--table_only)."""
+    default = KL_WEIGHTS[model][method]
+    if model not in FLAGS.tune_models or methods.get(method).ranks_by_weights:
+        return default, {}
+    target = min(map(int, FLAGS[f"{model}_targets"].value))
+    trials = {}
+    for kl_weight in (default * factor for factor in TUNE_FACTORS):
+        key = _key(model, method, schedule, target, 0, kl_weight, VALIDATION_SPLIT)
+        if not FLAGS.table_only:
+            cache.get_or_run(key, lambda: _run(model, method, schedule, target, 0, kl_weight, VALIDATION_SPLIT))
+        if key in cache.runs:
+            trials[f"{kl_weight:g}"] = cache.runs[key]["result"]["validation_error"]
+    if len(trials) < len(TUNE_FACTORS):
+        return None, trials
+    return float(min(trials, key=trials.get)), trials
 
 
 def _cells():
@@ -105,10 +141,11 @@ def _cells():
                     yield model, method, schedule, target
 
 
-def _row(cell, runs):
+def _row(cell, kl_weight, trials, runs):
     model, method, schedule, target = cell
     row = {"model": model, "method": method, "schedule": schedule, "target_macs": target,
-           "kl_weight": KL_WEIGHTS[model][method], "seeds": len(runs), "runs": runs}
+           "kl_weight": kl_weight, "kl_weight_chosen_by": "validation" if trials else "default",
+           "validation_error_by_kl_weight": trials, "seeds": len(runs), "runs": runs}
     for key in ("error", "macs", "baseline_error"):
         values = [run[key] for run in runs]
         row[key] = statistics.mean(values)
@@ -117,20 +154,24 @@ def _row(cell, runs):
 
 
 def _markdown(rows, provenance):
-    header = ["model", "MAC target", "method", "schedule", "test error % (mean ± std)", "MACs (mean ± std)",
-              "architectures (each seed)", "pruning epochs", "unpruned error %"]
+    header = ["model", "MAC target", "method", "schedule", "kl_weight", "test error % (mean ± std)",
+              "MACs (mean ± std)", "architectures (each seed)", "pruning epochs", "unpruned error %"]
     lines = [[row["model"], f"{row['target_macs']:,}", row["method"], row["schedule"],
+              f"{row['kl_weight']:g}" + (" (validation)" if row["validation_error_by_kl_weight"] else ""),
               f"{row['error']:.2f} ± {row['error_std']:.2f}", f"{row['macs']:,.0f} ± {row['macs_std']:,.0f}",
               ", ".join(run["architecture"] for run in row["runs"]),
               ", ".join(str(run["pruning_epochs"]) for run in row["runs"]),
               f"{row['baseline_error']:.2f} ± {row['baseline_error_std']:.2f}"] for row in rows]
-    published = [[model, "", name, "published", f"{error:.2f}", f"{macs(model, arch):,}", arch, "", ""]
+    published = [[model, "", name, "published", "", f"{error:.2f}", f"{macs(model, arch):,}", arch, "", ""]
                  for model in dict.fromkeys(row["model"] for row in rows) for name, arch, error, _, _ in PUBLISHED[model]]
     return (
         f"# Methods at equal MACs and epochs ({provenance['keras']}, commit {str(provenance['commit'])[:7]})\n\n"
         f"MNIST, {FLAGS.train_examples or 'all 60,000'} training images, paper_table's budgets with epochs x "
         f"{FLAGS.epoch_scale:g}; every cell's plan (stages and fine-tune) has the same length, and every "
-        f"method of a seed starts from the same baseline. kl_weight per method: {KL_WEIGHTS} (not tuned). "
+        f"method of a seed starts from the same baseline. kl_weight: the defaults {KL_WEIGHTS}, or "
+        f"for {', '.join(FLAGS.tune_models) or 'no model'} chosen among the default times "
+        f"{', '.join(f'{f:.3g}' for f in TUNE_FACTORS)} by the validation error ({VALIDATION_SPLIT:g} of the "
+        "training images held out, seed 0, the smallest MAC target; the JSON gives each trial). "
         f"{provenance['machine']['cpu']}, {provenance['machine']['cores']} cores.\n\n"
         + results_io.markdown_table(header, lines + published)
     )
@@ -164,12 +205,15 @@ def main(argv):
     cache = results_io.RunCache(os.path.join(FLAGS.output_dir, "method_comparison_runs.json"))
     rows = []
     for cell in _cells():
-        keys = [_key(*cell, seed) for seed in range(FLAGS.seeds)]
+        kl_weight, trials = _kl_weight(cache, *cell[:3])
+        if kl_weight is None:
+            continue
+        keys = [_key(*cell, seed, kl_weight) for seed in range(FLAGS.seeds)]
         if not FLAGS.table_only:
             for seed, key in enumerate(keys):
-                cache.get_or_run(key, lambda: _run(*cell, seed))
+                cache.get_or_run(key, lambda: _run(*cell, seed, kl_weight))
         if all(key in cache.runs for key in keys):
-            rows.append(_row(cell, [cache.runs[key]["result"] for key in keys]))
+            rows.append(_row(cell, kl_weight, trials, [cache.runs[key]["result"] for key in keys]))
     provenance = results_io.provenance()
     result = {"benchmark": "method_comparison", **provenance, "seeds": FLAGS.seeds,
               "epoch_scale": FLAGS.epoch_scale, "train_examples": FLAGS.train_examples,

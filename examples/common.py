@@ -26,8 +26,9 @@ HELP = {
     "pretrain_epochs": "epochs that train the unpruned baseline",
     "baseline_dir": "keep the trained baseline in this folder and reuse it in later runs with the "
                     "same model, data, seed and baseline epochs",
-    "method": "the pruning noise: rbp (Recursive Bayesian Pruning), or a peer's for comparison: "
-              "sbp (Structured Bayesian Pruning), vib (VIBNet), l0 (L0 hard-concrete gates)",
+    "method": "the pruning noise: rbp (Recursive Bayesian Pruning), rbp_relaxed (its gates with "
+              "relaxed-Bernoulli samples), or for comparison sbp (Structured Bayesian Pruning), vib "
+              "(VIBNet), l0 (L0 hard-concrete gates), magnitude (weight norms; needs a target)",
     "kl_weight": "how hard pruning pushes: larger removes more channels",
     "prior_keep_prob": "the prior probability that a channel is kept (pi_0)",
     "initial_keep_prob": "every channel's keep probability when pruning starts",

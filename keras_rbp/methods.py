@@ -28,6 +28,13 @@ count, VIBNet by the feature map's area; `cost_aware` plays that part here).
 
 - "rbp": Recursive Bayesian Pruning (Zhou et al. 2019) as reconstructed in
   `keras_rbp.noise`: Gaussian theta with Bernoulli(pi) moments, Bernoulli KL.
+- "rbp_relaxed": RBP's Bernoulli(pi) gates and KL with relaxed-Bernoulli
+  (Concrete, Maddison et al. 2017) samples instead of the moment-matched
+  Gaussian: theta = sigmoid((phi + log u - log(1 - u)) / t), u ~ U(0, 1).
+  P(theta > 1/2) = pi at every temperature t, and as t -> 0 the samples
+  become the Bernoulli gates whose KL the penalty is (Concrete dropout, Gal
+  et al. 2017), so the objective tends to a proper bound. The noise scale
+  s divides the temperature: t = RELAXED_TEMPERATURE / s.
 - "sbp": Structured Bayesian Pruning (Neklyudov et al. 2017; code
   necludov/group-sparsity-sbp, nets/layers.py): log theta ~ N(mu, sigma^2)
   truncated to [-20, 0], a log-uniform prior on the same interval, kept
@@ -54,6 +61,8 @@ from keras_rbp import noise as rbp_noise
 # SBP's truncation of log theta, and its clip of mu and log sigma.
 SBP_LOG_RANGE = (-20.0, 0.0)
 SBP_PARAMETER_RANGE = (-20.0, 5.0)
+# rbp_relaxed's temperature at noise scale 1.
+RELAXED_TEMPERATURE = 0.5
 # L0's hard-concrete stretch (gamma, zeta) and temperature beta.
 L0_GAMMA, L0_ZETA, L0_BETA = -0.1, 1.1, 2.0 / 3.0
 _UNIFORM_EPSILON = 1e-6
@@ -72,13 +81,21 @@ def _uniform(shape, seed):
     return tf.random.stateless_uniform(shape, seed, minval=_UNIFORM_EPSILON, maxval=1.0 - _UNIFORM_EPSILON)
 
 
-class RBP:
+class Method:
+    """The attributes every method has; its class gives the functions."""
+
+    name = None
+    collapses = False
+    ranks_by_weights = False
+    trainable = True
+    parameters = ()
+
+
+class RBP(Method):
     """Recursive Bayesian Pruning's Dirac-like noise (`keras_rbp.noise`)."""
 
     name = "rbp"
     collapses = True
-    ranks_by_weights = False
-    trainable = True
     parameters = ("logits",)
 
     def initial_values(self, initial_keep_prob):
@@ -100,13 +117,24 @@ class RBP:
         return rbp_noise.keep_probability(params["logits"])
 
 
-class SBP:
+class RelaxedRBP(RBP):
+    """RBP's gates and KL with relaxed-Bernoulli samples; theta is pi at
+    inference, the Bernoulli gate's mean."""
+
+    name = "rbp_relaxed"
+
+    def draw(self, shape, seed):
+        return _uniform(shape, seed)
+
+    def sample(self, params, draws, scale):
+        logistic = tf.math.log(draws) - tf.math.log1p(-draws)
+        return tf.sigmoid((params["logits"] + logistic) * (scale / RELAXED_TEMPERATURE))
+
+
+class SBP(Method):
     """Structured Bayesian Pruning: truncated log-normal noise."""
 
     name = "sbp"
-    collapses = False
-    ranks_by_weights = False
-    trainable = True
     parameters = ("mu", "log_sigma")
 
     def initial_values(self, initial_keep_prob):
@@ -166,13 +194,10 @@ class SBP:
         return tf.cast(tf.where(tf.math.is_finite(snr), snr / (1.0 + snr), 1.0), tf.float32)
 
 
-class VIB:
+class VIB(Method):
     """VIBNet's Gaussian noise with the information-bottleneck penalty."""
 
     name = "vib"
-    collapses = False
-    ranks_by_weights = False
-    trainable = True
     parameters = ("mu", "log_variance")
 
     def initial_values(self, initial_keep_prob):
@@ -199,13 +224,10 @@ class VIB:
         return tf.sigmoid(-log_alpha)
 
 
-class L0:
+class L0(Method):
     """L0 regularisation with hard-concrete gates."""
 
     name = "l0"
-    collapses = False
-    ranks_by_weights = False
-    trainable = True
     parameters = ("log_alpha",)
 
     def initial_values(self, initial_keep_prob):
@@ -238,12 +260,11 @@ class L0:
         return tf.sigmoid(params["log_alpha"] - rbp_noise.logit(-L0_GAMMA / (L0_ZETA - L0_GAMMA)))
 
 
-class Magnitude:
+class Magnitude(Method):
     """The non-Bayesian baseline: a constant gate of 1, which a budget
     closes on the channels of smallest weight magnitude."""
 
     name = "magnitude"
-    collapses = False
     ranks_by_weights = True
     trainable = False
     parameters = ("gate",)
@@ -271,7 +292,7 @@ class Magnitude:
         return params["gate"]
 
 
-METHODS = {method.name: method for method in (RBP(), SBP(), VIB(), L0(), Magnitude())}
+METHODS = {method.name: method for method in (RBP(), RelaxedRBP(), SBP(), VIB(), L0(), Magnitude())}
 
 
 def get(name):

@@ -39,7 +39,7 @@ class Recipe:
     pretrain_epochs: int = 10
     baseline_dir: str = None  # trained baselines kept here, one per setting, and reused
     # prune()
-    method: str = "rbp"  # or a peer's noise: "sbp", "vib", "l0"
+    method: str = "rbp"  # or "rbp_relaxed", a peer's noise ("sbp", "vib", "l0"), "magnitude"
     kl_weight: float = 10.0
     prior_keep_prob: float = 0.01
     initial_keep_prob: float = 0.9
@@ -134,6 +134,8 @@ def run(recipe, verbose=1):
         "report": summary.to_dict(),
         **results_features,
     }
+    if fit_size < len(x_train):  # the held-out split: where hyperparameters are chosen
+        results["validation_error"] = _error(small, small_x_train[fit_size:], y_train[fit_size:])
     if recipe.target_latency_ms is not None:
         results["latency_ms"] = {
             "target": recipe.target_latency_ms,

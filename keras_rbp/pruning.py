@@ -130,10 +130,13 @@ def prune(
             `shrink` then keeps a channel that any of them keeps.
         seed: seeds every noise of the copy.
         method: the noise of every group: "rbp" (Recursive Bayesian
-            Pruning), or a peer method for comparison, "sbp" (Structured
-            Bayesian Pruning), "vib" (VIBNet) or "l0" (L0 hard-concrete
-            gates); see `keras_rbp.methods`. Every method uses the same
-            schedules, budgets, `shrink` and `export`.
+            Pruning), "rbp_relaxed" (its gates with relaxed-Bernoulli
+            samples), or a peer method for comparison, "sbp" (Structured
+            Bayesian Pruning), "vib" (VIBNet), "l0" (L0 hard-concrete
+            gates) or "magnitude" (no noise: a budget of `RecursivePruning`
+            keeps the channels of largest filter L1 norm or
+            BatchNormalization |gamma|); see `keras_rbp.methods`. Every
+            method uses the same schedules, budgets, `shrink` and `export`.
 
     Returns:
         A new, uncompiled Keras model with `RBPWrapper` and `RBPNoise` layers.

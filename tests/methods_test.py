@@ -111,9 +111,36 @@ def test_l0_gates_match_numpy_and_the_penalty_is_their_probability_of_being_nonz
     np.testing.assert_array_equal(l0.keep_score(params).numpy() > 0.5, test_gate > 0)
 
 
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_relaxed_rbp_samples_match_numpy_and_exceed_one_half_with_probability_pi(scale):
+    relaxed = methods.METHODS["rbp_relaxed"]
+    pi = np.array([0.02, 0.3, 0.5, 0.9, 0.995])
+    logits = np.log(pi) - np.log1p(-pi)
+    params = _tensors(logits=logits)
+    u = relaxed.draw([DRAWS, 5], tf.constant([3, 4], tf.int64))
+    theta = relaxed.sample(params, u, scale).numpy()
+    u = u.numpy().astype("float64")
+    expected = 1 / (1 + np.exp(-(logits + np.log(u) - np.log(1 - u)) * scale / methods.RELAXED_TEMPERATURE))
+    np.testing.assert_allclose(theta, expected, atol=1e-5)
+    assert np.all(np.abs((theta > 0.5).mean(0) - pi) <= Z_SCORE * np.sqrt(pi * (1 - pi) / DRAWS))
+    # The gate, its mean at inference and its KL are RBP's Bernoulli ones.
+    rbp_method = methods.METHODS["rbp"]
+    for name in ("mean", "keep_score"):
+        np.testing.assert_allclose(getattr(relaxed, name)(params).numpy(), pi, rtol=1e-5)
+    np.testing.assert_allclose(relaxed.penalty(params, 0.01).numpy(), rbp_method.penalty(params, 0.01).numpy())
+
+
+def test_relaxed_rbp_samples_become_the_bernoulli_gates_as_the_temperature_falls():
+    relaxed = methods.METHODS["rbp_relaxed"]
+    params = _tensors(logits=[0.0, 2.0])
+    u = relaxed.draw([DRAWS, 2], tf.constant([5, 6], tf.int64))
+    theta = relaxed.sample(params, u, 200.0).numpy()  # temperature 0.0025
+    assert np.mean(np.minimum(theta, 1 - theta) > 0.01) < 0.01
+
+
 def test_an_unknown_method_is_refused_with_the_choices():
     with pytest.raises(ValueError, match=r"RBPNoise 'noise': method must be one of \['l0', 'magnitude', 'rbp', "
-                                         r"'sbp', 'vib'\], "
+                                         r"'rbp_relaxed', 'sbp', 'vib'\], "
                                          r"received: 'dropout'"):
         rbp.RBPNoise(dataset_size=10, method="dropout", name="noise")
 

@@ -1,5 +1,7 @@
 """keras_rbp.pipeline: the whole path as one recipe."""
 
+import dataclasses
+
 import numpy as np
 
 from conftest import mnist_dir
@@ -29,3 +31,18 @@ def test_a_kept_baseline_is_reused_by_every_run_and_method(tmp_path):
     assert vib_run["baseline_error"] == trained["baseline_error"]
     assert vib_run["recipe"]["method"] == "vib"
     assert np.isfinite(vib_run["final_error"])
+
+
+def test_the_validation_error_is_measured_on_the_held_out_training_images(tmp_path):
+    recipe = pipeline.Recipe(
+        model="lenet_300_100", dataset="mnist", data_dir=mnist_dir(), train_examples=1024, test_examples=1000,
+        validation_split=0.25, pretrain_epochs=1, epochs_per_stage=1, finetune_epochs=1, target_macs=0.3,
+        method="magnitude", input_features=True, baseline_dir=str(tmp_path / "baselines"),
+    )
+    first = pipeline.run(recipe, verbose=0)
+    fewer_tests = pipeline.run(dataclasses.replace(recipe, test_examples=300), verbose=0)
+    errors = 256 * np.array([first["validation_error"], fewer_tests["validation_error"]])
+    np.testing.assert_allclose(errors, np.round(errors), atol=1e-9)  # counted on the last 256 images
+    assert first["validation_error"] == fewer_tests["validation_error"]
+    assert 0 < first["validation_error"] < 0.5
+    assert "validation_error" not in pipeline.run(dataclasses.replace(recipe, validation_split=0.0), verbose=0)
