@@ -37,9 +37,9 @@ flags.DEFINE_integer("seeds", 3, "Seeds per cell (0, 1, ...).")
 flags.DEFINE_integer("train_examples", None, "A subset of MNIST's training set (all by default).")
 flags.DEFINE_float("epoch_scale", 1.0, "Multiplies the baseline and plan epochs (a smaller budget: < 1).")
 flags.DEFINE_bool("table_only", False, "Rebuild the table from the runs file without running anything.")
-flags.DEFINE_list("tune_models", [], "Models whose kl_weights are chosen on a validation split first: "
+flags.DEFINE_list("tune_models", [], "Models whose kl_weights are chosen by the validation error first: "
                   "each method's and schedule's default times 1, 1/3 and 3, at the smallest MAC target, "
-                  "seed 0, with the last tenth of the training images held out.")
+                  "seed 0 (every run holds out the last tenth of its training images).")
 
 # The MAC budgets, in keras_rbp's count: the published points to beat.
 MAC_TARGETS = {
@@ -59,6 +59,8 @@ KL_WEIGHTS = {
 # and magnitude has no noise.
 MAX_NOISE_SCALE = {"rbp": 3.0, "rbp_relaxed": 3.0, "sbp": 1.0, "vib": 1.0, "l0": 1.0, "magnitude": 1.0}
 TUNE_FACTORS = (1.0, 1.0 / 3.0, 3.0)  # the default first: it wins a tie
+# Every run holds out this fraction of its training images (the last ones)
+# and reports its error on them, which --tune_models chooses by.
 VALIDATION_SPLIT = 0.1
 
 
@@ -73,21 +75,21 @@ def _plan_epochs(model):
     return FLAGS.epoch_scale * (groups * budget["epochs_per_stage"] + budget["finetune_epochs"])
 
 
-def _recipe(model, method, schedule, target, seed, kl_weight, validation_split):
+def _recipe(model, method, schedule, target, seed, kl_weight):
     budget = dict(BUDGETS[model])
     budget["pretrain_epochs"] = max(1, round(budget["pretrain_epochs"] * FLAGS.epoch_scale))
     return pipeline.Recipe(
         model=model, dataset="mnist", data_dir=FLAGS.data_dir, seed=seed, train_examples=FLAGS.train_examples,
         baseline_dir=FLAGS.baseline_dir or os.path.join(FLAGS.output_dir, "method_comparison_baselines"),
-        validation_split=validation_split, method=method, kl_weight=kl_weight,
+        validation_split=VALIDATION_SPLIT, method=method, kl_weight=kl_weight,
         max_noise_scale=MAX_NOISE_SCALE[method],
         groups_per_stage=1 if schedule == "recursive" else 0, target_macs=target,
         plan_epochs=_plan_epochs(model), **{k: v for k, v in budget.items() if k != "quantize"},
     )
 
 
-def _run(model, method, schedule, target, seed, kl_weight, validation_split=0.0):
-    results = pipeline.run(_recipe(model, method, schedule, target, seed, kl_weight, validation_split), verbose=0)
+def _run(model, method, schedule, target, seed, kl_weight):
+    results = pipeline.run(_recipe(model, method, schedule, target, seed, kl_weight), verbose=0)
     totals = results["report"]["totals"]
     run = {
         "architecture": results["report"]["architecture_after"],
@@ -97,20 +99,16 @@ def _run(model, method, schedule, target, seed, kl_weight, validation_split=0.0)
         "params": totals["params_after"],
         "pruning_epochs": results["epochs"]["pruning"],
         "seconds": sum(results["seconds"].values()),
+        "validation_error": 100 * results["validation_error"],
     }
-    if "validation_error" in results:
-        run["validation_error"] = 100 * results["validation_error"]
-    print(f"{model} {method} {schedule} target {target:,}: seed {seed}, kl_weight {kl_weight:g}"
-          + (f", validation split {validation_split:g}: validation error {run['validation_error']:.2f} %"
-             if validation_split else "")
-          + f": {run['architecture']}, error {run['error']:.2f} %, {run['macs']:,} MACs, {run['seconds']:.0f} s",
-          flush=True)
+    print(f"{model} {method} {schedule} target {target:,}: seed {seed}, kl_weight {kl_weight:g}: "
+          f"{run['architecture']}, validation error {run['validation_error']:.2f} %, test error "
+          f"{run['error']:.2f} %, {run['macs']:,} MACs, {run['seconds']:.0f} s", flush=True)
     return run
 
 
-def _key(model, method, schedule, target, seed, kl_weight, validation_split=0.0):
-    key = f"{model}/{method}/{schedule}/{target}/{seed}/x{FLAGS.epoch_scale:g}/{FLAGS.train_examples}/kl{kl_weight:g}"
-    return key + (f"/validation{validation_split:g}" if validation_split else "")
+def _key(model, method, schedule, target, seed, kl_weight):
+    return f"{model}/{method}/{schedule}/{target}/{seed}/x{FLAGS.epoch_scale:g}/{FLAGS.train_examples}/kl{kl_weight:g}"
 
 
 def _kl_weight(cache, model, method, schedule):
@@ -123,9 +121,9 @@ def _kl_weight(cache, model, method, schedule):
     target = min(map(int, FLAGS[f"{model}_targets"].value))
     trials = {}
     for kl_weight in (default * factor for factor in TUNE_FACTORS):
-        key = _key(model, method, schedule, target, 0, kl_weight, VALIDATION_SPLIT)
+        key = _key(model, method, schedule, target, 0, kl_weight)
         if not FLAGS.table_only:
-            cache.get_or_run(key, lambda: _run(model, method, schedule, target, 0, kl_weight, VALIDATION_SPLIT))
+            cache.get_or_run(key, lambda: _run(model, method, schedule, target, 0, kl_weight))
         if key in cache.runs:
             trials[f"{kl_weight:g}"] = cache.runs[key]["result"]["validation_error"]
     if len(trials) < len(TUNE_FACTORS):
@@ -170,8 +168,9 @@ def _markdown(rows, provenance):
         f"{FLAGS.epoch_scale:g}; every cell's plan (stages and fine-tune) has the same length, and every "
         f"method of a seed starts from the same baseline. kl_weight: the defaults {KL_WEIGHTS}, or "
         f"for {', '.join(FLAGS.tune_models) or 'no model'} chosen among the default times "
-        f"{', '.join(f'{f:.3g}' for f in TUNE_FACTORS)} by the validation error ({VALIDATION_SPLIT:g} of the "
-        "training images held out, seed 0, the smallest MAC target; the JSON gives each trial). "
+        f"{', '.join(f'{f:.3g}' for f in TUNE_FACTORS)} by the validation error (seed 0, the smallest MAC "
+        "target; the JSON gives each trial). Every run trains on the first "
+        f"{1 - VALIDATION_SPLIT:.0%} of the training images and holds out the rest, its validation split. "
         f"{provenance['machine']['cpu']}, {provenance['machine']['cores']} cores.\n\n"
         + results_io.markdown_table(header, lines + published)
     )
