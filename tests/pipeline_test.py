@@ -45,4 +45,3 @@ def test_the_validation_error_is_measured_on_the_held_out_training_images(tmp_pa
     np.testing.assert_allclose(errors, np.round(errors), atol=1e-9)  # counted on the last 256 images
     assert first["validation_error"] == fewer_tests["validation_error"]
     assert 0 < first["validation_error"] < 0.5
-    assert "validation_error" not in pipeline.run(dataclasses.replace(recipe, validation_split=0.0), verbose=0)
