@@ -61,10 +61,11 @@ class RBPNoise(keras.layers.Layer):
         calls: the number of places the model calls this layer; each call
             adds 1/calls of the KL and they share one draw a step.
         method: the noise, one of `keras_rbp.methods.METHODS`: "rbp",
-            "rbp_relaxed", "sbp", "vib", "l0", or "magnitude" (no noise: a budget keeps
-            the channels of largest weight magnitude). Its parameters are
-            the variables ``scaled_<parameter>``, each logit_scale times
-            smaller than the parameter (RBP: ``scaled_logits``).
+            "rbp_relaxed", "sbp", "vib", "l0", or "magnitude" (no noise:
+            a budget keeps the channels of largest weight magnitude). Its
+            parameters are the variables ``scaled_<parameter>``, each
+            logit_scale times smaller than the parameter (RBP:
+            ``scaled_logits``).
         seed: integer seed of the noise; drawn at random when None and then
             kept in the config.
 

@@ -200,6 +200,11 @@ class _ProducerRule(LayerRule):
         raise NotImplementedError
 
 
+def _slice_norms(weight, axis):
+    """The L1 norm of each slice of `weight` along `axis`."""
+    weight = np.abs(np.moveaxis(weight, axis, 0))
+    return weight.reshape(weight.shape[0], -1).sum(1)
+
 
 class DenseConvRule(_ProducerRule):
     """Dense and Conv1D/2D/3D, grouped convolutions included. A Dense on a
@@ -270,14 +275,10 @@ class DenseConvRule(_ProducerRule):
         return [kernel[..., out_index] * theta] + bias, changes
 
     def output_norms(self, layer):
-        kernel = np.abs(layer.get_weights()[0])
-        return kernel.reshape(-1, kernel.shape[-1]).sum(0)
+        return _slice_norms(layer.get_weights()[0], -1)
 
     def input_norms(self, layer):
-        if getattr(layer, "groups", 1) > 1:
-            return None
-        kernel = np.abs(layer.get_weights()[0])
-        return np.moveaxis(kernel, -2, 0).reshape(kernel.shape[-2], -1).sum(1)
+        return None if getattr(layer, "groups", 1) > 1 else _slice_norms(layer.get_weights()[0], -2)
 
 
 class TransposedConvRule(_ProducerRule):
@@ -292,8 +293,7 @@ class TransposedConvRule(_ProducerRule):
         return [kernel] + bias, {"filters": len(out_index)}
 
     def output_norms(self, layer):
-        kernel = np.abs(layer.get_weights()[0])
-        return np.moveaxis(kernel, -2, 0).reshape(kernel.shape[-2], -1).sum(1)
+        return _slice_norms(layer.get_weights()[0], -2)
 
 
 class DepthwiseRule(_ProducerRule):
@@ -340,8 +340,7 @@ class SeparableConvRule(_ProducerRule):
         return [depthwise, pointwise] + bias, {"filters": len(out_index)}
 
     def output_norms(self, layer):
-        pointwise = np.abs(layer.get_weights()[1])
-        return pointwise.reshape(-1, pointwise.shape[-1]).sum(0)
+        return _slice_norms(layer.get_weights()[1], -1)
 
 
 class BatchNormalizationRule(_ProducerRule):
