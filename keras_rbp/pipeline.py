@@ -37,6 +37,7 @@ class Recipe:
     batch_size: int = 128
     learning_rate: float = 1e-3
     pretrain_epochs: int = 10
+    pretrain_weight_decay: float = 0.0  # the baseline's decoupled weight decay (AdamW); 0: Adam
     baseline_dir: str = None  # trained baselines kept here, one per setting, and reused
     # prune()
     method: str = "rbp"  # or "rbp_relaxed", a peer's noise ("sbp", "vib", "l0"), "magnitude"
@@ -72,14 +73,24 @@ def load_data(recipe):
     )
 
 
+def run_baseline(recipe, verbose=1):
+    """Trains (or loads from `baseline_dir`) the recipe's unpruned model and
+    nothing else; returns its test error and, with a validation split, its
+    error on the held-out training images, where a baseline recipe is chosen."""
+    clock = _Clock()
+    (x_train, y_train), (x_test, y_test), fit_size, baseline = _seeded_baseline(recipe, verbose)
+    clock.lap("pretrain")
+    results = {"recipe": dataclasses.asdict(recipe), "baseline_error": _error(baseline, x_test, y_test)}
+    if fit_size < len(x_train):
+        results["validation_error"] = _error(baseline, x_train[fit_size:], y_train[fit_size:])
+    results["seconds"] = clock.laps
+    return results
+
+
 def run(recipe, verbose=1):
     """Runs the recipe; returns its figures as a dict (see the README)."""
-    keras.utils.set_random_seed(recipe.seed)
-    (x_train, y_train), (x_test, y_test) = load_data(recipe)
-    fit_size = int(round(len(x_train) * (1.0 - recipe.validation_split)))
     clock = _Clock()
-
-    baseline = _baseline(recipe, x_train, y_train, fit_size, verbose)
+    (x_train, y_train), (x_test, y_test), fit_size, baseline = _seeded_baseline(recipe, verbose)
     clock.lap("pretrain")
 
     pruned = prune(
@@ -161,6 +172,15 @@ def run(recipe, verbose=1):
     return results
 
 
+def _seeded_baseline(recipe, verbose):
+    """The recipe's data, the number of training images it fits on (the rest
+    held out), and its baseline, all from the recipe's seed."""
+    keras.utils.set_random_seed(recipe.seed)
+    (x_train, y_train), test = load_data(recipe)
+    fit_size = int(round(len(x_train) * (1.0 - recipe.validation_split)))
+    return (x_train, y_train), test, fit_size, _baseline(recipe, x_train, y_train, fit_size, verbose)
+
+
 def _baseline(recipe, x_train, y_train, fit_size, verbose):
     """The recipe's trained, unpruned model: loaded from `baseline_dir` when
     a run with the same baseline settings saved it there, else trained (and
@@ -171,13 +191,15 @@ def _baseline(recipe, x_train, y_train, fit_size, verbose):
     if recipe.baseline_dir:
         settings = (recipe.model, recipe.dataset, recipe.seed, recipe.train_examples, recipe.validation_split,
                     recipe.batch_size, recipe.learning_rate, recipe.pretrain_epochs, recipe.input_features)
+        if recipe.pretrain_weight_decay:
+            settings += (f"wd{recipe.pretrain_weight_decay:g}",)
         name = "_".join(str(value) for value in settings).replace(".", "p")
         path = os.path.join(recipe.baseline_dir, f"{name}.weights.h5")
         if os.path.exists(path):
             baseline.load_weights(path)  # before compile: the optimiser's state is not needed
             _compile(baseline, recipe.learning_rate)
             return baseline
-    _compile(baseline, _decaying(recipe, fit_size))
+    _compile(baseline, _decaying(recipe, fit_size), recipe.pretrain_weight_decay)
     baseline.fit(x_train, y_train, batch_size=recipe.batch_size, epochs=recipe.pretrain_epochs,
                  validation_split=recipe.validation_split, verbose=2 if verbose else 0)
     if path:
@@ -192,9 +214,11 @@ def _masks(pruned):
     return {name: noise.mask.numpy() > 0 for name, noise in pruning_groups(pruned).items()}
 
 
-def _compile(model, learning_rate):
+def _compile(model, learning_rate, weight_decay=0.0):
+    optimizer = (keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay) if weight_decay
+                 else keras.optimizers.Adam(learning_rate))
     model.compile(
-        keras.optimizers.Adam(learning_rate),
+        optimizer,
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )

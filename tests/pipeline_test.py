@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 
 from conftest import mnist_dir
-from keras_rbp import pipeline
+from keras_rbp import models, pipeline
 
 
 def _recipe(tmp_path, method):
@@ -45,3 +45,30 @@ def test_the_validation_error_is_measured_on_the_held_out_training_images(tmp_pa
     np.testing.assert_allclose(errors, np.round(errors), atol=1e-9)  # counted on the last 256 images
     assert first["validation_error"] == fewer_tests["validation_error"]
     assert 0 < first["validation_error"] < 0.5
+
+
+def test_run_baseline_trains_the_baseline_that_run_starts_from(tmp_path):
+    recipe = _recipe(tmp_path, "rbp")
+    alone = pipeline.run_baseline(recipe, verbose=0)
+    whole = pipeline.run(recipe, verbose=0)
+    assert len(list((tmp_path / "baselines").iterdir())) == 1
+    assert whole["baseline_error"] == alone["baseline_error"]
+    held_out = 1024 - 922  # validation_split 0.1 of 1,024 images
+    np.testing.assert_allclose(held_out * alone["validation_error"], round(held_out * alone["validation_error"]),
+                               atol=1e-9)
+    assert 0 < alone["validation_error"] < 0.5
+
+
+def test_the_baselines_weight_decay_shrinks_its_weights_and_keeps_it_apart(tmp_path):
+    recipe = _recipe(tmp_path, "rbp")
+    decayed = dataclasses.replace(recipe, pretrain_weight_decay=10.0)
+    for each in (recipe, decayed):
+        pipeline.run_baseline(each, verbose=0)
+    paths = sorted((tmp_path / "baselines").iterdir())
+    assert [path.name.endswith("_wd10.weights.h5") for path in paths] == [False, True]
+    norms = []
+    for path in paths:
+        baseline = models.lenet_300_100((784,), 10)
+        baseline.load_weights(str(path))
+        norms.append(sum(np.abs(w).sum() for w in baseline.get_weights()))
+    assert norms[1] < 0.95 * norms[0]  # 16 steps of 1 - 10 x (1e-3 decaying to 1e-4): about 0.91
