@@ -66,6 +66,8 @@ VALIDATION_SPLIT = 0.1
 
 for _model, _targets in MAC_TARGETS.items():
     flags.DEFINE_list(f"{_model}_targets", [str(t) for t in _targets], f"MAC targets of {_model}.")
+    flags.DEFINE_integer(f"{_model}_pretrain_epochs", None, f"The epochs of {_model}'s baseline (default: "
+                         "paper_table's times --epoch_scale; baseline_recipes chooses them on validation).")
 
 
 def _plan_epochs(model):
@@ -75,9 +77,13 @@ def _plan_epochs(model):
     return FLAGS.epoch_scale * (groups * budget["epochs_per_stage"] + budget["finetune_epochs"])
 
 
+def _pretrain_epochs(model):
+    scaled = max(1, round(BUDGETS[model]["pretrain_epochs"] * FLAGS.epoch_scale))
+    return FLAGS[f"{model}_pretrain_epochs"].value or scaled
+
+
 def _recipe(model, method, schedule, target, seed, kl_weight):
-    budget = dict(BUDGETS[model])
-    budget["pretrain_epochs"] = max(1, round(budget["pretrain_epochs"] * FLAGS.epoch_scale))
+    budget = dict(BUDGETS[model], pretrain_epochs=_pretrain_epochs(model))
     return pipeline.Recipe(
         model=model, dataset="mnist", data_dir=FLAGS.data_dir, seed=seed, train_examples=FLAGS.train_examples,
         baseline_dir=FLAGS.baseline_dir or os.path.join(FLAGS.output_dir, "method_comparison_baselines"),
@@ -108,7 +114,8 @@ def _run(model, method, schedule, target, seed, kl_weight):
 
 
 def _key(model, method, schedule, target, seed, kl_weight):
-    return f"{model}/{method}/{schedule}/{target}/{seed}/x{FLAGS.epoch_scale:g}/{FLAGS.train_examples}/kl{kl_weight:g}"
+    return (f"{model}/{method}/{schedule}/{target}/{seed}/x{FLAGS.epoch_scale:g}/{FLAGS.train_examples}/"
+            f"pre{_pretrain_epochs(model)}/kl{kl_weight:g}")
 
 
 def _kl_weight(cache, model, method, schedule):
@@ -167,7 +174,9 @@ def _markdown(rows, provenance):
     return (
         f"# Methods at equal MACs and epochs ({provenance['keras']}, commit {str(provenance['commit'])[:7]})\n\n"
         f"MNIST, {FLAGS.train_examples or 'all 60,000'} training images, paper_table's budgets with epochs x "
-        f"{FLAGS.epoch_scale:g}; every cell's plan (stages and fine-tune) has the same length, and every "
+        f"{FLAGS.epoch_scale:g} (baselines: "
+        + ", ".join(f"{model} {_pretrain_epochs(model)} epochs" for model in FLAGS.models)
+        + "); every cell's plan (stages and fine-tune) has the same length, and every "
         f"method of a seed starts from the same baseline. kl_weight: the defaults {KL_WEIGHTS}, or "
         f"for {', '.join(FLAGS.tune_models) or 'no model'} chosen among the default times "
         f"{', '.join(f'{f:.3g}' for f in TUNE_FACTORS)} by the validation error (seed 0, the smallest MAC "
@@ -218,6 +227,7 @@ def main(argv):
     provenance = results_io.provenance()
     result = {"benchmark": "method_comparison", **provenance, "seeds": FLAGS.seeds,
               "epoch_scale": FLAGS.epoch_scale, "train_examples": FLAGS.train_examples,
+              "pretrain_epochs": {model: _pretrain_epochs(model) for model in FLAGS.models},
               "kl_weights": KL_WEIGHTS, "max_noise_scale": MAX_NOISE_SCALE, "rows": rows}
     markdown = _markdown(rows, provenance)
     paths = results_io.write_results(FLAGS.output_dir, "method_comparison", result, markdown)
