@@ -9,11 +9,15 @@ run goes through `keras_rbp.pipeline` with a `target_macs` budget and
 methods of a seed start from the same baseline weights (kept in
 --baseline_dir). Every finished run is kept in method_comparison_runs.json,
 so the table fills over several runs and a stopped run resumes; cells whose
-seeds are all done go into method_comparison.json, .md and .png. With
+seeds are all done go into method_comparison.json, .md and .png (a reduced
+budget's into method_comparison_x<epoch scale>_<images>.*). With
 --tune_models, each method's and schedule's kl_weight is first chosen on a
-held-out validation split (the test set is never used to choose).
+held-out validation split (the test set is never used to choose), and
+--<model>_pretrain_epochs gives the baseline recipe that baseline_recipes
+chose on it.
 
-    python -m benchmarks.method_comparison --data_dir ../shared/data --models lenet_300_100
+    python -m benchmarks.method_comparison --data_dir ../shared/data --models lenet_300_100 \
+        --tune_models lenet_300_100 --lenet_300_100_pretrain_epochs 40
 """
 
 import os
@@ -27,7 +31,8 @@ from keras_rbp import methods, pipeline
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Folder holding mnist.npz (else $KERAS_RBP_DATA).")
-results_io.define_output_dir("method_comparison_runs.json and method_comparison.json, .md and .png")
+results_io.define_output_dir("method_comparison_runs.json and the tables (method_comparison.json, .md and .png; "
+                             "a reduced budget's names say it)")
 flags.DEFINE_string("baseline_dir", None, "Where the trained baselines are kept and reused "
                     "(default: <output_dir>/method_comparison_baselines).")
 flags.DEFINE_list("models", ["lenet_300_100", "lenet5_caffe"], "Models to run.")
@@ -210,6 +215,14 @@ def _plot(rows, path):
     figure.savefig(path, dpi=90)
 
 
+def _table_name():
+    """method_comparison, or for a reduced budget method_comparison_x<epoch
+    scale>_<training images>: each budget has its own table."""
+    if FLAGS.epoch_scale == 1 and FLAGS.train_examples is None:
+        return "method_comparison"
+    return f"method_comparison_x{FLAGS.epoch_scale:g}_{FLAGS.train_examples or 'all'}"
+
+
 def main(argv):
     del argv
     cache = results_io.RunCache(os.path.join(FLAGS.output_dir, "method_comparison_runs.json"))
@@ -230,9 +243,9 @@ def main(argv):
               "pretrain_epochs": {model: _pretrain_epochs(model) for model in FLAGS.models},
               "kl_weights": KL_WEIGHTS, "max_noise_scale": MAX_NOISE_SCALE, "rows": rows}
     markdown = _markdown(rows, provenance)
-    paths = results_io.write_results(FLAGS.output_dir, "method_comparison", result, markdown)
+    paths = results_io.write_results(FLAGS.output_dir, _table_name(), result, markdown)
     if rows:
-        paths.append(os.path.join(FLAGS.output_dir, "method_comparison.png"))
+        paths.append(os.path.join(FLAGS.output_dir, _table_name() + ".png"))
         _plot(rows, paths[-1])
     print("\n".join(paths))
     print(markdown)
