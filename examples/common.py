@@ -24,8 +24,9 @@ HELP = {
     "batch_size": "images per training step",
     "learning_rate": "Adam's learning rate (the baseline's decays to a tenth of it)",
     "pretrain_epochs": "epochs that train the unpruned baseline",
+    "pretrain_weight_decay": "the baseline's decoupled weight decay (AdamW); 0 trains it with Adam",
     "baseline_dir": "keep the trained baseline in this folder and reuse it in later runs with the "
-                    "same model, data, seed and baseline epochs",
+                    "same model, data, seed and baseline recipe",
     "method": "the pruning noise: rbp (Recursive Bayesian Pruning), rbp_relaxed (its gates with "
               "relaxed-Bernoulli samples), or for comparison sbp (Structured Bayesian Pruning), vib "
               "(VIBNet), l0 (L0 hard-concrete gates), magnitude (weight norms; needs a target)",
