@@ -18,7 +18,7 @@ import statistics
 from absl import app, flags
 
 from benchmarks import results_io
-from benchmarks.literature import BUDGETS
+from benchmarks.literature import BASELINES_FOLDER, BUDGETS, VALIDATION_SPLIT
 from keras_rbp import pipeline
 
 FLAGS = flags.FLAGS
@@ -37,7 +37,6 @@ CANDIDATES = {
             (epochs, 1e-3, 0.05)]
     for model, epochs in ((model, budget["pretrain_epochs"]) for model, budget in BUDGETS.items())
 }
-VALIDATION_SPLIT = 0.1
 
 
 def _run(model, candidate, seed):
@@ -46,7 +45,7 @@ def _run(model, candidate, seed):
         model=model, dataset="mnist", data_dir=FLAGS.data_dir, seed=seed, validation_split=VALIDATION_SPLIT,
         pretrain_epochs=epochs, learning_rate=learning_rate, pretrain_weight_decay=weight_decay,
         input_features=BUDGETS[model].get("input_features", False),
-        baseline_dir=FLAGS.baseline_dir or os.path.join(FLAGS.output_dir, "method_comparison_baselines"),
+        baseline_dir=FLAGS.baseline_dir or os.path.join(FLAGS.output_dir, BASELINES_FOLDER),
     )
     results = pipeline.run_baseline(recipe, verbose=0)
     run = {"validation_error": 100 * results["validation_error"], "error": 100 * results["baseline_error"],

@@ -13,6 +13,12 @@ BUDGETS = {
     ),
 }
 
+# The benchmarks that choose on validation (baseline_recipes,
+# method_comparison) hold out this fraction of the training images, the last
+# ones, and keep their trained baselines in this folder under --output_dir.
+VALIDATION_SPLIT = 0.1
+BASELINES_FOLDER = "method_comparison_baselines"
+
 # method.md section 7: (method, architecture, test error %, MACs as the
 # source counts them, source). RigL's table gives FLOPs, 2 x MACs; the
 # LeNet-5 papers count their own way: compare by `macs` below.

@@ -26,7 +26,8 @@ import statistics
 from absl import app, flags
 
 from benchmarks import results_io
-from benchmarks.literature import BUDGETS, PUBLISHED, draw_published, macs, published_macs
+from benchmarks.literature import (BASELINES_FOLDER, BUDGETS, PUBLISHED, VALIDATION_SPLIT, draw_published, macs,
+                                   published_macs)
 from keras_rbp import methods, pipeline
 
 FLAGS = flags.FLAGS
@@ -64,9 +65,6 @@ KL_WEIGHTS = {
 # and magnitude has no noise.
 MAX_NOISE_SCALE = {"rbp": 3.0, "rbp_relaxed": 3.0, "sbp": 1.0, "vib": 1.0, "l0": 1.0, "magnitude": 1.0}
 TUNE_FACTORS = (1.0, 1.0 / 3.0, 3.0)  # the default first: it wins a tie
-# Every run holds out this fraction of its training images (the last ones)
-# and reports its error on them, which --tune_models chooses by.
-VALIDATION_SPLIT = 0.1
 
 
 for _model, _targets in MAC_TARGETS.items():
@@ -91,7 +89,7 @@ def _recipe(model, method, schedule, target, seed, kl_weight):
     budget = dict(BUDGETS[model], pretrain_epochs=_pretrain_epochs(model))
     return pipeline.Recipe(
         model=model, dataset="mnist", data_dir=FLAGS.data_dir, seed=seed, train_examples=FLAGS.train_examples,
-        baseline_dir=FLAGS.baseline_dir or os.path.join(FLAGS.output_dir, "method_comparison_baselines"),
+        baseline_dir=FLAGS.baseline_dir or os.path.join(FLAGS.output_dir, BASELINES_FOLDER),
         validation_split=VALIDATION_SPLIT, method=method, kl_weight=kl_weight,
         max_noise_scale=MAX_NOISE_SCALE[method],
         groups_per_stage=1 if schedule == "recursive" else 0, target_macs=target,
