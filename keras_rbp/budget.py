@@ -26,6 +26,7 @@ L = keras.layers
 METRICS = ("macs", "params", "latency_ms")
 MEASURED_ROUNDS = 3  # latency: times a stage's masks are measured and chosen again
 MEASURED_TOLERANCE = 0.05  # latency: a prediction this close to the measurement stands
+MEASURED_TRIES = 3  # latency: times the last group's model is timed before it misses the target
 
 
 class CostModel:
@@ -240,17 +241,19 @@ class Budget:
         the median ratio of measured to predicted latency over every model
         timed so far, and the mask is chosen again, up to MEASURED_ROUNDS
         times: a layer's latency jumps with its channel count (vector
-        widths) in ways no table fit follows.
+        widths) in ways no table fit follows. The last group (no `later`
+        ones) makes the final model, so it is chosen by measurement alone
+        (`_measured_fill`).
         """
         rest = self.share_masks(frozen, [name], later)
-        mask = self._fill(rest, name, pi)
         table = self.costs.latency
+        if table is not None and not later:
+            return self._measured_fill(rest, name, pi)
+        mask = self._fill(rest, name, pi)
         for _ in range(MEASURED_ROUNDS if table is not None else 0):
             proposal = {**rest, name: mask}
             predicted = self.cost(proposal)
-            thetas = {group: np.asarray(kept, np.float32) for group, kept in proposal.items()}
-            measured = model_latency(shrink_as(self.costs.model, thetas, keep_input_shape=False))
-            self.measurements.append({"group": name, "predicted_ms": predicted, "measured_ms": measured})
+            measured = self._measure(name, proposal, predicted)
             if abs(measured / predicted - 1) <= MEASURED_TOLERANCE:
                 break
             self._ratios.append(measured / (predicted / table.correction))
@@ -258,6 +261,41 @@ class Budget:
             rest = self.share_masks(frozen, [name], later)
             mask = self._fill(rest, name, pi)
         return mask
+
+    def _measure(self, name, masks, predicted):
+        """The measured latency of the model `masks` make, recorded."""
+        thetas = {group: np.asarray(kept, np.float32) for group, kept in masks.items()}
+        measured = model_latency(shrink_as(self.costs.model, thetas, keep_input_shape=False))
+        self.measurements.append({"group": name, "predicted_ms": predicted, "measured_ms": measured})
+        return measured
+
+    def _measured_fill(self, rest, name, pi):
+        """The last group's mask: the most channels, in order of pi (a
+        multiple of round_to), whose final model measures within the
+        target, by bisection over measured models. A slow spell of the
+        machine only ever adds time, so a model measured over the target
+        is timed again, up to MEASURED_TRIES times, and its least time
+        counts. The table is then corrected to the chosen model's time,
+        so the expected latency that fit logs is the final model's."""
+        floor, units = self._floor(pi.size), -(-pi.size // self.round_to)
+        measured, tries = {}, {}  # each unit's least time, and how often it was timed
+
+        def mask(unit):
+            return _top(pi, max(floor, min(pi.size, unit * self.round_to)))
+
+        def fits(unit):
+            proposal = {**rest, name: mask(unit)}
+            while unit not in measured or (measured[unit] > self.target and tries[unit] < MEASURED_TRIES):
+                time = self._measure(name, proposal, self.cost(proposal))
+                measured[unit] = min(time, measured.get(unit, time))
+                tries[unit] = tries.get(unit, 0) + 1
+            return measured[unit] <= self.target
+
+        chosen = _largest(fits, 0, units, integer=True)
+        fits(chosen)
+        table = self.costs.latency
+        table.correction *= measured[chosen] / self.cost({**rest, name: mask(chosen)})
+        return mask(chosen)
 
     def _fill(self, rest, name, pi):
         """Group `name` keeps its channels in order of pi, as many as fit

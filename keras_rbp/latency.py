@@ -91,11 +91,17 @@ def median_latency(interpreter, warmup, runs, batches=1):
     return 1000.0 * statistics.median(medians)
 
 
-def model_latency(model, warmup=10, runs=25, batches=20):
+def model_latency(model, warmup=10, runs=25, batches=20, interpreters=4):
     """Single-thread LiteRT latency of a Keras model with one input, on
-    one example, in milliseconds (see `median_latency`), converted in
-    memory to a float32 TFLite model with its weights as constants, as
-    `export` writes it."""
+    one example, in milliseconds, converted in memory to a float32 TFLite
+    model with its weights as constants, as `export` writes it.
+
+    The `batches` are shared among `interpreters` interpreters of the one
+    file, one after the other, and the least of their `median_latency` is
+    the model's: on a shared machine an interpreter's latency wanders by a
+    tenth or more for a second at a time, or for its whole life, and only
+    the quiet latency repeats from one measurement to the next.
+    """
     spec = tf.TensorSpec((1,) + tuple(model.inputs[0].shape[1:]), model.inputs[0].dtype)
     function = tf.function(lambda x: model(x, training=False), autograph=False)
     frozen = convert_variables_to_constants_v2(function.get_concrete_function(spec))
@@ -104,7 +110,9 @@ def model_latency(model, warmup=10, runs=25, batches=20):
         path = os.path.join(folder, "model.tflite")
         with open(path, "wb") as file:
             file.write(converter.convert())
-        return median_latency(Interpreter(model_path=path, num_threads=1), warmup, runs, batches)
+        each = max(1, batches // interpreters)
+        return min(median_latency(Interpreter(model_path=path, num_threads=1), warmup, runs, each)
+                   for _ in range(interpreters))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,9 @@ import pytest
 import keras_rbp as rbp
 from keras_rbp._keras import keras
 from keras_rbp import latency
-from keras_rbp.budget import Budget, CostModel
+from keras_rbp import budget as budget_module
+from keras_rbp.budget import Budget, CostModel, _top
+from keras_rbp.surgery import shrink_as
 
 from conftest import mnist_dir
 
@@ -95,6 +97,39 @@ def test_unreachable_and_bad_targets_are_refused():
             rbp.RecursivePruning(target_params=value)
     with pytest.raises(ValueError, match="round_to"):
         rbp.RecursivePruning(target_macs=0.5, round_to=0)
+
+
+@pytest.mark.parametrize("round_to", [1, 8])
+def test_the_last_group_keeps_the_most_channels_whose_measured_model_meets_a_latency_target(
+        monkeypatch, round_to):
+    """A stand-in for LiteRT that grows with the model's MACs: the last
+    group ends at the most channels that measure within the target, and
+    the expected latency is that measurement."""
+
+    def measured_ms(model, *timing):
+        return 0.01 + 1e-7 * rbp.report(model, model).totals["macs_before"]
+
+    monkeypatch.setattr(latency, "model_latency", measured_ms)
+    monkeypatch.setattr(budget_module, "model_latency", measured_ms)
+    pruned = rbp.prune(rbp.models.lenet5_caffe(), dataset_size=100, flatten_features=True)
+    groups = rbp.pruning_groups(pruned)
+    frozen = {name: np.arange(groups[name].channels) < groups[name].channels // 2
+              for name in ("conv1", "conv2", "flatten_rbp_noise")}
+    pi = np.random.RandomState(0).rand(groups["fc1"].channels)
+
+    def model_ms(kept):
+        thetas = {name: m.astype("float32") for name, m in {**frozen, "fc1": _top(pi, kept)}.items()}
+        return measured_ms(shrink_as(pruned, thetas, keep_input_shape=False))
+
+    target = (model_ms(200) + model_ms(300)) / 2
+    budget = Budget(pruned, "latency_ms", target, round_to=round_to)
+    mask = budget.stage_masks(frozen, {"fc1": pi}, [])["fc1"]
+    kept = int(mask.sum())
+    print(f"round_to={round_to}: fc1 keeps {kept} channels at {model_ms(kept):.5f} ms, target {target:.5f} ms")
+    assert kept % round_to == 0 and 200 < kept < 300
+    np.testing.assert_array_equal(mask, _top(pi, kept))
+    assert model_ms(kept) <= target < model_ms(kept + round_to)
+    assert budget.cost({**frozen, "fc1": mask}) == pytest.approx(model_ms(kept))
 
 
 def test_a_budgeted_plan_resumes_from_a_checkpoint_to_the_same_masks(tmp_path):
@@ -192,16 +227,26 @@ def test_mnist_lenet5_meets_a_parameter_target():
 
 @pytest.mark.timing
 def test_mnist_lenet5_meets_a_latency_target_measured_in_litert():
+    """On a shared machine a model's LiteRT time wanders by a fifth for
+    seconds at a time, and a slow spell only ever adds time. So the shrunk
+    model's quiet time is its median ratio to the unpruned model, timed
+    back to back (a spell slows both alike), times the unpruned model's
+    least time."""
     keras.utils.set_random_seed(0)
-    unpruned_ms = latency.model_latency(rbp.models.lenet5_caffe())
-    target = 0.5 * unpruned_ms
+    unpruned = rbp.models.lenet5_caffe()
+    unpruned_ms = [latency.model_latency(unpruned) for _ in range(3)]
+    target = 0.5 * min(unpruned_ms)
     _, pruned, schedule, history = _mnist_lenet5(target_latency_ms=target)
     small = rbp.shrink(pruned, keep_input_shape=False)
+    pairs = np.array([(latency.model_latency(small), latency.model_latency(unpruned)) for _ in range(5)])
+    quiet_ms = np.median(pairs[:, 0] / pairs[:, 1]) * min(unpruned_ms + list(pairs[:, 1]))
     predicted = history.history["rbp_expected_latency_ms"][-1]
-    measured = latency.model_latency(small)
-    print(f"LeNet-5 at {target:.4f} ms: predicted {predicted:.4f} ms, measured {measured:.4f} ms")
+    print(f"LeNet-5 at {target:.4f} ms: expected {predicted:.4f} ms, measured {quiet_ms:.4f} ms")
+    # The last group is chosen by timing the final model, whose time is the
+    # expected latency; a slow spell in fit can only make the model smaller.
     assert predicted <= target
-    assert abs(measured / target - 1) <= 0.15
+    assert any(predicted == pytest.approx(m["measured_ms"]) for m in schedule.budget.measurements)
+    assert 0.7 * target <= quiet_ms <= 1.1 * target
     assert history.history["rbp_latency_correction"][-1] == schedule.budget.costs.latency.correction
     assert schedule.budget.measurements  # each stage timed its proposal
     with pytest.raises(ValueError, match=r"target_latency_ms=0.001 \(0.001 ms\) is below .* ms, the least "
