@@ -19,7 +19,9 @@ Run from the repository root:
 
     python -m benchmarks.budgets --data_dir ../shared/data --plot
 
-Writes budgets.json and .md (and budgets.png) to --output_dir.
+Writes budgets.json and .md (and budgets.png) to --output_dir; a run of
+some of the --parts writes budgets_<part>_<part>.* instead, so that it
+does not replace the whole table.
 """
 
 import os
@@ -35,7 +37,8 @@ from keras_rbp import latency, models, pipeline
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Folder holding mnist.npz (else $KERAS_RBP_DATA).")
 results_io.define_output_dir("budgets.json, .md and .png")
-flags.DEFINE_list("parts", ["macs", "params", "latency", "plans"], "Which cells to run (see above).")
+PARTS = ["macs", "params", "latency", "plans"]
+flags.DEFINE_list("parts", PARTS, "Which cells to run (see above).")
 flags.DEFINE_integer("seeds", 3, "Seeds per cell (0, 1, ...).")
 flags.DEFINE_integer("train_examples", 20_000, "A subset of MNIST's training set.")
 flags.DEFINE_float("epoch_scale", 0.5, "Multiplies every epoch budget of paper_table's recipes.")
@@ -173,9 +176,10 @@ def main(argv):
         "deviation). Latency: single-thread LiteRT on this machine, "
         f"{provenance['machine']['cpu']}, {provenance['machine']['cores']} cores.\n\n" + table
     )
-    paths = results_io.write_results(FLAGS.output_dir, "budgets", result, markdown)
+    name = "budgets" if FLAGS.parts == PARTS else "_".join(["budgets"] + FLAGS.parts)
+    paths = results_io.write_results(FLAGS.output_dir, name, result, markdown)
     if FLAGS.plot:
-        paths.append(os.path.join(FLAGS.output_dir, "budgets.png"))
+        paths.append(os.path.join(FLAGS.output_dir, f"{name}.png"))
         _plot(rows, paths[-1])
     print("\n".join(paths))
     print(markdown)
