@@ -218,7 +218,7 @@ class Budget:
             for name, pi in pis.items()
         }
 
-    def stage_masks(self, frozen, stage, later):
+    def stage_masks(self, frozen, stage, later, most=None):
         """Masks for the groups of a stage that meet their share: one group
         after the other, in topological order, each as if it were a stage
         of its own and the stage's next groups were later ones.
@@ -227,13 +227,18 @@ class Budget:
             frozen: dict from group name to the mask of each frozen group.
             stage: dict from group name to the pi of each group of the stage.
             later: names of the groups of later stages.
+            most: dict from group name to the most channels the group may
+                keep (what its posterior keeps), for any of the stage's
+                groups but the model's last, which fills what remains.
         """
         masks, names = {}, list(stage)
         for index, name in enumerate(names):
-            masks[name] = self._group_mask({**frozen, **masks}, name, stage[name], names[index + 1 :] + list(later))
+            rest = names[index + 1 :] + list(later)
+            masks[name] = self._group_mask({**frozen, **masks}, name, stage[name], rest,
+                                           (most or {}).get(name) if rest else None)
         return masks
 
-    def _group_mask(self, frozen, name, pi, later):
+    def _group_mask(self, frozen, name, pi, later, most=None):
         """The mask of group `name` that meets its share.
 
         For a latency target, the model this mask and the share make is
@@ -243,13 +248,14 @@ class Budget:
         times: a layer's latency jumps with its channel count (vector
         widths) in ways no table fit follows. The last group (no `later`
         ones) makes the final model, so it is chosen by measurement alone
-        (`_measured_fill`).
+        (`_measured_fill`). With `most`, the group keeps at most that many
+        channels, and leaves the rest of its share to the later groups.
         """
         rest = self.share_masks(frozen, [name], later)
         table = self.costs.latency
         if table is not None and not later:
             return self._measured_fill(rest, name, pi)
-        mask = self._fill(rest, name, pi)
+        mask = self._fill(rest, name, pi, most)
         for _ in range(MEASURED_ROUNDS if table is not None else 0):
             proposal = {**rest, name: mask}
             predicted = self.cost(proposal)
@@ -259,7 +265,7 @@ class Budget:
             self._ratios.append(measured / (predicted / table.correction))
             table.correction = float(np.median(self._ratios))
             rest = self.share_masks(frozen, [name], later)
-            mask = self._fill(rest, name, pi)
+            mask = self._fill(rest, name, pi, most)
         return mask
 
     def _measure(self, name, masks, predicted):
@@ -297,17 +303,19 @@ class Budget:
         table.correction *= measured[chosen] / self.cost({**rest, name: mask(chosen)})
         return mask(chosen)
 
-    def _fill(self, rest, name, pi):
+    def _fill(self, rest, name, pi, most=None):
         """Group `name` keeps its channels in order of pi, as many as fit
-        beside `rest` (a group's channels all cost the same); with round_to,
-        a multiple of it, rounded up where the budget allows, else down."""
+        beside `rest` (a group's channels all cost the same) and at most
+        `most` (rounded up to round_to); with round_to, a multiple of it,
+        rounded up where the budget allows, else down."""
         floor = self._floor(pi.size)
+        highest = pi.size if most is None else min(pi.size, max(floor, -(-most // self.round_to) * self.round_to))
         count = int(_largest(lambda n: self.cost({**rest, name: _top(pi, max(floor, int(n)))}) <= self.target,
-                             0, pi.size, integer=True))
+                             0, highest, integer=True))
         count = max(floor, count)
         if self.round_to == 1:
             return _top(pi, count)
-        up = _top(pi, min(pi.size, -(-count // self.round_to) * self.round_to))
+        up = _top(pi, min(highest, -(-count // self.round_to) * self.round_to))
         if self.cost({**rest, name: up}) <= self.target:
             return up
         return _top(pi, max(floor, self._rounded(count, pi.size)))

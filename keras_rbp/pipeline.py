@@ -57,6 +57,7 @@ class Recipe:
     target_params: float = None
     target_latency_ms: float = None  # single-thread LiteRT milliseconds on this machine
     round_to: int = 1
+    widths: str = "share"  # with a target: "share", or "posterior" (see RecursivePruning)
     plan_epochs: float = None  # the whole pruning plan's length; None: the epochs above
     quantize: tuple = ()
 
@@ -116,6 +117,7 @@ def run(recipe, verbose=1):
         target_params=recipe.target_params,
         target_latency_ms=recipe.target_latency_ms,
         round_to=recipe.round_to,
+        widths=recipe.widths,
         plan_epochs=recipe.plan_epochs,
         verbose=verbose,
     )

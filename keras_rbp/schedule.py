@@ -14,6 +14,8 @@ from keras_rbp.budget import Budget
 from keras_rbp.distribute import is_chief
 from keras_rbp.pruning import pruning_groups
 
+WIDTHS = ("share", "posterior")  # how a budget sets each group's kept channels
+
 
 class RecursivePruning(keras.callbacks.Callback):
     """Trains and prunes the groups of a pruned model, stage after stage.
@@ -86,6 +88,12 @@ class RecursivePruning(keras.callbacks.Callback):
         round_to: with a budget, kept channel counts are multiples of it
             (rounded up where the budget allows, else down), at least
             round_to channels a group.
+        widths: with a budget, "share" (each group keeps its share, so
+            every group keeps about the same fraction of its channels) or
+            "posterior" (a group keeps at most the channels of pi >=
+            threshold, and leaves the rest of its share to later groups;
+            the model's last group fills what remains). Groups ranked by
+            weight magnitude always keep their share.
         plan_epochs: the length of the whole plan (stages and fine-tune) in
             epochs, a number that need not be whole; None counts the plan
             in `epochs_per_stage` and `finetune_epochs`.
@@ -109,6 +117,7 @@ class RecursivePruning(keras.callbacks.Callback):
         target_params=None,
         target_latency_ms=None,
         round_to=1,
+        widths="share",
         plan_epochs=None,
         plan_steps=None,
         check_epochs=True,
@@ -142,6 +151,9 @@ class RecursivePruning(keras.callbacks.Callback):
         self.target = _check_target(target_macs, target_params, target_latency_ms)
         _check_int("round_to", round_to, 1)
         self.round_to = round_to
+        if widths not in WIDTHS:
+            raise ValueError(f"RecursivePruning: widths must be one of {WIDTHS}, received: {widths!r}")
+        self.widths = widths
         if plan_epochs is not None and plan_steps is not None:
             raise ValueError(
                 "RecursivePruning: give at most one of plan_epochs and plan_steps, received "
@@ -435,7 +447,9 @@ class RecursivePruning(keras.callbacks.Callback):
             ranked = [name for name in names if groups[name].ranks_by_weights]
             scores = {name: groups[name].keep_probability() for name in names}
             scores.update(magnitude.channel_importance(self.model, ranked) if ranked else {})
-            budget_masks = self.budget.stage_masks(_frozen_masks(groups), scores, later)
+            most = {name: int((scores[name] >= self.threshold).sum())
+                    for name in names if self.widths == "posterior" and name not in ranked}
+            budget_masks = self.budget.stage_masks(_frozen_masks(groups), scores, later, most)
         for name in names:
             noise = groups[name]
             pi = noise.keep_probability()

@@ -99,6 +99,25 @@ def test_unreachable_and_bad_targets_are_refused():
         rbp.RecursivePruning(target_macs=0.5, round_to=0)
 
 
+def test_a_group_capped_by_its_posterior_leaves_its_share_to_later_groups():
+    pruned, budget = _budget(0.2)
+    groups = rbp.pruning_groups(pruned)
+    pis = {name: np.random.RandomState(1).rand(noise.channels) for name, noise in groups.items()}
+    later = ["conv2", "flatten_rbp_noise", "fc1"]
+    share = budget.stage_masks({}, {"conv1": pis["conv1"]}, later)["conv1"]
+    capped = budget.stage_masks({}, {"conv1": pis["conv1"]}, later, most={"conv1": 3})["conv1"]
+    assert share.sum() > 3 and capped.sum() == 3
+    np.testing.assert_array_equal(capped, _top(pis["conv1"], 3))
+    after_share = budget.stage_masks({"conv1": share}, {"conv2": pis["conv2"]}, later[1:])["conv2"]
+    after_capped = budget.stage_masks({"conv1": capped}, {"conv2": pis["conv2"]}, later[1:])["conv2"]
+    assert after_capped.sum() > after_share.sum()
+    # The model's last group fills what remains, whatever its posterior keeps
+    # (here every channel: the capped groups leave more than it can use).
+    all_at_once = budget.stage_masks({}, pis, [], most={name: 2 for name in pis})
+    assert [int(all_at_once[name].sum()) for name in ("conv1", "conv2", "flatten_rbp_noise")] == [2, 2, 2]
+    assert all_at_once["fc1"].all() and budget.cost(all_at_once) <= budget.target
+
+
 @pytest.mark.parametrize("round_to", [1, 8])
 def test_the_last_group_keeps_the_most_channels_whose_measured_model_meets_a_latency_target(
         monkeypatch, round_to):

@@ -429,6 +429,7 @@ def test_uncompiled_model_is_refused():
         (dict(threshold=1.0), "threshold must be in \\(0, 1\\), received: 1.0"),
         (dict(epochs_per_stage=0), "epochs_per_stage must be an integer >= 1, received: 0"),
         (dict(max_noise_scale=0.5), "max_noise_scale must be >= 1, received: 0.5"),
+        (dict(widths="pi"), r"widths must be one of \('share', 'posterior'\), received: 'pi'"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, match):
