@@ -13,7 +13,6 @@ its runs start from the same baselines.
 """
 
 import os
-import statistics
 
 from absl import app, flags
 
@@ -68,9 +67,9 @@ def _model_result(cache, model):
     trials = [{"recipe": _name(c), "candidate": c, **run(c, 0)} for c in CANDIDATES[model]]
     chosen = min(trials, key=lambda trial: trial["validation_error"])  # the first of equals
     errors = [run(chosen["candidate"], seed)["error"] for seed in range(FLAGS.seeds)]
+    error, error_std = results_io.mean_std(errors)
     return {"model": model, "trials": trials, "chosen": chosen["recipe"], "seeds": FLAGS.seeds,
-            "error": statistics.mean(errors), "error_std": statistics.stdev(errors) if len(errors) > 1 else 0.0,
-            "errors": errors}
+            "error": error, "error_std": error_std, "errors": errors}
 
 
 def _markdown(results, provenance):

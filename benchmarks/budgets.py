@@ -87,8 +87,7 @@ def _cell(label, model, schedule, metric, target, scale=None, **budget):
         "runs": runs, "achieved_over_target": ratios,
         "within_5_percent": all(0.95 <= ratio <= 1.0 for ratio in ratios),
         "within_15_percent": all(abs(ratio - 1) <= 0.15 for ratio in ratios),
-        "error_mean": statistics.mean(errors),
-        "error_std": statistics.stdev(errors) if len(errors) > 1 else 0.0,
+        **dict(zip(("error_mean", "error_std"), results_io.mean_std(errors))),
     }
 
 

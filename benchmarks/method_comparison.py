@@ -21,7 +21,6 @@ chose on it.
 """
 
 import os
-import statistics
 
 from absl import app, flags
 
@@ -157,9 +156,7 @@ def _row(cell, kl_weight, trials, runs):
            "kl_weight": kl_weight, "kl_weight_chosen_by": "validation" if trials else "default",
            "validation_error_by_kl_weight": trials, "seeds": len(runs), "runs": runs}
     for key in ("error", "macs", "baseline_error"):
-        values = [run[key] for run in runs]
-        row[key] = statistics.mean(values)
-        row[key + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        row[key], row[key + "_std"] = results_io.mean_std([run[key] for run in runs])
     return row
 
 

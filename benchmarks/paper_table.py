@@ -14,7 +14,6 @@ the unpruned model) beside the published figures (method.md section 7).
 """
 
 import os
-import statistics
 
 from absl import app, flags
 
@@ -79,9 +78,7 @@ def _row(model, schedule, kl_weight, runs):
            "architectures": [run["architecture"] for run in runs],
            "architecture_before": runs[0]["architecture_before"], "runs": runs}
     for key in AVERAGED:
-        values = [run[key] for run in runs]
-        row[key] = statistics.mean(values)
-        row[key + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        row[key], row[key + "_std"] = results_io.mean_std([run[key] for run in runs])
     return row
 
 

@@ -1,10 +1,12 @@
 """What every benchmark shares: its --output_dir flag, the provenance of a
-result, and writing it as JSON and as a markdown table."""
+result, the mean and spread over seeds, and writing it as JSON and as a
+markdown table."""
 
 import importlib.metadata
 import json
 import os
 import platform
+import statistics
 import subprocess
 
 from absl import flags
@@ -49,6 +51,11 @@ def provenance():
         "machine": {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
                     "load_average_at_start": list(os.getloadavg())},
     }
+
+
+def mean_std(values):
+    """The mean and the sample standard deviation (0 for one value)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def markdown_table(header, rows):
