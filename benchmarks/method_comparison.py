@@ -41,6 +41,8 @@ flags.DEFINE_list("schedules", ["recursive", "all_at_once"], "recursive and/or a
 flags.DEFINE_integer("seeds", 3, "Seeds per cell (0, 1, ...).")
 flags.DEFINE_integer("train_examples", None, "A subset of MNIST's training set (all by default).")
 flags.DEFINE_float("epoch_scale", 1.0, "Multiplies the baseline and plan epochs (a smaller budget: < 1).")
+flags.DEFINE_enum("widths", "share", ["share", "posterior"], "How the budget sets each group's width "
+                  "(RecursivePruning's widths); 'posterior' runs and tables are kept apart from 'share' ones.")
 flags.DEFINE_bool("table_only", False, "Rebuild the table from the runs file without running anything.")
 flags.DEFINE_list("tune_models", [], "Models whose kl_weights are chosen by the validation error first: "
                   "each method's and schedule's default times 1, 1/3 and 3, at the smallest MAC target, "
@@ -64,6 +66,11 @@ KL_WEIGHTS = {
 # and magnitude has no noise.
 MAX_NOISE_SCALE = {"rbp": 3.0, "rbp_relaxed": 3.0, "sbp": 1.0, "vib": 1.0, "l0": 1.0, "magnitude": 1.0}
 TUNE_FACTORS = (1.0, 1.0 / 3.0, 3.0)  # the default first: it wins a tie
+WIDTHS_TEXT = {
+    "share": "each group keeps its share of the budget (about the same fraction of every layer)",
+    "posterior": "each group keeps at most what its posterior keeps (pi >= 0.5; magnitude: its share), "
+                 "the later groups the rest, and the last group fills what remains",
+}
 
 
 for _model, _targets in MAC_TARGETS.items():
@@ -92,7 +99,7 @@ def _recipe(model, method, schedule, target, seed, kl_weight):
         validation_split=VALIDATION_SPLIT, method=method, kl_weight=kl_weight,
         max_noise_scale=MAX_NOISE_SCALE[method],
         groups_per_stage=1 if schedule == "recursive" else 0, target_macs=target,
-        plan_epochs=_plan_epochs(model), **{k: v for k, v in budget.items() if k != "quantize"},
+        plan_epochs=_plan_epochs(model), widths=FLAGS.widths, **{k: v for k, v in budget.items() if k != "quantize"},
     )
 
 
@@ -117,7 +124,7 @@ def _run(model, method, schedule, target, seed, kl_weight):
 
 def _key(model, method, schedule, target, seed, kl_weight):
     return (f"{model}/{method}/{schedule}/{target}/{seed}/x{FLAGS.epoch_scale:g}/{FLAGS.train_examples}/"
-            f"pre{_pretrain_epochs(model)}/kl{kl_weight:g}")
+            f"pre{_pretrain_epochs(model)}/kl{kl_weight:g}" + ("" if FLAGS.widths == "share" else f"/{FLAGS.widths}"))
 
 
 def _kl_weight(cache, model, method, schedule):
@@ -177,7 +184,8 @@ def _markdown(rows, provenance):
         f"{FLAGS.epoch_scale:g} (baselines: "
         + ", ".join(f"{model} {_pretrain_epochs(model)} epochs" for model in FLAGS.models)
         + "); every cell's plan (stages and fine-tune) has the same length, and every "
-        f"method of a seed starts from the same baseline. kl_weight: the defaults {KL_WEIGHTS}, or "
+        f"method of a seed starts from the same baseline. Widths: {WIDTHS_TEXT[FLAGS.widths]}. "
+        f"kl_weight: the defaults {KL_WEIGHTS}, or "
         f"for {', '.join(FLAGS.tune_models) or 'no model'} chosen among the default times "
         f"{', '.join(f'{f:.3g}' for f in TUNE_FACTORS)} by the validation error (seed 0, the smallest MAC "
         "target; the JSON gives each trial). Every run trains on the first "
@@ -212,10 +220,12 @@ def _plot(rows, path):
 
 def _table_name():
     """method_comparison, or for a reduced budget method_comparison_x<epoch
-    scale>_<training images>: each budget has its own table."""
-    if FLAGS.epoch_scale == 1 and FLAGS.train_examples is None:
-        return "method_comparison"
-    return f"method_comparison_x{FLAGS.epoch_scale:g}_{FLAGS.train_examples or 'all'}"
+    scale>_<training images>: each budget has its own table; with
+    --widths posterior, its name ends in _posterior."""
+    name = "method_comparison"
+    if FLAGS.epoch_scale != 1 or FLAGS.train_examples is not None:
+        name += f"_x{FLAGS.epoch_scale:g}_{FLAGS.train_examples or 'all'}"
+    return name + ("" if FLAGS.widths == "share" else f"_{FLAGS.widths}")
 
 
 def main(argv):
@@ -236,7 +246,7 @@ def main(argv):
     result = {"benchmark": "method_comparison", **provenance, "seeds": FLAGS.seeds,
               "epoch_scale": FLAGS.epoch_scale, "train_examples": FLAGS.train_examples,
               "pretrain_epochs": {model: _pretrain_epochs(model) for model in FLAGS.models},
-              "kl_weights": KL_WEIGHTS, "max_noise_scale": MAX_NOISE_SCALE, "rows": rows}
+              "widths": FLAGS.widths, "kl_weights": KL_WEIGHTS, "max_noise_scale": MAX_NOISE_SCALE, "rows": rows}
     markdown = _markdown(rows, provenance)
     paths = results_io.write_results(FLAGS.output_dir, _table_name(), result, markdown)
     if rows:
