@@ -138,8 +138,6 @@ def _kl_weight(cache, model, method, schedule):
     trials = {}
     for kl_weight in (default * factor for factor in TUNE_FACTORS):
         key = _key(model, method, schedule, target, 0, kl_weight)
-        if key in cache.runs and "validation_error" not in cache.runs[key]["result"]:
-            del cache.runs[key]  # run before runs reported their validation error: a trial needs it
         if not FLAGS.table_only:
             cache.get_or_run(key, lambda: _run(model, method, schedule, target, 0, kl_weight))
         if key in cache.runs:
