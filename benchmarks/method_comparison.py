@@ -20,6 +20,7 @@ chose on it.
         --tune_models lenet_300_100 --lenet_300_100_pretrain_epochs 40
 """
 
+import fractions
 import os
 
 from absl import app, flags
@@ -45,8 +46,10 @@ flags.DEFINE_enum("widths", "share", ["share", "posterior"], "How the budget set
                   "(RecursivePruning's widths); 'posterior' runs and tables are kept apart from 'share' ones.")
 flags.DEFINE_bool("table_only", False, "Rebuild the table from the runs file without running anything.")
 flags.DEFINE_list("tune_models", [], "Models whose kl_weights are chosen by the validation error first: "
-                  "each method's and schedule's default times 1, 1/3 and 3, at the smallest MAC target, "
-                  "seed 0 (every run holds out the last tenth of its training images).")
+                  "each method's and schedule's default times each --tune_factors, at the smallest MAC "
+                  "target, seed 0 (every run holds out the last tenth of its training images).")
+flags.DEFINE_list("tune_factors", ["1", "1/3", "3"], "The kl_weights --tune_models tries, as multiples of "
+                  "each default (the first wins a tie).")
 
 # The MAC budgets, in keras_rbp's count: the published points to beat.
 MAC_TARGETS = {
@@ -56,7 +59,7 @@ MAC_TARGETS = {
 # Each method's strength. Under a MAC target the budget decides how many
 # channels go; the penalty shapes which. The defaults: the first values that
 # pruned LeNet-300-100 in a short plan (RBP's: the documented defaults);
-# --tune_models chooses among them times TUNE_FACTORS on a validation split.
+# --tune_models chooses among them times --tune_factors on a validation split.
 # Magnitude has no penalty: its weight is unused.
 KL_WEIGHTS = {
     "lenet_300_100": {"rbp": 10.0, "rbp_relaxed": 10.0, "sbp": 100.0, "vib": 10.0, "l0": 100.0, "magnitude": 1.0},
@@ -65,7 +68,6 @@ KL_WEIGHTS = {
 # RBP's noise-scale ramp is its own; the peers run as published (scale 1),
 # and magnitude has no noise.
 MAX_NOISE_SCALE = {"rbp": 3.0, "rbp_relaxed": 3.0, "sbp": 1.0, "vib": 1.0, "l0": 1.0, "magnitude": 1.0}
-TUNE_FACTORS = (1.0, 1.0 / 3.0, 3.0)  # the default first: it wins a tie
 WIDTHS_TEXT = {
     "share": "each group keeps its share of the budget (about the same fraction of every layer)",
     "posterior": "each group keeps at most what its posterior keeps (pi >= 0.5; magnitude: its share), "
@@ -127,6 +129,11 @@ def _key(model, method, schedule, target, seed, kl_weight):
             f"pre{_pretrain_epochs(model)}/kl{kl_weight:g}" + ("" if FLAGS.widths == "share" else f"/{FLAGS.widths}"))
 
 
+def _tune_factors():
+    """--tune_factors as numbers ("1/3" is a third)."""
+    return [float(fractions.Fraction(factor)) for factor in FLAGS.tune_factors]
+
+
 def _kl_weight(cache, model, method, schedule):
     """(the cell's kl_weight, the validation error % of each kl_weight
     tried): the default, or for --tune_models the one of least validation
@@ -136,13 +143,14 @@ def _kl_weight(cache, model, method, schedule):
         return default, {}
     target = min(map(int, FLAGS[f"{model}_targets"].value))
     trials = {}
-    for kl_weight in (default * factor for factor in TUNE_FACTORS):
+    factors = _tune_factors()
+    for kl_weight in (default * factor for factor in factors):
         key = _key(model, method, schedule, target, 0, kl_weight)
         if not FLAGS.table_only:
             cache.get_or_run(key, lambda: _run(model, method, schedule, target, 0, kl_weight))
         if key in cache.runs:
             trials[f"{kl_weight:g}"] = cache.runs[key]["result"]["validation_error"]
-    if len(trials) < len(TUNE_FACTORS):
+    if len(trials) < len(factors):
         return None, trials
     return float(min(trials, key=trials.get)), trials
 
@@ -185,7 +193,7 @@ def _markdown(rows, provenance):
         f"method of a seed starts from the same baseline. Widths: {WIDTHS_TEXT[FLAGS.widths]}. "
         f"kl_weight: the defaults {KL_WEIGHTS}, or "
         f"for {', '.join(FLAGS.tune_models) or 'no model'} chosen among the default times "
-        f"{', '.join(f'{f:.3g}' for f in TUNE_FACTORS)} by the validation error (seed 0, the smallest MAC "
+        f"{', '.join(FLAGS.tune_factors)} by the validation error (seed 0, the smallest MAC "
         "target; the JSON gives each trial). Every run trains on the first "
         f"{1 - VALIDATION_SPLIT:.0%} of the training images and holds out the rest, its validation split. "
         f"{provenance['machine']['cpu']}, {provenance['machine']['cores']} cores.\n\n"
@@ -244,7 +252,7 @@ def main(argv):
     result = {"benchmark": "method_comparison", **provenance, "seeds": FLAGS.seeds,
               "epoch_scale": FLAGS.epoch_scale, "train_examples": FLAGS.train_examples,
               "pretrain_epochs": {model: _pretrain_epochs(model) for model in FLAGS.models},
-              "widths": FLAGS.widths, "kl_weights": KL_WEIGHTS, "max_noise_scale": MAX_NOISE_SCALE, "rows": rows}
+              "widths": FLAGS.widths, "tune_factors": FLAGS.tune_factors, "kl_weights": KL_WEIGHTS, "max_noise_scale": MAX_NOISE_SCALE, "rows": rows}
     markdown = _markdown(rows, provenance)
     paths = results_io.write_results(FLAGS.output_dir, _table_name(), result, markdown)
     if rows:
