@@ -252,7 +252,8 @@ def main(argv):
     result = {"benchmark": "method_comparison", **provenance, "seeds": FLAGS.seeds,
               "epoch_scale": FLAGS.epoch_scale, "train_examples": FLAGS.train_examples,
               "pretrain_epochs": {model: _pretrain_epochs(model) for model in FLAGS.models},
-              "widths": FLAGS.widths, "tune_factors": FLAGS.tune_factors, "kl_weights": KL_WEIGHTS, "max_noise_scale": MAX_NOISE_SCALE, "rows": rows}
+              "widths": FLAGS.widths, "tune_factors": FLAGS.tune_factors, "kl_weights": KL_WEIGHTS,
+              "max_noise_scale": MAX_NOISE_SCALE, "rows": rows}
     markdown = _markdown(rows, provenance)
     paths = results_io.write_results(FLAGS.output_dir, _table_name(), result, markdown)
     if rows:
