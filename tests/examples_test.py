@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from conftest import mnist_dir, write_cifar10_npz
+from keras_rbp._keras import IS_KERAS_3
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 TINY = ["--pretrain_epochs=1", "--epochs_per_stage=1", "--finetune_epochs=1",
@@ -45,6 +46,7 @@ def test_mnist_example_end_to_end(tmp_path, script, architecture):
     assert f"architecture {architecture} -> " in done.stdout
 
 
+@pytest.mark.skipif(not IS_KERAS_3, reason="the examples' tf_keras path: the LeNet examples run it")
 def test_vgg16_cifar10_example_on_generated_data(tmp_path):
     write_cifar10_npz(str(tmp_path), train=64, test=32)
     out = str(tmp_path / "out")
