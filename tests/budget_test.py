@@ -189,11 +189,11 @@ def test_a_budgeted_plan_resumes_from_a_checkpoint_to_the_same_masks(tmp_path):
         np.testing.assert_array_equal(mask, expected[name], err_msg=name)
 
 
-def _mnist_lenet5(**schedule_kwargs):
-    """LeNet-5-Caffe trained 2 epochs on 6,000 MNIST images, then pruned
-    with RecursivePruning(**schedule_kwargs) in one fit."""
+def _mnist_lenet5(examples=6000, **schedule_kwargs):
+    """LeNet-5-Caffe trained 2 epochs on `examples` MNIST images, then
+    pruned with RecursivePruning(**schedule_kwargs) in one fit."""
     (x_train, y_train), _ = rbp.datasets.load_mnist(mnist_dir())
-    x_train, y_train = x_train[:6000], y_train[:6000]
+    x_train, y_train = x_train[:examples], y_train[:examples]
     keras.utils.set_random_seed(0)
     model = rbp.models.lenet5_caffe()
     model.compile(keras.optimizers.Adam(1e-3), LOSS)
@@ -263,7 +263,9 @@ def test_mnist_lenet5_meets_a_latency_target_measured_in_litert():
     unpruned = rbp.models.lenet5_caffe()
     unpruned_ms = [latency.model_latency(unpruned) for _ in range(3)]
     target = 0.5 * min(unpruned_ms)
-    _, pruned, schedule, history = _mnist_lenet5(target_latency_ms=target)
+    # 1,500 images: the test holds the machine alone, and the latency the
+    # budget meets does not depend on how well the model learns.
+    _, pruned, schedule, history = _mnist_lenet5(examples=1500, target_latency_ms=target)
     small = rbp.shrink(pruned, keep_input_shape=False)
     pairs = np.array([(latency.model_latency(small), latency.model_latency(unpruned)) for _ in range(5)])
     quiet_ms = np.median(pairs[:, 0] / pairs[:, 1]) * min(unpruned_ms + list(pairs[:, 1]))
