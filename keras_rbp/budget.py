@@ -292,8 +292,8 @@ class Budget:
         def fits(unit):
             proposal = {**rest, name: mask(unit)}
             while unit not in measured or (measured[unit] > self.target and tries[unit] < MEASURED_TRIES):
-                time = self._measure(name, proposal, self.cost(proposal))
-                measured[unit] = min(time, measured.get(unit, time))
+                taken = self._measure(name, proposal, self.cost(proposal))
+                measured[unit] = min(taken, measured.get(unit, taken))
                 tries[unit] = tries.get(unit, 0) + 1
             return measured[unit] <= self.target
 
