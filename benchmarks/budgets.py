@@ -81,13 +81,15 @@ def _cell(label, model, schedule, metric, target, scale=None, **budget):
         print(f"{label} {model} {schedule} target_{metric} {target:,.4g}: {run[metric]:,.4g}, "
               f"{run['macs']:,} MACs, error {run['error']:.2f} %, {run['seconds']:.0f} s", flush=True)
     errors = [run["error"] for run in runs]
+    error_mean, error_std = results_io.mean_std(errors)
     ratios = [run[metric] / target for run in runs]
     return {
         "cell": label, "model": model, "schedule": schedule, "metric": metric, "target": target, **budget,
         "runs": runs, "achieved_over_target": ratios,
         "within_5_percent": all(0.95 <= ratio <= 1.0 for ratio in ratios),
         "within_15_percent": all(abs(ratio - 1) <= 0.15 for ratio in ratios),
-        **dict(zip(("error_mean", "error_std"), results_io.mean_std(errors))),
+        "error_mean": error_mean,
+        "error_std": error_std,
     }
 
 

@@ -233,9 +233,8 @@ class Budget:
         """
         masks, names = {}, list(stage)
         for index, name in enumerate(names):
-            rest = names[index + 1 :] + list(later)
-            masks[name] = self._group_mask({**frozen, **masks}, name, stage[name], rest,
-                                           (most or {}).get(name) if rest else None)
+            masks[name] = self._group_mask({**frozen, **masks}, name, stage[name], names[index + 1 :] + list(later),
+                                           (most or {}).get(name))
         return masks
 
     def _group_mask(self, frozen, name, pi, later, most=None):
@@ -255,6 +254,7 @@ class Budget:
         table = self.costs.latency
         if table is not None and not later:
             return self._measured_fill(rest, name, pi)
+        most = most if later else None  # the last group fills what remains
         mask = self._fill(rest, name, pi, most)
         for _ in range(MEASURED_ROUNDS if table is not None else 0):
             proposal = {**rest, name: mask}
