@@ -72,8 +72,41 @@ def _normal_cdf(x):
     return 0.5 * tf.math.erfc(-x / math.sqrt(2.0))
 
 
-def _normal_pdf(x):
-    return tf.exp(-0.5 * tf.square(x)) / math.sqrt(2.0 * math.pi)
+def _log_normal_cdf_scaled(x):
+    """log Phi(x) + x^2 / 2 for x <= 0, free of the cancellation of the two
+    terms far in the lower tail: erfc above -10, below it the asymptotic
+    series of Mills' ratio (relative error under 1e-7)."""
+    cut = -10.0
+    near, far = tf.maximum(x, cut), tf.minimum(x, cut)  # both branches finite, and their gradients
+    s = 1.0 / tf.square(far)
+    series = 1.0 - s * (1.0 - s * (3.0 - s * (15.0 - 105.0 * s)))
+    log_far = -tf.math.log(-far) - 0.5 * math.log(2.0 * math.pi) + tf.math.log(series)
+    return tf.where(x > cut, tf.math.log(_normal_cdf(near)) + 0.5 * tf.square(near), log_far)
+
+
+def _log_cdf_difference(upper, lower):
+    """log(Phi(upper) - Phi(lower)), plus upper^2 / 2 where upper < 0, for
+    lower < upper and lower <= 0. Far in the lower tail both CDFs are about
+    exp(-x^2 / 2); the result leaves upper's factor out, and the callers
+    cancel it analytically."""
+    negative = upper < 0.0
+    below, above = tf.minimum(upper, 0.0), tf.maximum(upper, 0.0)
+    log_above = tf.math.log(_normal_cdf(above))
+    scaled_upper, scaled_lower = _log_normal_cdf_scaled(below), _log_normal_cdf_scaled(lower)
+    # log Phi(lower) - log Phi(upper) <= 0
+    gap = tf.where(negative, scaled_lower - scaled_upper - 0.5 * (lower - below) * (lower + below),
+                   scaled_lower - 0.5 * tf.square(lower) - log_above)
+    return tf.where(negative, scaled_upper, log_above) + tf.math.log1p(-tf.exp(gap))
+
+
+def _half_square_below_zero(x):
+    """x^2 / 2 where x < 0, else 0: the factor _log_cdf_difference leaves out."""
+    return tf.where(x < 0.0, 0.5 * tf.square(x), tf.zeros_like(x))
+
+
+def _minus_half_square_above_zero(x):
+    """-x^2 / 2 + _half_square_below_zero(x), without rounding."""
+    return tf.where(x < 0.0, tf.zeros_like(x), -0.5 * tf.square(x))
 
 
 def _uniform(shape, seed):
@@ -143,14 +176,17 @@ class SBP(Method):
 
     @staticmethod
     def _standardised(params):
-        """(mu, sigma, alpha, beta, Z) of the truncated normal of log theta."""
+        """(mu, sigma, alpha, beta, log Z + h) of the truncated normal of
+        log theta, h = beta^2 / 2 where beta < 0 (see _log_cdf_difference).
+        A wide noise (sigma up to e^5) or a mean above b puts these far in
+        the tails, so every CDF difference is kept in log space; mu >= a,
+        so alpha <= 0."""
         low, high = SBP_PARAMETER_RANGE
         mu = tf.clip_by_value(params["mu"], low, high)
         sigma = tf.exp(tf.clip_by_value(params["log_sigma"], low, high))
         a, b = SBP_LOG_RANGE
         alpha, beta = (a - mu) / sigma, (b - mu) / sigma
-        z = tf.maximum(_normal_cdf(beta) - _normal_cdf(alpha), 1e-30)
-        return mu, sigma, alpha, beta, z
+        return mu, sigma, alpha, beta, _log_cdf_difference(beta, alpha)
 
     def draw(self, shape, seed):
         return _uniform(shape, seed)
@@ -167,31 +203,43 @@ class SBP(Method):
         log_theta = tf.math.ndtri(gamma) * sigma + mu
         return tf.exp(tf.clip_by_value(log_theta, a, b))
 
+    def _log_moment(self, params, k):
+        """log E theta^k = k mu + k^2 sigma^2 / 2 + log(Phi(beta - k sigma)
+        - Phi(alpha - k sigma)) - log Z, with the quadratic terms cancelled:
+        k mu + k^2 sigma^2 / 2 - (beta - k sigma)^2 / 2 = k b - beta^2 / 2."""
+        mu, sigma, alpha, beta, log_z_scaled = self._standardised(params)
+        upper = beta - k * sigma
+        b = SBP_LOG_RANGE[1]
+        quadratic = tf.where(upper >= 0.0, k * mu + 0.5 * k**2 * tf.square(sigma),
+                             k * b + _minus_half_square_above_zero(beta))
+        return quadratic + _log_cdf_difference(upper, alpha - k * sigma) - log_z_scaled
+
     def mean(self, params):
         """E theta = exp(mu + sigma^2 / 2) (Phi(sigma - alpha) - Phi(sigma - beta)) / Z."""
-        mu, sigma, alpha, beta, z = self._standardised(params)
-        return tf.exp(mu + 0.5 * tf.square(sigma)) * (_normal_cdf(sigma - alpha) - _normal_cdf(sigma - beta)) / z
+        return tf.exp(self._log_moment(params, 1))
 
     def penalty(self, params, prior_keep_prob):
         """KL against the log-uniform prior on [a, b]: log(b - a) - log(2 pi e) / 2
         - log sigma - log Z - (alpha phi(alpha) - beta phi(beta)) / (2 Z)."""
         del prior_keep_prob  # the log-uniform prior has no parameter
-        _, sigma, alpha, beta, z = self._standardised(params)
+        _, sigma, alpha, beta, log_z_scaled = self._standardised(params)
         a, b = SBP_LOG_RANGE
-        return (
-            math.log(b - a) - 0.5 * math.log(2.0 * math.pi * math.e) - tf.math.log(sigma) - tf.math.log(z)
-            - (alpha * _normal_pdf(alpha) - beta * _normal_pdf(beta)) / (2.0 * z)
-        )
+        h = _half_square_below_zero(beta)
+        log_z = log_z_scaled - h
+        # phi(x) / Z = exp(-x^2 / 2 + h - log(2 pi) / 2 - log Z_scaled), with
+        # -alpha^2 / 2 = -(alpha - beta) (alpha + beta) / 2 - beta^2 / 2.
+        log_beta_ratio = -0.5 * math.log(2.0 * math.pi) - log_z_scaled + _minus_half_square_above_zero(beta)
+        alpha_ratio = tf.exp(log_beta_ratio - 0.5 * (alpha - beta) * (alpha + beta))
+        beta_ratio = tf.exp(log_beta_ratio)
+        tails = alpha * alpha_ratio - beta * beta_ratio
+        return math.log(b - a) - 0.5 * math.log(2.0 * math.pi * math.e) - tf.math.log(sigma) - log_z - 0.5 * tails
 
     def keep_score(self, params):
-        """SNR / (1 + SNR), SNR = E theta / std theta, computed in float64."""
+        """SNR / (1 + SNR), SNR = E theta / std theta = 1 / sqrt(E theta^2 /
+        (E theta)^2 - 1), computed in float64 from the log moments."""
         params = {name: tf.cast(value, tf.float64) for name, value in params.items()}
-        _, sigma, alpha, beta, z = self._standardised(params)
-        first = _normal_cdf(sigma - alpha) - _normal_cdf(sigma - beta)
-        second = z * tf.exp(tf.square(sigma)) * (_normal_cdf(2.0 * sigma - alpha) - _normal_cdf(2.0 * sigma - beta))
-        variance = tf.maximum(second - tf.square(first), 0.0)
-        snr = first / tf.sqrt(variance)  # inf where the noise vanishes
-        return tf.cast(tf.where(tf.math.is_finite(snr), snr / (1.0 + snr), 1.0), tf.float32)
+        excess = tf.math.expm1(self._log_moment(params, 2) - 2.0 * self._log_moment(params, 1))
+        return tf.cast(1.0 / (1.0 + tf.sqrt(tf.maximum(excess, 0.0))), tf.float32)
 
 
 class VIB(Method):

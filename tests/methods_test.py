@@ -26,13 +26,17 @@ def _truncated_log_normal_grid(mu, sigma, points=400_001):
     """The density of log theta, N(mu, sigma^2) truncated to SBP's interval,
     on a fine grid: (x, density, dx)."""
     a, b = methods.SBP_LOG_RANGE
-    x = np.linspace(max(a, mu - 12 * sigma), min(b, mu + 12 * sigma), points)
-    density = np.exp(-0.5 * ((x - mu) / sigma) ** 2)
+    x = np.linspace(max(a, min(mu, b) - 12 * sigma), min(b, mu + 12 * sigma), points)
+    log_density = -0.5 * ((x - mu) / sigma) ** 2
+    density = np.exp(log_density - log_density.max())
     dx = x[1] - x[0]
     return x, density / (density.sum() * dx), dx
 
 
-SBP_CASES = [(-1.0, 0.5), (-0.3, 1.2), (-3.0, 2.0), (-0.05, 0.05)]
+# Wide noises and means above b: their moments overflow or vanish in float32
+# unless computed in log space.
+SBP_CASES = [(-1.0, 0.5), (-0.3, 1.2), (-3.0, 2.0), (-0.05, 0.05), (-10.0, 20.0), (-2.0, 60.0), (-19.0, 148.0),
+             (0.5, 0.3), (2.0, 0.2), (4.0, 0.05)]
 
 
 @pytest.mark.parametrize("mu, sigma", SBP_CASES)
@@ -51,7 +55,9 @@ def test_sbp_kl_mean_and_snr_match_numerical_integrals(mu, sigma):
     assert float(sbp.keep_score(params)[0]) == pytest.approx(snr / (1 + snr), rel=1e-4)
 
 
-@pytest.mark.parametrize("mu, sigma", SBP_CASES)
+# SBP's sampler (as published) clips the CDF to [1e-5, 1 - 1e-5]: for a mean
+# above b its samples are 1, within sigma^2 / (mu - b) of the mean.
+@pytest.mark.parametrize("mu, sigma", [(mu, sigma) for mu, sigma in SBP_CASES if mu < 0])
 def test_sbp_samples_have_the_truncated_log_normal_mean(mu, sigma):
     sbp = methods.METHODS["sbp"]
     params = _tensors(mu=[mu], log_sigma=[math.log(sigma)])
@@ -61,6 +67,20 @@ def test_sbp_samples_have_the_truncated_log_normal_mean(mu, sigma):
     assert np.all((theta >= math.exp(a)) & (theta <= math.exp(b)))
     expected = float(sbp.mean(params)[0])
     assert abs(theta.mean() - expected) <= Z_SCORE * theta.std() / math.sqrt(DRAWS)
+
+
+def test_sbp_functions_and_penalty_gradients_are_finite_over_the_parameter_range():
+    sbp = methods.METHODS["sbp"]
+    low, high = methods.SBP_PARAMETER_RANGE
+    mu, log_sigma = np.meshgrid(np.linspace(low, high, 26), np.linspace(low, high, 26))
+    params = {"mu": tf.Variable(mu.ravel(), dtype=tf.float32),
+              "log_sigma": tf.Variable(log_sigma.ravel(), dtype=tf.float32)}
+    with tf.GradientTape() as tape:
+        penalty = tf.reduce_sum(sbp.penalty(params, None))
+    gradients = tape.gradient(penalty, list(params.values()))
+    for value in [penalty, sbp.mean(params), sbp.keep_score(params), *gradients]:
+        assert np.all(np.isfinite(value.numpy()))
+    assert np.all((sbp.mean(params).numpy() >= 0) & (sbp.mean(params).numpy() <= 1))
 
 
 def test_sbp_keeps_a_channel_where_its_snr_exceeds_one():
