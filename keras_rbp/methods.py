@@ -38,7 +38,9 @@ count, VIBNet by the feature map's area; `cost_aware` plays that part here).
 - "sbp": Structured Bayesian Pruning (Neklyudov et al. 2017; code
   necludov/group-sparsity-sbp, nets/layers.py): log theta ~ N(mu, sigma^2)
   truncated to [-20, 0], a log-uniform prior on the same interval, kept
-  where the signal-to-noise ratio E theta / std theta exceeds 1.
+  where the signal-to-noise ratio E theta / std theta exceeds 1. Its
+  moments and KL are computed in log space: a noise that the prior has
+  widened (sigma up to e^5) puts them far in the normal's tails.
 - "vib": VIBNet (Dai et al. 2018; code zhuchen03/VIBNet, ib_layers.py):
   theta ~ N(mu, sigma^2), penalty 0.5 log(1 + mu^2 / sigma^2), kept where
   log alpha = log(sigma^2 / mu^2) < 0.
