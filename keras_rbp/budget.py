@@ -137,10 +137,10 @@ def _weight_ratio(shape, in_full, in_ratio, out_full, out_ratio, groups):
     return ratio
 
 
-def _top(pi, count):
-    """A mask of the `count` channels with the largest pi."""
-    mask = np.zeros(pi.size, bool)
-    mask[np.argsort(-pi, kind="stable")[: min(count, pi.size)]] = True
+def _top(score, count):
+    """A mask of the `count` channels of largest score."""
+    mask = np.zeros(score.size, bool)
+    mask[np.argsort(-score, kind="stable")[: min(count, score.size)]] = True
     return mask
 
 
@@ -148,13 +148,14 @@ class Budget:
     """A MAC, parameter or latency target, and the masks each stage keeps to
     meet it.
 
-    A stage keeps its channels in order of pi, as many as fit its share:
-    the cost the target leaves if every group not yet frozen (this stage's
+    A stage keeps its channels in order of their score (the method's keep
+    logit, or weight magnitude), as many as fit its share: the cost the
+    target leaves if every group not yet frozen (this stage's
     and later ones) kept the same fraction of its channels. Earlier stages
     are frozen as they are, so the last stage fills what remains, and the
     model `shrink` makes meets the target to within one channel's cost.
     A stage of several groups (a block, or the all-at-once schedule) takes
-    them one after the other in the same way. (One pi order over all of a
+    them one after the other in the same way. (One order over all of a
     stage's groups, tried first, cut LeNet-5-Caffe's conv1 to one filter
     when pi were still undecided: its channels cost the most and were
     skipped.)
@@ -207,15 +208,15 @@ class Budget:
         """The frozen masks, and the `later` groups keeping the fraction of
         their channels that meets the target if the `stage` groups (names)
         kept it too: the rest of the model a stage's share is measured with."""
-        pis = {name: np.zeros(self.costs.groups[name].channels) for name in list(stage) + list(later)}
-        fraction = _largest(lambda f: self.cost({**frozen, **self._at_fraction(pis, f)}) <= self.target, 0.0, 1.0)
-        return {**frozen, **self._at_fraction({name: pis[name] for name in later}, fraction)}
+        scores = {name: np.zeros(self.costs.groups[name].channels) for name in list(stage) + list(later)}
+        fraction = _largest(lambda f: self.cost({**frozen, **self._at_fraction(scores, f)}) <= self.target, 0.0, 1.0)
+        return {**frozen, **self._at_fraction({name: scores[name] for name in later}, fraction)}
 
-    def _at_fraction(self, pis, fraction):
-        """Each group keeping `fraction` of its channels, those of largest pi."""
+    def _at_fraction(self, scores, fraction):
+        """Each group keeping `fraction` of its channels, those of largest score."""
         return {
-            name: _top(pi, max(self._floor(pi.size), self._rounded(pi.size * fraction, pi.size)))
-            for name, pi in pis.items()
+            name: _top(score, max(self._floor(score.size), self._rounded(score.size * fraction, score.size)))
+            for name, score in scores.items()
         }
 
     def stage_masks(self, frozen, stage, later, most=None):
@@ -225,7 +226,9 @@ class Budget:
 
         Args:
             frozen: dict from group name to the mask of each frozen group.
-            stage: dict from group name to the pi of each group of the stage.
+            stage: dict from group name to the channels' scores of each group
+                of the stage: the higher, the sooner kept (a method's keep
+                logit, or the weights' magnitude).
             later: names of the groups of later stages.
             most: dict from group name to the most channels the group may
                 keep (what its posterior keeps), for any of the stage's
@@ -237,7 +240,7 @@ class Budget:
                                            (most or {}).get(name))
         return masks
 
-    def _group_mask(self, frozen, name, pi, later, most=None):
+    def _group_mask(self, frozen, name, score, later, most=None):
         """The mask of group `name` that meets its share.
 
         For a latency target, the model this mask and the share make is
@@ -253,9 +256,9 @@ class Budget:
         rest = self.share_masks(frozen, [name], later)
         table = self.costs.latency
         if table is not None and not later:
-            return self._measured_fill(rest, name, pi)
+            return self._measured_fill(rest, name, score)
         most = most if later else None  # the last group fills what remains
-        mask = self._fill(rest, name, pi, most)
+        mask = self._fill(rest, name, score, most)
         for _ in range(MEASURED_ROUNDS if table is not None else 0):
             proposal = {**rest, name: mask}
             predicted = self.cost(proposal)
@@ -265,7 +268,7 @@ class Budget:
             self._ratios.append(measured / (predicted / table.correction))
             table.correction = float(np.median(self._ratios))
             rest = self.share_masks(frozen, [name], later)
-            mask = self._fill(rest, name, pi, most)
+            mask = self._fill(rest, name, score, most)
         return mask
 
     def _measure(self, name, masks, predicted):
@@ -275,19 +278,19 @@ class Budget:
         self.measurements.append({"group": name, "predicted_ms": predicted, "measured_ms": measured})
         return measured
 
-    def _measured_fill(self, rest, name, pi):
-        """The last group's mask: the most channels, in order of pi (a
+    def _measured_fill(self, rest, name, score):
+        """The last group's mask: the most channels, in order of score (a
         multiple of round_to), whose final model measures within the
         target, by bisection over measured models. A slow spell of the
         machine only ever adds time, so a model measured over the target
         is timed again, up to MEASURED_TRIES times, and its least time
         counts. The table is then corrected to the chosen model's time,
         so the expected latency that fit logs is the final model's."""
-        floor, units = self._floor(pi.size), -(-pi.size // self.round_to)
+        floor, units = self._floor(score.size), -(-score.size // self.round_to)
         measured, tries = {}, {}  # each unit's least time, and how often it was timed
 
         def mask(unit):
-            return _top(pi, max(floor, min(pi.size, unit * self.round_to)))
+            return _top(score, max(floor, min(score.size, unit * self.round_to)))
 
         def fits(unit):
             proposal = {**rest, name: mask(unit)}
@@ -303,22 +306,23 @@ class Budget:
         table.correction *= measured[chosen] / self.cost({**rest, name: mask(chosen)})
         return mask(chosen)
 
-    def _fill(self, rest, name, pi, most=None):
-        """Group `name` keeps its channels in order of pi, as many as fit
+    def _fill(self, rest, name, score, most=None):
+        """Group `name` keeps its channels in order of score, as many as fit
         beside `rest` (a group's channels all cost the same) and at most
         `most` (rounded up to round_to); with round_to, a multiple of it,
         rounded up where the budget allows, else down."""
-        floor = self._floor(pi.size)
-        highest = pi.size if most is None else min(pi.size, max(floor, -(-most // self.round_to) * self.round_to))
-        count = int(_largest(lambda n: self.cost({**rest, name: _top(pi, max(floor, int(n)))}) <= self.target,
+        floor = self._floor(score.size)
+        highest = score.size if most is None else min(score.size,
+                                                      max(floor, -(-most // self.round_to) * self.round_to))
+        count = int(_largest(lambda n: self.cost({**rest, name: _top(score, max(floor, int(n)))}) <= self.target,
                              0, highest, integer=True))
         count = max(floor, count)
         if self.round_to == 1:
-            return _top(pi, count)
-        up = _top(pi, min(highest, -(-count // self.round_to) * self.round_to))
+            return _top(score, count)
+        up = _top(score, min(highest, -(-count // self.round_to) * self.round_to))
         if self.cost({**rest, name: up}) <= self.target:
             return up
-        return _top(pi, max(floor, self._rounded(count, pi.size)))
+        return _top(score, max(floor, self._rounded(count, score.size)))
 
     def _rounded(self, count, channels):
         """`count` rounded down to a multiple of round_to (at most `channels`)."""

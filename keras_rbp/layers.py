@@ -216,6 +216,11 @@ class RBPNoise(keras.layers.Layer):
         keep score of another method (above 0.5 where it keeps a channel)."""
         return self._method.keep_score(self.parameters()).numpy()
 
+    def keep_logit(self):
+        """The method's unbounded keep score per channel (RBP: phi), as a
+        numpy array: it ranks the channels whose pi rounds to 1."""
+        return self._method.keep_logit(self.parameters()).numpy()
+
     @property
     def mode(self):
         return MODES[int(self.mode_variable.numpy())]

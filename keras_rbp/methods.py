@@ -12,8 +12,10 @@ places it. A method gives, as pure TensorFlow functions of its parameters
 - `mean(params)`: the deterministic theta used at inference;
 - `penalty(params, prior_keep_prob)`: the KL (or expected L0) per channel,
   which the layer multiplies by kl_weight * cost / dataset_size;
-- `keep_score(params)`: a score in [0, 1] that is above 0.5 exactly where
-  the method's own rule keeps the channel; thresholds and budgets read it;
+- `keep_logit(params)`: a score that is above 0 exactly where the method's
+  own rule keeps the channel, unbounded, so that it ranks channels that a
+  probability rounds to 1 in float32; budgets rank by it;
+- `keep_score(params)`: sigmoid(keep_logit), in [0, 1]; thresholds read it;
 - `collapses`: whether the score goes to 0 or 1 as the noise decides (RBP's
   Dirac-like noise), so that a stage can end early once every channel has;
 - `ranks_by_weights`: whether the channels are ranked by the weights'
@@ -125,6 +127,9 @@ class Method:
     trainable = True
     parameters = ()
 
+    def keep_score(self, params):
+        return tf.cast(tf.sigmoid(self.keep_logit(params)), tf.float32)
+
 
 class RBP(Method):
     """Recursive Bayesian Pruning's Dirac-like noise (`keras_rbp.noise`)."""
@@ -148,8 +153,8 @@ class RBP(Method):
     def penalty(self, params, prior_keep_prob):
         return rbp_noise.kl_divergence(params["logits"], prior_keep_prob)
 
-    def keep_score(self, params):
-        return rbp_noise.keep_probability(params["logits"])
+    def keep_logit(self, params):
+        return params["logits"]
 
 
 class RelaxedRBP(RBP):
@@ -236,12 +241,13 @@ class SBP(Method):
         tails = alpha * alpha_ratio - beta * beta_ratio
         return math.log(b - a) - 0.5 * math.log(2.0 * math.pi * math.e) - tf.math.log(sigma) - log_z - 0.5 * tails
 
-    def keep_score(self, params):
-        """SNR / (1 + SNR), SNR = E theta / std theta = 1 / sqrt(E theta^2 /
-        (E theta)^2 - 1), computed in float64 from the log moments."""
+    def keep_logit(self, params):
+        """log SNR, SNR = E theta / std theta = 1 / sqrt(E theta^2 / (E theta)^2
+        - 1), in float64 from the log moments (a vanishing noise: about 345);
+        its sigmoid is SNR / (1 + SNR)."""
         params = {name: tf.cast(value, tf.float64) for name, value in params.items()}
         excess = tf.math.expm1(self._log_moment(params, 2) - 2.0 * self._log_moment(params, 1))
-        return tf.cast(1.0 / (1.0 + tf.sqrt(tf.maximum(excess, 0.0))), tf.float32)
+        return -0.5 * tf.math.log(tf.maximum(excess, 1e-300))
 
 
 class VIB(Method):
@@ -268,10 +274,9 @@ class VIB(Method):
         del prior_keep_prob
         return 0.5 * tf.math.log1p(tf.square(params["mu"]) / (tf.exp(params["log_variance"]) + 1e-8))
 
-    def keep_score(self, params):
-        """sigmoid(-log alpha), log alpha = log sigma^2 - log mu^2."""
-        log_alpha = params["log_variance"] - tf.math.log(tf.square(params["mu"]) + 1e-8)
-        return tf.sigmoid(-log_alpha)
+    def keep_logit(self, params):
+        """-log alpha, log alpha = log sigma^2 - log mu^2."""
+        return tf.math.log(tf.square(params["mu"]) + 1e-8) - params["log_variance"]
 
 
 class L0(Method):
@@ -304,10 +309,10 @@ class L0(Method):
         del prior_keep_prob
         return tf.sigmoid(params["log_alpha"] - L0_BETA * math.log(-L0_GAMMA / L0_ZETA))
 
-    def keep_score(self, params):
-        """sigmoid(log alpha - logit(-gamma / (zeta - gamma))): 0.5 where the
-        test-time gate leaves 0, at log alpha = -log 11."""
-        return tf.sigmoid(params["log_alpha"] - rbp_noise.logit(-L0_GAMMA / (L0_ZETA - L0_GAMMA)))
+    def keep_logit(self, params):
+        """log alpha - logit(-gamma / (zeta - gamma)): 0 where the test-time
+        gate leaves 0, at log alpha = -log 11."""
+        return params["log_alpha"] - rbp_noise.logit(-L0_GAMMA / (L0_ZETA - L0_GAMMA))
 
 
 class Magnitude(Method):
@@ -338,8 +343,9 @@ class Magnitude(Method):
         del prior_keep_prob
         return tf.zeros_like(params["gate"])
 
-    def keep_score(self, params):
-        return params["gate"]
+    def keep_logit(self, params):
+        """+inf: a budget ranks by weight magnitude instead."""
+        return tf.fill(tf.shape(params["gate"]), math.inf)
 
 
 METHODS = {method.name: method for method in (RBP(), RelaxedRBP(), SBP(), VIB(), L0(), Magnitude())}

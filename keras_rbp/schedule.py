@@ -445,9 +445,9 @@ class RecursivePruning(keras.callbacks.Callback):
         if self.budget is not None:
             later = [name for stage in stages[index + 1 :] for name in stage]
             ranked = [name for name in names if groups[name].ranks_by_weights]
-            scores = {name: groups[name].keep_probability() for name in names}
+            scores = {name: groups[name].keep_logit() for name in names}
             scores.update(magnitude.channel_importance(self.model, ranked) if ranked else {})
-            most = {name: int((scores[name] >= self.threshold).sum())
+            most = {name: int((groups[name].keep_probability() >= self.threshold).sum())
                     for name in names if self.widths == "posterior" and name not in ranked}
             budget_masks = self.budget.stage_masks(_frozen_masks(groups), scores, later, most)
         for name in names:

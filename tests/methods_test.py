@@ -91,6 +91,20 @@ def test_sbp_keeps_a_channel_where_its_snr_exceeds_one():
         assert (score > 0.5) == kept
 
 
+# Channels a float32 probability rounds to 1, in rising order of keep logit.
+CERTAIN = {"rbp": dict(logits=[20.0, 25.0, 30.0]), "rbp_relaxed": dict(logits=[20.0, 25.0, 30.0]),
+           "vib": dict(mu=[1.0, 1.0, 1.0], log_variance=[-20.0, -25.0, -30.0]),
+           "l0": dict(log_alpha=[20.0, 25.0, 30.0])}
+
+
+@pytest.mark.parametrize("name", list(CERTAIN))
+def test_keep_logits_rank_channels_whose_keep_score_rounds_to_one(name):
+    method = methods.METHODS[name]
+    params = _tensors(**CERTAIN[name])
+    np.testing.assert_array_equal(method.keep_score(params).numpy(), 1.0)
+    assert np.all(np.diff(method.keep_logit(params).numpy()) > 0)
+
+
 def test_vib_penalty_keep_rule_and_samples():
     vib = methods.METHODS["vib"]
     mu = np.array([1.0, 0.3, -0.5, 0.02], "float32")

@@ -121,6 +121,19 @@ def test_masks_are_monotone_and_thresholded_at_pi():
             assert np.all(b <= a)  # a removed channel never comes back
 
 
+def test_a_budget_ranks_channels_whose_pi_rounds_to_one_by_their_logits():
+    pruned = _small_pruned()
+    groups = rbp.pruning_groups(pruned)
+    for noise in groups.values():  # phi from 20 up: every pi is 1.0 in float32
+        noise.scaled_logits.assign((20.0 + np.arange(noise.channels, dtype="float32")) / noise.logit_scale)
+        assert np.all(noise.keep_probability() == 1.0)
+    _fit(pruned, rbp.RecursivePruning(epochs_per_stage=1, finetune_epochs=0, target_params=0.5, verbose=0))
+    for name, noise in groups.items():
+        mask = noise.mask.numpy() > 0
+        assert 0 < mask.sum() < mask.size, name
+        assert mask[-mask.sum():].all(), name  # the channels of largest phi
+
+
 def test_min_channels_keeps_the_largest_pi_and_warns():
     pruned = _small_pruned(initial_keep_prob=0.1)
     h1 = rbp.pruning_groups(pruned)["h1"]
