@@ -163,11 +163,14 @@ def _cells():
                     yield model, method, schedule, target
 
 
-def _row(cell, kl_weight, trials, runs):
+def _row(cell, kl_weight, trials, entries):
+    """A finished cell's row; `entries` are its seeds' cached runs."""
     model, method, schedule, target = cell
+    runs = [entry["result"] for entry in entries]
     row = {"model": model, "method": method, "schedule": schedule, "target_macs": target,
            "kl_weight": kl_weight, "kl_weight_chosen_by": "validation" if trials else "default",
-           "validation_error_by_kl_weight": trials, "seeds": len(runs), "runs": runs}
+           "validation_error_by_kl_weight": trials, "seeds": len(runs), "runs": runs,
+           "cpus": sorted({entry["provenance"]["machine"]["cpu"] for entry in entries})}
     for key in ("error", "macs", "baseline_error"):
         row[key], row[key + "_std"] = results_io.mean_std([run[key] for run in runs])
     return row
@@ -175,14 +178,15 @@ def _row(cell, kl_weight, trials, runs):
 
 def _markdown(rows, provenance):
     header = ["model", "MAC target", "method", "schedule", "kl_weight", "test error % (mean ± std)",
-              "MACs (mean ± std)", "architectures (each seed)", "pruning epochs", "unpruned error %"]
+              "MACs (mean ± std)", "architectures (each seed)", "pruning epochs", "unpruned error % (each seed)", "CPU"]
     lines = [[row["model"], f"{row['target_macs']:,}", row["method"], row["schedule"],
               f"{row['kl_weight']:g}" + (" (validation)" if row["validation_error_by_kl_weight"] else ""),
               f"{row['error']:.2f} ± {row['error_std']:.2f}", f"{row['macs']:,.0f} ± {row['macs_std']:,.0f}",
               ", ".join(run["architecture"] for run in row["runs"]),
               ", ".join(str(run["pruning_epochs"]) for run in row["runs"]),
-              f"{row['baseline_error']:.2f} ± {row['baseline_error_std']:.2f}"] for row in rows]
-    published = [[model, "", name, "published", "", f"{error:.2f}", f"{macs(model, arch):,}", arch, "", ""]
+              ", ".join(f"{run['baseline_error']:.2f}" for run in row["runs"]), ", ".join(row["cpus"])]
+             for row in rows]
+    published = [[model, "", name, "published", "", f"{error:.2f}", f"{macs(model, arch):,}", arch, "", "", ""]
                  for model in dict.fromkeys(row["model"] for row in rows) for name, arch, error, _, _ in PUBLISHED[model]]
     return (
         f"# Methods at equal MACs and epochs ({provenance['keras']}, commit {str(provenance['commit'])[:7]})\n\n"
@@ -190,13 +194,14 @@ def _markdown(rows, provenance):
         f"{FLAGS.epoch_scale:g} (baselines: "
         + ", ".join(f"{model} {_pretrain_epochs(model)} epochs" for model in FLAGS.models)
         + "); every cell's plan (stages and fine-tune) has the same length, and every "
-        f"method of a seed starts from the same baseline. Widths: {WIDTHS_TEXT[FLAGS.widths]}. "
+        "method of a seed starts from the same baseline weights, those of --baseline_dir (a baseline "
+        "trained again on another CPU differs: each row gives its seeds' unpruned errors and the CPU of its "
+        f"runs). Widths: {WIDTHS_TEXT[FLAGS.widths]}. "
         f"kl_weight: the defaults {KL_WEIGHTS}, or "
         f"for {', '.join(FLAGS.tune_models) or 'no model'} chosen among the default times "
         f"{', '.join(FLAGS.tune_factors)} by the validation error (seed 0, the smallest MAC "
         "target; the JSON gives each trial). Every run trains on the first "
-        f"{1 - VALIDATION_SPLIT:.0%} of the training images and holds out the rest, its validation split. "
-        f"{provenance['machine']['cpu']}, {provenance['machine']['cores']} cores.\n\n"
+        f"{1 - VALIDATION_SPLIT:.0%} of the training images and holds out the rest, its validation split.\n\n"
         + results_io.markdown_table(header, lines + published)
     )
 
@@ -247,7 +252,7 @@ def main(argv):
             for seed, key in enumerate(keys):
                 cache.get_or_run(key, lambda: _run(*cell, seed, kl_weight))
         if all(key in cache.runs for key in keys):
-            rows.append(_row(cell, kl_weight, trials, [cache.runs[key]["result"] for key in keys]))
+            rows.append(_row(cell, kl_weight, trials, [cache.runs[key] for key in keys]))
     provenance = results_io.provenance()
     result = {"benchmark": "method_comparison", **provenance, "seeds": FLAGS.seeds,
               "epoch_scale": FLAGS.epoch_scale, "train_examples": FLAGS.train_examples,
