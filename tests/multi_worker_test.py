@@ -21,6 +21,8 @@ EXAMPLE = os.path.join(HERE, "..", "examples", "multi_worker.py")
 TIMEOUT_S = 300
 # A budget that prunes every group of LeNet-300-100 within a short plan.
 EXAMPLE_FLAGS = ["--train_examples", "4096", "--target_macs", "0.25", "--pretrain_epochs", "1"]
+# What a worker logs when the coordination service lost a worker's heartbeat.
+STALLED = "heartbeat timeout"
 
 
 def _free_ports(count):
@@ -87,6 +89,21 @@ def keras_mode():
     return "keras3" if IS_KERAS_3 else "tf_keras"
 
 
+def _once_more_if_stalled(run, folder):
+    """run(folder), and once more in a fresh folder when TensorFlow's
+    coordination service stopped the cluster because a worker's heartbeat
+    missed its 10 s timeout: a stall of the loaded test machine, not a
+    keras_rbp failure. Returns the folder that ran and run's result."""
+    try:
+        return folder, run(folder)
+    except AssertionError as error:
+        if STALLED not in str(error):
+            raise
+    folder = folder + "_again"
+    os.makedirs(folder)
+    return folder, run(folder)
+
+
 def _uninterrupted(folder, data_dir):
     """Two workers that run the example to its end."""
     cluster = Cluster(folder, _example(folder, data_dir))
@@ -137,12 +154,14 @@ def test_two_workers_agree_and_a_killed_worker_resumes_to_the_same_masks(tmp_pat
 
     uninterrupted_folder = str(tmp_path / "uninterrupted")
     os.makedirs(uninterrupted_folder)
-    uninterrupted = _uninterrupted(uninterrupted_folder, mnist_dir())
+    uninterrupted_folder, uninterrupted = _once_more_if_stalled(
+        lambda folder: _uninterrupted(folder, mnist_dir()), uninterrupted_folder)
     _check_same_masks_and_chief_only_files(uninterrupted_folder, uninterrupted)
 
     resumed_folder = str(tmp_path / "resumed")
     os.makedirs(resumed_folder)
-    restarted = _kill_mid_stage_and_restart(resumed_folder, mnist_dir())
+    _, restarted = _once_more_if_stalled(
+        lambda folder: _kill_mid_stage_and_restart(folder, mnist_dir()), resumed_folder)
     expected = _kept(uninterrupted.log(0))
     assert _kept(restarted.log(0)) == expected
     assert _kept(restarted.log(1)) == expected
@@ -170,10 +189,13 @@ def test_the_kl_is_counted_once_and_each_worker_draws_its_own_noise(tmp_path, ke
     import distribute_test
     import tensorflow as tf
 
-    out = str(tmp_path / "worker{index}.npz")
-    cluster = Cluster(str(tmp_path), [os.path.abspath(__file__), "--kl_check", out])
-    assert cluster.wait() == [0, 0], cluster.log(0)[-3000:]
-    results = [np.load(out.format(index=index)) for index in range(2)]
+    def run(folder):
+        out = os.path.join(folder, "worker{index}.npz")
+        cluster = Cluster(folder, [os.path.abspath(__file__), "--kl_check", out])
+        assert cluster.wait() == [0, 0], cluster.log(0)[-3000:] + cluster.log(1)[-3000:]
+        return [np.load(out.format(index=index)) for index in range(2)]
+
+    _, results = _once_more_if_stalled(run, str(tmp_path))
     single = distribute_test._train(tf.distribute.get_strategy(), kl_weight=200.0)
     for result in results:
         assert int(result["replicas"]) == 2
