@@ -90,10 +90,11 @@ def keras_mode():
 
 
 def _once_more_if_stalled(run, folder):
-    """run(folder), and once more in a fresh folder when TensorFlow's
-    coordination service stopped the cluster because a worker's heartbeat
-    missed its 10 s timeout: a stall of the loaded test machine, not a
-    keras_rbp failure. Returns the folder that ran and run's result."""
+    """run(folder) in a new `folder`, and once more in a fresh one when
+    TensorFlow's coordination service stopped the cluster because a worker's
+    heartbeat missed its 10 s timeout: a stall of the loaded test machine,
+    not a keras_rbp failure. Returns the folder that ran and run's result."""
+    os.makedirs(folder)
     try:
         return folder, run(folder)
     except AssertionError as error:
@@ -152,16 +153,12 @@ def test_two_workers_agree_and_a_killed_worker_resumes_to_the_same_masks(tmp_pat
         pytest.skip("Keras 3 cannot train under MultiWorkerMirroredStrategy")
     from conftest import mnist_dir
 
-    uninterrupted_folder = str(tmp_path / "uninterrupted")
-    os.makedirs(uninterrupted_folder)
     uninterrupted_folder, uninterrupted = _once_more_if_stalled(
-        lambda folder: _uninterrupted(folder, mnist_dir()), uninterrupted_folder)
+        lambda folder: _uninterrupted(folder, mnist_dir()), str(tmp_path / "uninterrupted"))
     _check_same_masks_and_chief_only_files(uninterrupted_folder, uninterrupted)
 
-    resumed_folder = str(tmp_path / "resumed")
-    os.makedirs(resumed_folder)
     _, restarted = _once_more_if_stalled(
-        lambda folder: _kill_mid_stage_and_restart(folder, mnist_dir()), resumed_folder)
+        lambda folder: _kill_mid_stage_and_restart(folder, mnist_dir()), str(tmp_path / "resumed"))
     expected = _kept(uninterrupted.log(0))
     assert _kept(restarted.log(0)) == expected
     assert _kept(restarted.log(1)) == expected
@@ -195,7 +192,7 @@ def test_the_kl_is_counted_once_and_each_worker_draws_its_own_noise(tmp_path, ke
         assert cluster.wait() == [0, 0], cluster.log(0)[-3000:] + cluster.log(1)[-3000:]
         return [np.load(out.format(index=index)) for index in range(2)]
 
-    _, results = _once_more_if_stalled(run, str(tmp_path))
+    _, results = _once_more_if_stalled(run, str(tmp_path / "cluster"))
     single = distribute_test._train(tf.distribute.get_strategy(), kl_weight=200.0)
     for result in results:
         assert int(result["replicas"]) == 2
