@@ -11,7 +11,7 @@ from keras_rbp.latency import benchmark_tflite
 from keras_rbp.layers import RBPNoise
 from keras_rbp.metrics import Report, report
 from keras_rbp.quantize import quantize_aware
-from keras_rbp.rules import LayerRule, register_rule
+from keras_rbp.rules import LayerRule, ProducerRule, register_rule
 from keras_rbp.schedule import PruningSummaries, RecursivePruning
 from keras_rbp.surgery import ShrinkError, kept_channels, shrink
 from keras_rbp.pruning import freeze, prune, pruning_groups
@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ExportCheckError",
     "LayerRule",
+    "ProducerRule",
     "PruningSummaries",
     "RBPNoise",
     "RBPWrapper",

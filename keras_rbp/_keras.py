@@ -8,7 +8,6 @@ does. Every other module imports Keras from here.
 import contextlib
 import os
 import re
-import sys
 
 import tensorflow as tf
 from absl import logging as absl_logging
@@ -33,6 +32,7 @@ if IS_KERAS_3:
     # Keras 3 records `x + 3.0` and `keras.ops.*` calls as operations that
     # are not layers.
     OPERATION_CLASSES = (keras.Operation,)
+    from keras.src.models.functional import Functional as FUNCTIONAL
 else:
     import tf_keras as keras
 
@@ -45,8 +45,53 @@ else:
     # tf_keras records TensorFlow functions called on Keras tensors as
     # TFOpLambda layers (SlicingOpLambda for `x[...]`).
     OPERATION_CLASSES = (TFOpLambda,)
+    from tf_keras.src.engine.functional import Functional as FUNCTIONAL
 
 layers = keras.layers
+
+
+def is_functional(model):
+    """Whether `model` has a functional graph: a Functional model or any
+    subclass of it (KerasHub's `Backbone` and `Task` classes, a user's
+    class that calls the functional constructor)."""
+    return isinstance(model, FUNCTIONAL)
+
+
+def is_plain_model(model):
+    """Whether `model` is a plain Sequential or Functional model, whose
+    `get_config` writes its graph."""
+    return type(model) in (FUNCTIONAL, keras.Sequential)
+
+
+def functional_view(model):
+    """A plain Functional model over the layers and calls of the
+    Functional subclass `model` (no layer is copied)."""
+    return keras.Model(model.inputs, model.outputs, name=model.name)
+
+
+def output_shapes(layer, input_shapes):
+    """The shapes of the outputs of `layer` called on inputs of
+    `input_shapes` (a list, one shape per input), as a list."""
+    if IS_KERAS_3:  # traces the call where the layer has no compute_output_shape
+        inputs = [keras.KerasTensor(shape) for shape in input_shapes]
+        outputs = layer.compute_output_spec(inputs[0] if len(inputs) == 1 else inputs)
+        return [tuple(output.shape) for output in tf.nest.flatten(outputs)]
+    shapes = layer.compute_output_shape(input_shapes[0] if len(input_shapes) == 1 else input_shapes)
+    return [tuple(shape) for shape in shapes] if isinstance(shapes[0], (list, tuple)) else [tuple(shapes)]
+
+
+def constructor_arguments(layer):
+    """The arguments `layer` was constructed with, its name left out, where
+    Keras recorded them (Keras 3 does when all are plain values), else None."""
+    recorded = getattr(layer, "_auto_config", None) if IS_KERAS_3 else None
+    return None if recorded is None else dict(recorded.config)
+
+
+def model_entry_fields(model):
+    """The fields of a config entry that make Keras re-create a nested
+    model as a plain Sequential or Functional model."""
+    cls = keras.Sequential if isinstance(model, keras.Sequential) else FUNCTIONAL
+    return {"module": cls.__module__, "class_name": cls.__name__, "registered_name": cls.__name__}
 
 def model_operations(model):
     """Every layer and operation of a Functional or Sequential model, by
@@ -90,12 +135,17 @@ __all__ = [
     "OPERATION_CLASSES",
     "call_record",
     "custom_objects",
+    "constructor_arguments",
     "first_call_shapes",
+    "functional_view",
+    "is_functional",
+    "is_plain_model",
+    "model_entry_fields",
     "input_names",
     "loads_saved_model_folders",
-    "model_from_config",
     "model_operations",
     "operation_name",
+    "output_shapes",
     "output_names",
     "require_tf_keras",
     "save_tf_saved_model",
@@ -106,12 +156,6 @@ __all__ = [
     "serialize",
     "tensorflow_warnings_only",
 ]
-
-
-# Keras walks a functional graph recursively when it builds a model; the
-# deepest applications (EfficientNetV2L, with a noise after each group) go
-# past Python's default limit.
-GRAPH_RECURSION_LIMIT = 20000
 
 
 def call_record(output, history, graph_tensor_class):
@@ -175,17 +219,6 @@ def tensorflow_warnings_only():
         yield
     finally:
         absl_logging.set_verbosity(verbosity)
-
-
-def model_from_config(model_class, config, layers):
-    """`model_class.from_config(config)` with the custom classes of `layers`,
-    under a recursion limit deep enough for the model's graph."""
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, GRAPH_RECURSION_LIMIT))
-    try:
-        return model_class.from_config(config, custom_objects=custom_objects(layers))
-    finally:
-        sys.setrecursionlimit(limit)
 
 
 def check_strategy(strategy, caller="keras_rbp"):

@@ -378,8 +378,7 @@ def _output_shapes(layer, call_index, input_shapes):
         outputs = layer.output
         outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
         return [tuple(output.shape) for output in outputs]
-    shapes = layer.compute_output_shape(input_shapes[0] if len(input_shapes) == 1 else input_shapes)
-    return [tuple(shape) for shape in shapes] if isinstance(shapes[0], (list, tuple)) else [tuple(shapes)]
+    return _keras.output_shapes(layer, input_shapes)
 
 
 def coupled_layers(model, names):

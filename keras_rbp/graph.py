@@ -1,14 +1,22 @@
-"""A small, explicit graph of a Keras model, read from its public config.
+"""A small, explicit graph of a Keras model, read from its functional config.
 
-Keras 3 and tf_keras write a functional model's `inbound_nodes` differently;
-`Graph` normalises both into layers, calls and tensor references, and
-`rename_references` and `reroute_references` rewire a config in either format.
+`model_config` writes the config of any Sequential or Functional model as a
+plain Functional model of the same layers would: a Functional subclass
+(KerasHub's `Backbone` and `Task` classes, a user's class built with the
+functional constructor), whose own `get_config` holds constructor arguments,
+is read through `keras.Model(model.inputs, model.outputs)`, at any depth of
+nesting. Keras 3 and tf_keras write a functional model's `inbound_nodes`
+differently; `Graph` normalises both into layers, calls and tensor
+references, and `rename_references` and `reroute_references` rewire a config
+in either format.
 """
 
+import contextlib
 import dataclasses
 
 import numpy as np
 
+from keras_rbp import _keras
 from keras_rbp._keras import keras
 
 SEQUENTIAL = "Sequential"
@@ -95,12 +103,58 @@ class Graph:
 
 def graph_of(model):
     """The `Graph` of a Sequential or Functional Keras model."""
-    return Graph.from_config(model_class(model), model.get_config())
+    return Graph.from_config(model_class(model), model_config(model))
 
 
 def model_class(model):
     """'Sequential' or 'Functional': how a model's config is read."""
-    return SEQUENTIAL if type(model).__name__ == SEQUENTIAL else "Functional"
+    return SEQUENTIAL if isinstance(model, keras.Sequential) else "Functional"
+
+
+def model_config(model):
+    """The config of a Sequential or Functional model, written as for a
+    plain Sequential or Functional model with the same layers and calls.
+
+    A Functional subclass is read as ``keras.Model(inputs, outputs)``, and
+    every nested one likewise. A layer whose `get_config` raises gets an
+    entry with its name alone: its config is never used to re-create it
+    (see `cloning`)."""
+    if not _keras.is_functional(model) and not isinstance(model, keras.Sequential):
+        raise TypeError(f"model {model.name!r} of class {type(model).__name__} has no functional graph")
+    view = model if _keras.is_plain_model(model) else _keras.functional_view(model)
+    nested = {layer.name: layer for layer in view.layers if isinstance(layer, keras.Model)}
+    with _placeholder_configs(view.layers, replace=[layer for layer in nested.values()
+                                                    if not _keras.is_plain_model(layer)]):
+        config = view.get_config()
+    entries = config["layers"]
+    for entry in entries:
+        layer = nested.get(entry["config"]["name"])
+        if layer is not None and not _keras.is_plain_model(layer):
+            entry.pop("build_config", None)
+            entry.update(_keras.model_entry_fields(layer), config=model_config(layer))
+    return config
+
+
+@contextlib.contextmanager
+def _placeholder_configs(layers, replace):
+    """Gives each layer of `replace`, and each layer of `layers` whose
+    `get_config` raises, a `get_config` that returns its name alone, while
+    the context lasts."""
+    patched = list(replace)
+    for layer in layers:
+        if layer in patched:
+            continue
+        try:
+            layer.get_config()
+        except Exception:  # noqa: BLE001 - any broken get_config is replaced
+            patched.append(layer)
+    for layer in patched:
+        layer.get_config = lambda layer=layer: {"name": layer.name, "trainable": layer.trainable}
+    try:
+        yield
+    finally:
+        for layer in patched:
+            del layer.get_config
 
 
 def keras_model_class(model):

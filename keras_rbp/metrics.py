@@ -1,8 +1,9 @@
 """Parameters and MACs per layer, architecture strings, and `report`.
 
-MACs are multiply-accumulates of the Dense and convolution layers for one
-example (the FLOPs of SBP and Bayesian Compression tables; some papers print
-2 x MACs). Parameters are every weight of a layer, BatchNormalization moving
+MACs are multiply-accumulates for one example, as each layer's rule counts
+them (`LayerRule.macs`): the Dense and convolution layers, and any layer a
+user's rule prices (the FLOPs of SBP and Bayesian Compression tables; some
+papers print 2 x MACs). Parameters are every weight of a layer, BatchNormalization moving
 statistics included, as Keras's `count_params` counts them. The feature
 selection layers `shrink` writes (``<layer>_select``) are gathers: they are
 listed, but their weights and MACs are left out of the totals.
@@ -15,7 +16,7 @@ import numpy as np
 from keras_rbp import graph as graph_lib
 from keras_rbp._keras import first_call_shapes, keras
 from keras_rbp.layers import RBPNoise
-from keras_rbp.rules import channel_axis
+from keras_rbp.rules import channel_axis, rule_for
 from keras_rbp.surgery import SELECTION_SUFFIX
 from keras_rbp.wrapper import RBPWrapper
 
@@ -27,9 +28,6 @@ CONVOLUTIONS = tuple(
                  "Conv3DTranspose")
     if hasattr(L, name)
 )
-TRANSPOSED = tuple(getattr(L, name) for name in ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
-                   if hasattr(L, name))
-SEPARABLE = tuple(getattr(L, name) for name in ("SeparableConv1D", "SeparableConv2D") if hasattr(L, name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,19 +200,11 @@ def _output_producers(model):
     return {ref.layer for ref in graph_lib.graph_of(model).outputs}
 
 
-def _spatial(shape, layer):
-    """The number of output positions of a convolution or Dense layer."""
-    axis = channel_axis(layer) % len(shape)
-    return int(np.prod([d for i, d in enumerate(shape[1:], 1) if i != axis]))
-
-
 def _macs(layer, input_shape, output_shape):
-    if is_selection(layer) or not isinstance(layer, (L.Dense,) + CONVOLUTIONS):
+    """The MACs of one call of `layer`, as its rule counts them."""
+    if is_selection(layer):
         return 0
-    # A transposed convolution multiplies its kernel once per input position.
-    positions = _spatial(input_shape if isinstance(layer, TRANSPOSED) else output_shape, layer)
-    kernels = [w.shape for w in layer.weights[:2 if isinstance(layer, SEPARABLE) else 1]]
-    return int(positions * sum(np.prod(shape) for shape in kernels))
+    return int(rule_for(layer).macs(layer, input_shape, output_shape))
 
 
 def channel_costs(model):

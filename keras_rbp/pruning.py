@@ -7,6 +7,7 @@ import warnings
 import tensorflow as tf
 
 from keras_rbp import _keras
+from keras_rbp import cloning
 from keras_rbp import dependency
 from keras_rbp import graph as graph_lib
 from keras_rbp import metrics
@@ -156,12 +157,13 @@ def prune(
     by_name = {layer.name: layer for layer in graph_lib.all_layers(model)}
     chosen = _choose_layers(model, by_name, layers)
     rewriter = _Rewriter(by_name, chosen, noise_config, seed, noise_after_batchnorm)
-    config = copy.deepcopy(model.get_config())
+    config = copy.deepcopy(graph_lib.model_config(model))
     class_name = graph_lib.model_class(model)
     if coupled_groups:
         rewriter.coupled = dependency.coupled_layers(model, rewriter.targets(class_name, config))
     rewriter.rewrite(class_name, config, input_features, flatten_features)
-    pruned = _keras.model_from_config(graph_lib.keras_model_class(model), config, by_name.values())
+    rewriter.copy_other_layers(config)
+    pruned = cloning.model_from_config(graph_lib.keras_model_class(model), config, rewriter.made)
     _copy_weights(model, pruned)
     if cost_aware:
         _set_costs(pruned)
@@ -218,11 +220,11 @@ def _set_costs(pruned):
 def _check_model(model):
     if not isinstance(model, keras.Model):
         raise TypeError(f"prune: expected a Keras model, received {type(model).__name__}")
-    if type(model).__name__ not in ("Sequential", "Functional"):
+    if not (_keras.is_functional(model) or isinstance(model, keras.Sequential)):
         raise TypeError(
             f"prune: model {model.name!r} is a subclassed model "
             f"({type(model).__name__}); keras_rbp supports Sequential and "
-            "Functional models, whose graph it can read"
+            "Functional models (and their subclasses), whose graph it can read"
         )
     for layer in graph_lib.all_layers(model):
         if isinstance(layer, keras.Model):
@@ -296,6 +298,7 @@ class _Rewriter:
         self.noise_after_batchnorm = noise_after_batchnorm
         self.coupled = []  # lists of layer names that share one noise
         self.count = 0
+        self.made = cloning.MadeLayers()  # the layers of the new model
 
     def _noise(self, **kwargs):
         self.count += 1
@@ -349,14 +352,18 @@ class _Rewriter:
 
     def _wrap(self, entry):
         layer = self.by_name[entry["config"]["name"]]
-        inner = type(layer).from_config(layer.get_config())
         calls = max(1, len(entry.get("inbound_nodes", ())))  # a shared layer's noise draws once a step
-        wrapped = serialize(RBPWrapper(inner, self._noise(calls=calls)))
-        for key in ("name", "inbound_nodes"):
-            if key in entry:
-                wrapped[key] = entry[key]
-        entry.clear()
-        entry.update(wrapped)
+        self.made.replace(entry, RBPWrapper(cloning.copy_layer(layer), self._noise(calls=calls)))
+
+    def copy_other_layers(self, config):
+        """Makes every layer of the user's model that `rewrite` left alone
+        a copy of that layer, nested models included."""
+        for entry in config["layers"]:
+            name = entry["config"]["name"]
+            if graph_lib.model_class_name(entry):
+                self.copy_other_layers(entry["config"])
+            elif not cloning.is_made(entry) and entry["class_name"] != "InputLayer" and name in self.by_name:
+                self.made.replace(entry, cloning.copy_layer(self.by_name[name]))
 
     def _insert_shared_noise(self, config, names):
         """Puts one RBPNoise, called once after each layer of `names`, on
@@ -393,7 +400,7 @@ class _Rewriter:
             layers.append(entry)
             name = entry["config"]["name"]
             if name in split:
-                entry["config"]["activation"] = "linear"
+                self.made.replace(entry, _without_activation(self.by_name[name]))
             layers.extend(after.get(name, []))
         config["layers"] = layers
 
@@ -410,6 +417,13 @@ class _Rewriter:
             entry["name"] = noise_name
             entry["inbound_nodes"] = [_call_node(self.by_name[name])]
         config["layers"].insert(position, entry)
+
+
+def _without_activation(layer):
+    """A copy of `layer` with a linear activation."""
+    copied = cloning.copy_layer(layer)
+    copied.activation = keras.activations.get("linear")
+    return copied
 
 
 def _call_node(layer, source=None):

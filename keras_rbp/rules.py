@@ -65,6 +65,18 @@ class LayerRule:
         input, or None; ranks the channels no weighted layer makes."""
         return None
 
+    def channel_axis(self, layer):
+        """The axis of the layer's output that holds its channels."""
+        return 1 if getattr(layer, "data_format", None) == "channels_first" else -1
+
+    def macs(self, layer, input_shape, output_shape):
+        """The multiply-accumulates of one call on one example, for the
+        input and output shapes given (batch axis first); 0 by default.
+        `report`, `cost_aware` and the budgets count these; a budget
+        scales them with the kept fraction of the input and output
+        channels."""
+        return 0
+
     def rebuild(self, build, op, ins):
         """Returns the physical channels (indices into each output's channels)
         of every output; `ins` holds those of every input. Sets the new
@@ -116,13 +128,8 @@ def prunable_classes():
 
 
 def channel_axis(layer):
-    """The axis of `layer`'s output that holds its channels."""
-    if isinstance(layer, L.BatchNormalization):
-        axis = layer.axis
-        return int(axis[0] if isinstance(axis, (list, tuple)) else axis)
-    if hasattr(L, "GroupNormalization") and isinstance(layer, L.GroupNormalization):
-        return int(layer.axis)
-    return 1 if getattr(layer, "data_format", None) == "channels_first" else -1
+    """The axis of `layer`'s output that holds its channels, as its rule says."""
+    return rule_for(layer).channel_axis(layer)
 
 
 def activation_name(activation):
@@ -140,12 +147,23 @@ def _maps_zero_to_zero(function, channels):
 # Layers with a kernel: the noise's theta folds into their output channels.
 
 
-class _ProducerRule(LayerRule):
-    """A layer that makes its output channels from its input channels, with
-    an optional activation after a frozen theta (RBPWrapper)."""
+class ProducerRule(LayerRule):
+    """A prunable layer: it makes its output channels from its input
+    channels, and `prune` may put a noise on them (`RBPWrapper`), whose
+    frozen theta `shrink` folds into the layer's weights, before the
+    layer's `activation` attribute if it has one.
+
+    The defaults describe a layer like Dense: its first weight is a kernel
+    whose axis -2 reads the input channels and whose last axis makes the
+    output channels, its second weight (if any) is a bias with one value
+    per output channel, its config holds its width under `width_key`, and
+    it costs a kernel's worth of MACs at every output position. Override
+    `sliced_weights`, `macs` or `channel_axis` for other layouts.
+    """
 
     prunable = True
     passes_channels = False  # output channel c is made from input channel c only
+    width_key = "units"  # the config key of the number of output channels
 
     def output_slots(self, plan, op, tensor):
         """Slots of the output channels; new ones by default."""
@@ -197,7 +215,25 @@ class _ProducerRule(LayerRule):
         return build.plan.kept(op.outputs[0])
 
     def sliced_weights(self, layer, in_index, out_index, theta):
-        raise NotImplementedError
+        """The new layer's weights, keeping input channels `in_index` and
+        output channels `out_index`, the latter scaled by `theta`, and the
+        changes to its config."""
+        kernel, *rest = layer.get_weights()
+        bias = [rest[0][out_index] * theta] if rest else []
+        return [kernel[..., in_index, :][..., out_index] * theta] + bias, {self.width_key: len(out_index)}
+
+    def macs(self, layer, input_shape, output_shape):
+        return _positions(output_shape, self.channel_axis(layer)) * int(np.prod(layer.weights[0].shape))
+
+    def output_norms(self, layer):
+        return _slice_norms(layer.get_weights()[0], -1)
+
+
+def _positions(shape, axis):
+    """The number of positions of a tensor of `shape`: every axis but the
+    batch and the channel axis."""
+    axis = axis % len(shape)
+    return int(np.prod([d for i, d in enumerate(shape[1:], 1) if i != axis]))
 
 
 def _slice_norms(weight, axis):
@@ -206,7 +242,7 @@ def _slice_norms(weight, axis):
     return weight.reshape(weight.shape[0], -1).sum(1)
 
 
-class DenseConvRule(_ProducerRule):
+class DenseConvRule(ProducerRule):
     """Dense and Conv1D/2D/3D, grouped convolutions included. A Dense on a
     tensor of rank above 2 mixes its last axis like a 1x1 convolution.
 
@@ -274,16 +310,17 @@ class DenseConvRule(_ProducerRule):
             kernel = kernel[..., in_index, :]
         return [kernel[..., out_index] * theta] + bias, changes
 
-    def output_norms(self, layer):
-        return _slice_norms(layer.get_weights()[0], -1)
-
     def input_norms(self, layer):
         return None if getattr(layer, "groups", 1) > 1 else _slice_norms(layer.get_weights()[0], -2)
 
 
-class TransposedConvRule(_ProducerRule):
+class TransposedConvRule(ProducerRule):
     """Conv1DTranspose, Conv2DTranspose, Conv3DTranspose: the kernel holds
-    output channels before input channels."""
+    output channels before input channels, and is applied once per input
+    position."""
+
+    def macs(self, layer, input_shape, output_shape):
+        return _positions(input_shape, self.channel_axis(layer)) * int(np.prod(layer.weights[0].shape))
 
     def sliced_weights(self, layer, in_index, out_index, theta):
         weights = layer.get_weights()
@@ -296,7 +333,7 @@ class TransposedConvRule(_ProducerRule):
         return _slice_norms(layer.get_weights()[0], -2)
 
 
-class DepthwiseRule(_ProducerRule):
+class DepthwiseRule(ProducerRule):
     """DepthwiseConv1D/2D: output channel c*m+k reads input channel c only."""
 
     passes_channels = True
@@ -326,9 +363,13 @@ class DepthwiseRule(_ProducerRule):
         return kernel.reshape(-1, kernel.shape[-2] * kernel.shape[-1]).sum(0)
 
 
-class SeparableConvRule(_ProducerRule):
+class SeparableConvRule(ProducerRule):
     """SeparableConv1D/2D: a depthwise part sliced on its input channels and
     a pointwise part sliced on both."""
+
+    def macs(self, layer, input_shape, output_shape):
+        kernels = sum(int(np.prod(weight.shape)) for weight in layer.weights[:2])
+        return _positions(output_shape, self.channel_axis(layer)) * kernels
 
     def sliced_weights(self, layer, in_index, out_index, theta):
         weights = layer.get_weights()
@@ -343,10 +384,17 @@ class SeparableConvRule(_ProducerRule):
         return _slice_norms(layer.get_weights()[1], -1)
 
 
-class BatchNormalizationRule(_ProducerRule):
+class BatchNormalizationRule(ProducerRule):
     """BatchNormalization: per channel; theta folds into gamma and beta."""
 
     passes_channels = True
+
+    def channel_axis(self, layer):
+        axis = layer.axis
+        return int(axis[0] if isinstance(axis, (list, tuple)) else axis)
+
+    def macs(self, layer, input_shape, output_shape):
+        return 0
 
     def output_slots(self, plan, op, tensor):
         return tensor.slots
@@ -381,6 +429,9 @@ class BatchNormalizationRule(_ProducerRule):
 class GroupNormalizationRule(LayerRule):
     """GroupNormalization: the channels of one group are normalised together,
     so a group is removed whole or not at all."""
+
+    def channel_axis(self, layer):
+        return int(layer.axis)
 
     def forward(self, plan, op):
         layer = op.layer
@@ -460,6 +511,20 @@ class ActivationRule(PerChannelRule):
     def maps_zero_to_zero(self, layer, tensor):
         shape = [1] + [1 if d is None else d for d in tensor.shape[1:]]
         return bool(np.all(np.asarray(layer(np.zeros(shape, np.float32))) == 0))
+
+
+class PReLURule(ActivationRule):
+    """PReLU: per channel, its alpha sliced with the channels it holds one
+    value for (none where `shared_axes` covers the channels)."""
+
+    def rebuild(self, build, op, ins):
+        (alpha,) = op.layer.get_weights()
+        tensor = build.plan.tensors[op.inputs[0]]
+        axis = tensor.axis - 1  # alpha has no batch axis
+        if alpha.shape[axis] == tensor.channels:
+            alpha = np.take(alpha, ins[0], axis=axis)
+        build.set_layer(op, [alpha], {})
+        return [ins[0]]
 
 
 def _data_format_axis(layer, rank):
@@ -817,8 +882,9 @@ def _register_builtins():
         "UpSampling1D", "UpSampling2D", "UpSampling3D",
     ):
         register_rule(cls, PerChannelRule())
-    for cls in _classes("Activation", "ReLU", "LeakyReLU", "ELU", "Softmax", "PReLU"):
+    for cls in _classes("Activation", "ReLU", "LeakyReLU", "ELU", "Softmax"):
         register_rule(cls, ActivationRule())
+    register_rule(L.PReLU, PReLURule())
     for cls in _classes("Add", "Subtract", "Average", "Maximum", "Minimum", "Multiply"):
         register_rule(cls, ElementwiseRule())
     register_rule(L.Concatenate, ConcatenateRule())
@@ -827,6 +893,9 @@ def _register_builtins():
     register_rule(RBPNoise, NoiseRule())
     for cls in _keras.OPERATION_CLASSES:
         register_rule(cls, OperationRule())
+    # Keras 3's layers are operations too: a layer without a rule is a
+    # boundary, not an operation.
+    register_rule(keras.layers.Layer, BOUNDARY)
 
 
 _register_builtins()

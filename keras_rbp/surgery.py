@@ -12,8 +12,9 @@ import dataclasses
 import numpy as np
 
 from keras_rbp import _keras
+from keras_rbp import cloning
 from keras_rbp import graph as graph_lib
-from keras_rbp._keras import keras, serialize
+from keras_rbp._keras import keras
 from keras_rbp.dependency import ChannelPlan
 from keras_rbp.rules import ShrinkError
 from keras_rbp.wrapper import RBPWrapper
@@ -91,11 +92,12 @@ class _Builder:
         self.plan = plan
         self.keep_input_shape = keep_input_shape
         self.physical = {}  # tensor key -> indices of the channels the new model holds
-        self.entries = {}  # (path, name) -> (new config entry or None, config changes); None drops it
+        self.entries = {}  # (path, name) -> (layer to copy, config changes), or None to drop it
         self.calls = {}  # (path, name) -> {call index: new call record}
         self.renames = {}  # (path, name) -> new name
         self.weights = {}  # (path, name) -> weights of the new layer
         self.row_scales = {}  # tensor key -> theta of each physical feature, for its Dense readers
+        self.made = cloning.MadeLayers()  # the layers of the new model
 
     def build(self):
         plan = self.plan
@@ -119,11 +121,10 @@ class _Builder:
                 raise ShrinkError(f"shrink: the model output of layer {key[1]!r} would lose channels")
         model = plan.model
         sequential = isinstance(model, keras.Sequential)
-        config = copy.deepcopy(model.get_config())
+        config = copy.deepcopy(graph_lib.model_config(model))
         self._edit(config, (), sequential)
-        layers = list(graph_lib.all_layers(model))
         model_class = keras.Sequential if sequential else keras.Model
-        small = _keras.model_from_config(model_class, config, layers)
+        small = cloning.model_from_config(model_class, config, self.made)
         for (path, name), weights in self.weights.items():
             if weights:
                 _find_layer(small, path, self.renames.get((path, name), name)).set_weights(weights)
@@ -148,13 +149,9 @@ class _Builder:
         if op.inputs[0] in self.row_scales:  # a Dense reading folded features
             weights[0] = weights[0] * self.row_scales[op.inputs[0]][:, None]
         self.weights[key] = weights
-        entry = None
-        if isinstance(op.layer, RBPWrapper):
-            inner = op.inner
-            entry = serialize(type(inner).from_config(inner.get_config()))
-            if hasattr(inner, "activation"):
-                config_changes = dict(config_changes, activation=keras.activations.serialize(op.activation))
-        self.entries[key] = (entry, config_changes)
+        if isinstance(op.layer, RBPWrapper) and hasattr(op.inner, "activation"):
+            config_changes = dict(config_changes, activation=keras.activations.serialize(op.activation))
+        self.entries[key] = (op.inner, config_changes)
 
     def set_call(self, op, record):
         """Replaces the config record of call `op.call_index` of `op`."""
@@ -195,7 +192,7 @@ class _Builder:
         self.renames[key] = name
         self.weights[key] = [kernel]
         selection = keras.layers.Dense(len(kept), use_bias=False, trainable=False, name=name)
-        self.entries[key] = (serialize(selection), {})
+        self.entries[key] = (selection, {})
         return kept
 
     # Helpers.
@@ -242,6 +239,8 @@ class _Builder:
                 entry = self._replaced(entry, key, *self.entries[key])
                 if entry["config"]["name"] != name:
                     renames[name] = entry["config"]["name"]
+            elif entry["class_name"] != "InputLayer":
+                self.made.replace(entry, cloning.copy_layer(_find_operation(self.plan.model, path, name)))
             for call_index, record in self.calls.get(key, {}).items():
                 entry["inbound_nodes"][call_index] = record
             entries.append(entry)
@@ -265,16 +264,15 @@ class _Builder:
         shape[tensor.axis] = len(self.physical[key])
         layer_config[shape_key] = shape
 
-    def _replaced(self, entry, key, new_entry, config_changes):
-        """A config entry for the new layer of `key`, wired as `entry` is."""
+    def _replaced(self, entry, key, layer, config_changes):
+        """A config entry for a new layer made from `layer`'s config with
+        `config_changes`, wired as `entry` is."""
         name = self.renames.get(key, entry["config"]["name"])
-        new_entry = copy.deepcopy(new_entry or entry)
-        new_entry.pop("build_config", None)
-        new_entry["config"] = dict(new_entry["config"], name=name, **config_changes)
+        new_layer = type(layer).from_config(dict(layer.get_config(), name=name, **config_changes))
+        new_entry = {"config": {"name": name}}
         if "inbound_nodes" in entry:
             new_entry["inbound_nodes"] = graph_lib.without_none_kwargs(entry["inbound_nodes"])
-        if "name" in entry:
-            new_entry["name"] = name
+        self.made.replace(new_entry, new_layer)
         return new_entry
 
 
@@ -289,6 +287,13 @@ def _find_layer(model, path, name):
     return model.get_layer(name)
 
 
+def _find_operation(model, path, name):
+    """Layer or operation `name` of the model that `path` names in `model`."""
+    for nested in path:
+        model = model.get_layer(nested)
+    return _keras.model_operations(model)[name]
+
+
 def float32_copy(model):
     """`model` with every layer computing in float32: a copy when some layer
     runs under a mixed-precision policy ("mixed_float16", "mixed_bfloat16"),
@@ -297,7 +302,10 @@ def float32_copy(model):
     config = model.get_config()
     if not _drop_mixed_precision(config):
         return model
-    copy_ = _keras.model_from_config(graph_lib.keras_model_class(model), config, graph_lib.all_layers(model))
+    copy_ = cloning.model_from_config(
+        graph_lib.keras_model_class(model), config,
+        custom_objects=_keras.custom_objects(graph_lib.all_layers(model)),
+    )
     copy_.set_weights(model.get_weights())
     return copy_
 

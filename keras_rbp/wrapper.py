@@ -62,7 +62,10 @@ class RBPWrapper(keras.layers.Wrapper):
     def build(self, input_shape):
         if not self.layer.built:
             self.layer.build(input_shape)
-        self.noise.build(self.layer.compute_output_shape(input_shape))
+        try:
+            self.noise.build(self.layer.compute_output_shape(input_shape))
+        except NotImplementedError:
+            pass  # a user's layer without compute_output_shape: the noise builds on its first call
         self.built = True
 
     def call(self, inputs, training=None, mask=None):
@@ -70,9 +73,6 @@ class RBPWrapper(keras.layers.Wrapper):
         outputs = self.layer(inputs, training=training, **kwargs)
         outputs = self.noise(outputs, training=training)
         return self.activation(outputs)
-
-    def compute_output_shape(self, input_shape):
-        return self.layer.compute_output_shape(input_shape)
 
     def get_config(self):
         config = super().get_config()

@@ -1,0 +1,225 @@
+"""prune() and shrink() on what a Functional model accepts: Functional
+subclasses nested at any depth, a user's layer that is neither registered
+as serializable nor implements compute_output_shape, a layer whose
+get_config raises, PReLU, and a user's prunable rule whose MACs count."""
+
+import numpy as np
+import pytest
+
+import keras_rbp as rbp
+from keras_rbp._keras import IS_KERAS_3, keras
+from keras_rbp.cloning import LayerCopyError
+from tests.conftest import mnist_dir
+from tests.surgery_test import _freeze_random, assert_same_outputs
+
+L = keras.layers
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+class Linear(L.Layer):
+    """A user's dense layer: not registered as serializable, and without
+    compute_output_shape."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], self.units), initializer="glorot_uniform", name="w")
+        self.b = self.add_weight(shape=(self.units,), initializer="random_normal", name="b")
+
+    def call(self, inputs):
+        return inputs @ self.w + self.b
+
+    def get_config(self):
+        return dict(super().get_config(), units=self.units)
+
+
+class BrokenConfig(L.Layer):
+    """A third-party layer whose get_config raises (as DeiTEncoder's does)."""
+
+    def __init__(self, scale=2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = scale
+
+    def call(self, inputs):
+        return inputs * self.scale
+
+    def get_config(self):
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute 'key_dim'")
+
+
+@pytest.fixture
+def linear_rule():
+    rbp.register_rule(Linear, rbp.ProducerRule())
+    yield
+    rbp.rules.unregister_rule(Linear)
+
+
+class Block(keras.Model):
+    """A user's Functional subclass whose config holds its constructor's
+    arguments, not a graph (as KerasHub's Backbone classes)."""
+
+    def __init__(self, channels, inner=None, **kwargs):
+        inputs = keras.Input((8, 8, channels))
+        x = inputs if inner is None else inner(inputs)
+        x = L.Conv2D(12, 3, padding="same", activation="relu", name=f"{kwargs['name']}_conv")(x)
+        x = L.BatchNormalization(name=f"{kwargs['name']}_bn")(x)
+        outputs = L.Conv2D(channels, 1, name=f"{kwargs['name']}_project")(x)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.channels = channels
+
+    def get_config(self):
+        return {"channels": self.channels, "name": self.name}
+
+
+def _nested_subclasses():
+    inner = Block(6, name="inner")
+    middle = Block(6, inner=inner, name="middle")
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(6, 3, padding="same", activation="relu", name="stem")(inputs)
+    x = middle(x)
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, L.Dense(4, name="head")(x))
+
+
+def _width(model, name):
+    """The output channels of layer `name` of `model` or a model nested in it."""
+    for layer in model.layers:
+        if layer.name == name:
+            return layer.output.shape[-1]
+        if isinstance(layer, keras.Model):
+            try:
+                return _width(layer, name)
+            except KeyError:
+                continue
+    raise KeyError(name)
+
+
+def test_functional_subclasses_nested_two_deep_shrink_exactly():
+    model = _nested_subclasses()
+    pruned = rbp.prune(model, dataset_size=100)
+    groups = rbp.pruning_groups(pruned)
+    assert {"stem", "middle_bn", "middle_project", "inner_bn", "inner_project"} <= set(groups)
+    _freeze_random(pruned, keep=0.6)
+    small = rbp.shrink(pruned)
+    x = np.random.RandomState(0).rand(2, 8, 8, 3).astype("float32")
+    assert_same_outputs(pruned, small, x)
+    kept = rbp.kept_channels(pruned)
+    assert _width(small, "inner_conv") == len(kept["inner_bn"]) < 12
+    assert _width(small, "middle_conv") == len(kept["middle_bn"]) < 12
+    assert small.count_params() < model.count_params()
+
+
+def test_a_functional_subclass_is_copied_not_trained():
+    model = _nested_subclasses()
+    before = [w.copy() for w in model.get_weights()]
+    pruned = rbp.prune(model, dataset_size=8)
+    pruned.compile("sgd", LOSS)
+    pruned.fit(np.random.rand(8, 8, 8, 3), np.arange(8) % 4, epochs=1, verbose=0)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert isinstance(model.get_layer("middle"), Block)
+
+
+def test_a_subclassed_model_without_a_graph_is_refused():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = L.Dense(3)
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    with pytest.raises(TypeError, match=r"prune: model '.*' is a subclassed model \(Net\)"):
+        rbp.prune(Net(), dataset_size=10)
+
+
+def _with_broken_config():
+    inputs = keras.Input((10,))
+    x = L.Dense(16, activation="relu", name="fc1")(inputs)
+    x = BrokenConfig(name="broken")(x)
+    x = L.Dense(12, activation="relu", name="fc2")(x)
+    return keras.Model(inputs, L.Dense(3, name="out")(x))
+
+
+@pytest.mark.skipif(not IS_KERAS_3, reason="tf_keras records no constructor arguments to copy the layer from")
+def test_a_layer_whose_get_config_raises_is_copied_from_its_constructor_arguments():
+    model = _with_broken_config()
+    pruned = rbp.prune(model, dataset_size=100)
+    masks = _freeze_random(pruned, keep=0.5)
+    small = rbp.shrink(pruned)
+    assert_same_outputs(pruned, small, np.random.RandomState(0).rand(4, 10).astype("float32"))
+    # BrokenConfig is a boundary: fc1 keeps every channel, fc2 its mask's.
+    assert small.get_layer("fc1").units == 16
+    assert small.get_layer("fc2").units == int(masks["fc2"].sum()) < 12
+    assert isinstance(small.get_layer("broken"), BrokenConfig)
+    assert small.get_layer("broken") is not model.get_layer("broken")
+
+
+@pytest.mark.skipif(IS_KERAS_3, reason="Keras 3 copies the layer from its constructor arguments")
+def test_a_layer_that_cannot_be_copied_raises_one_clear_error():
+    model = _with_broken_config()
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(LayerCopyError, match=r"cannot copy layer 'broken' of class BrokenConfig: .*key_dim"):
+        rbp.prune(model, dataset_size=100)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def _linear_model(widths=(30, 20), inputs=20, classes=5):
+    x = inputs = keras.Input((inputs,))
+    for index, width in enumerate(widths):
+        x = L.Activation("relu")(Linear(width, name=f"linear{index}")(x))
+    return keras.Model(inputs, Linear(classes, name="out")(x))
+
+
+def test_a_users_prunable_layer_prunes_shrinks_and_costs_its_macs(linear_rule):
+    model = _linear_model()
+    pruned = rbp.prune(model, dataset_size=100)
+    assert list(rbp.pruning_groups(pruned)) == ["linear0", "linear1"]
+    masks = _freeze_random(pruned, keep=0.5)
+    small = rbp.shrink(pruned)
+    assert_same_outputs(pruned, small, np.random.RandomState(0).rand(4, 20).astype("float32"))
+    kept0, kept1 = int(masks["linear0"].sum()), int(masks["linear1"].sum())
+    assert small.get_layer("linear0").units == kept0 < 30
+    assert small.get_layer("linear1").units == kept1 < 20
+    totals = rbp.report(model, small).totals
+    assert totals["macs_before"] == 20 * 30 + 30 * 20 + 20 * 5
+    assert totals["macs_after"] == 20 * kept0 + kept0 * kept1 + kept1 * 5
+
+
+def test_a_mac_budget_spends_a_users_layers(linear_rule):
+    (x_train, y_train), _ = rbp.datasets.load_mnist(mnist_dir())
+    x_train, y_train = x_train[:3000].reshape(3000, -1), y_train[:3000]
+    keras.utils.set_random_seed(0)
+    model = _linear_model(widths=(100, 50), inputs=784, classes=10)
+    model.compile(keras.optimizers.Adam(1e-3), LOSS)
+    model.fit(x_train, y_train, batch_size=128, epochs=1, verbose=0)
+    pruned = rbp.prune(model, dataset_size=len(x_train))
+    pruned.compile(keras.optimizers.Adam(1e-3), LOSS)
+    target = 40_000  # of 84,500
+    schedule = rbp.RecursivePruning(epochs_per_stage=1, finetune_epochs=0, target_macs=target, verbose=0)
+    pruned.fit(x_train, y_train, batch_size=128, epochs=schedule.total_epochs(pruned), callbacks=[schedule],
+               verbose=0)
+    macs = rbp.report(model, rbp.shrink(pruned)).totals["macs_after"]
+    assert 0.95 * target <= macs <= target
+
+
+@pytest.mark.parametrize("shared_axes", [None, [1, 2], [3]], ids=["per_position", "per_channel", "one_for_all_channels"])
+def test_prelu_slices_its_alpha(shared_axes):
+    inputs = keras.Input((6, 6, 3))
+    x = L.Conv2D(10, 3, name="conv")(inputs)
+    x = L.PReLU(shared_axes=shared_axes, alpha_initializer=keras.initializers.RandomUniform(0.1, 0.5),
+                name="prelu")(x)
+    x = L.Conv2D(4, 3, name="conv2")(x)
+    model = keras.Model(inputs, L.Dense(2, name="out")(L.Flatten()(x)))
+    pruned = rbp.prune(model, dataset_size=100)
+    rbp.freeze(pruned, {"conv": np.isin(np.arange(10), [0, 2, 3, 7, 9]), "conv2": np.ones(4, bool)},
+               {"conv": np.linspace(0.5, 1.5, 10).astype("float32")})
+    small = rbp.shrink(pruned)
+    assert_same_outputs(pruned, small, np.random.RandomState(0).rand(2, 6, 6, 3).astype("float32") - 0.5)
+    assert small.get_layer("conv").filters == 5
+    alpha = model.get_layer("prelu").get_weights()[0]
+    expected = alpha if shared_axes == [3] else alpha[..., [0, 2, 3, 7, 9]]
+    np.testing.assert_array_equal(small.get_layer("prelu").get_weights()[0], expected)
