@@ -80,6 +80,22 @@ def output_shapes(layer, input_shapes):
     return [tuple(shape) for shape in shapes] if isinstance(shapes[0], (list, tuple)) else [tuple(shapes)]
 
 
+def replay(model, inputs, call):
+    """The outputs of the calls of Keras 3 Functional `model`, made again on
+    the symbolic tensors `inputs` (one per model input), each call made by
+    ``call(layer, *args, **kwargs)``: the model's layers become part of the
+    graph `inputs` belong to. Keras has no public API for it."""
+    return model._run_through_graph(inputs, operation_fn=lambda operation: operation, call_fn=call)
+
+
+def rename(layer, name):
+    """Sets the name of `layer`."""
+    if IS_KERAS_3:
+        layer.name = name
+    else:
+        layer._name = name
+
+
 def constructor_arguments(layer):
     """The arguments `layer` was constructed with, its name left out, where
     Keras recorded them (Keras 3 does when all are plain values), else None."""
@@ -153,6 +169,8 @@ __all__ = [
     "keras",
     "layers",
     "register_serializable",
+    "rename",
+    "replay",
     "serialize",
     "tensorflow_warnings_only",
 ]

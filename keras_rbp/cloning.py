@@ -31,16 +31,29 @@ class LayerCopyError(TypeError):
 
 
 def copy_layer(layer):
-    """A new layer of `layer`'s class and configuration, with variables of
-    its own (their values are the caller's to set): made from
-    ``get_config()``, or, where that config does not round-trip, from the
-    arguments the layer was constructed with (Keras 3 records those that
-    are plain values).
+    """A layer of `layer`'s class and configuration with variables of its
+    own (their values are the caller's to set): made from ``get_config()``,
+    or, where that config does not round-trip, from the arguments the layer
+    was constructed with (Keras 3 records those that are plain values). A
+    layer without variables that neither can make is shared, not copied:
+    training cannot change it.
 
     Raises:
-        LayerCopyError: naming the layer, its class and the cause, where
-            neither works.
+        LayerCopyError: naming the layer, its class and the cause, for a
+            layer with variables that cannot be copied.
     """
+    try:
+        copied = _new_layer(layer)
+    except LayerCopyError:
+        if layer.weights:
+            raise
+        return layer
+    if copied.name != layer.name:  # a class that renames itself (KerasHub's DepthwiseConvBlock)
+        _keras.rename(copied, layer.name)
+    return copied
+
+
+def _new_layer(layer):
     try:
         return type(layer).from_config(layer.get_config())
     except Exception as config_error:  # noqa: BLE001 - any failure tries the constructor
@@ -49,7 +62,8 @@ def copy_layer(layer):
         if arguments is None:
             raise LayerCopyError(
                 f"keras_rbp cannot copy layer {layer.name!r} of class {type(layer).__name__}: {cause}, "
-                "and Keras did not record its constructor arguments; fix its get_config/from_config"
+                "and no constructor arguments were recorded (Keras 3 records them where all are "
+                "plain values); fix its get_config or from_config"
             ) from config_error
         try:
             return type(layer)(**dict(arguments, name=layer.name))

@@ -70,6 +70,11 @@ class Tensor:
     def channels(self):
         return len(self.slots)
 
+    @property
+    def unknown(self):
+        """Whether the tensor's number of channels is not known."""
+        return self.shape[self.axis] is None
+
 
 @dataclasses.dataclass
 class Op:
@@ -147,10 +152,9 @@ class ChannelPlan:
                     "build it with keras.Input(...) first"
                 )
             if input_keys is None:
-                shape = tuple(model.inputs[index].shape)
-                self.tensors[key] = Tensor(
-                    shape, len(shape) - 1, self.sets.new(shape[-1]), np.zeros(shape[-1], bool)
-                )
+                shape = tuple(layers[ref.layer].output.shape)
+                channels = shape[-1] or 0  # None: unknown, and its readers are boundaries
+                self.tensors[key] = Tensor(shape, len(shape) - 1, self.sets.new(channels), np.zeros(channels, bool))
             else:
                 self.aliases[key] = input_keys[index]
             inputs.append(self._resolve(key))
@@ -171,7 +175,10 @@ class ChannelPlan:
                 continue
             op = self._op(path, node, layer, call_index, in_keys)
             self.ops.append(op)
-            op.rule.forward(self, op)
+            if any(tensor.unknown for tensor in self.ins(op)):
+                self.boundary(op, "reads a tensor whose number of channels is unknown")
+            else:
+                op.rule.forward(self, op)
         outputs = [self._resolve((path, ref.layer, ref.node_index, ref.tensor_index)) for ref in graph.outputs]
         return inputs, outputs
 
@@ -202,7 +209,7 @@ class ChannelPlan:
         first_calls = {}
         for op in self.ops:
             first = first_calls.setdefault((op.path, op.name), op)
-            if first is op:
+            if first is op or op.rule.stateless:
                 continue
             for keys_a, keys_b in ((first.inputs, op.inputs), (first.outputs, op.outputs)):
                 for key_a, key_b in zip(keys_a, keys_b):
@@ -248,7 +255,7 @@ class ChannelPlan:
         default), new slots unless given, none zero unless given."""
         shape = op.shapes[index]
         axis = len(shape) - 1 if axis is None else axis % len(shape)
-        channels = shape[axis]
+        channels = shape[axis] or 0  # None: unknown, and its readers are boundaries
         slots = self.sets.new(channels) if slots is None else slots
         zero = np.zeros(channels, bool) if zero is None else zero
         tensor = Tensor(shape, axis, slots, zero)

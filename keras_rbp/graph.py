@@ -106,6 +106,17 @@ def graph_of(model):
     return Graph.from_config(model_class(model), model_config(model))
 
 
+def unique_name(name, taken):
+    """`name`, or `name` with the first free suffix _1, _2, ...; added to
+    the set `taken`."""
+    candidate, index = name, 0
+    while candidate in taken:
+        index += 1
+        candidate = f"{name}_{index}"
+    taken.add(candidate)
+    return candidate
+
+
 def model_class(model):
     """'Sequential' or 'Functional': how a model's config is read."""
     return SEQUENTIAL if isinstance(model, keras.Sequential) else "Functional"
@@ -128,6 +139,8 @@ def model_config(model):
         config = view.get_config()
     entries = config["layers"]
     for entry in entries:
+        if "name" in entry:  # an operation's config may lack its name
+            entry["config"].setdefault("name", entry["name"])
         layer = nested.get(entry["config"]["name"])
         if layer is not None and not _keras.is_plain_model(layer):
             entry.pop("build_config", None)
@@ -198,15 +211,18 @@ def _sequential_graph(config):
 
 
 def _functional_graph(config):
-    # tf_keras numbers the calls of a nested model from 1: its node 0 is the
-    # one that built it. Refs are renumbered here to index the config's calls.
-    offsets = {
+    # A nested model's node 0 is the one that built it: tf_keras numbers its
+    # calls from 1 everywhere, Keras 3 in input_layers and output_layers
+    # only. Refs are renumbered here to index the config's calls.
+    nested = [entry for entry in config["layers"] if model_class_name(entry)]
+    call_offsets = {
         entry["name"]: 1
-        for entry in config["layers"]
-        if model_class_name(entry) and any(not isinstance(node, dict) for node in entry["inbound_nodes"])
+        for entry in nested
+        if any(not isinstance(node, dict) for node in entry["inbound_nodes"])
     }
+    model_offsets = {entry["name"]: 1 for entry in nested}
 
-    def renumbered(refs):
+    def renumbered(refs, offsets):
         return [
             dataclasses.replace(ref, node_index=ref.node_index - offsets.get(ref.layer, 0))
             for ref in refs
@@ -214,18 +230,20 @@ def _functional_graph(config):
 
     layers = {}
     for entry in config["layers"]:
-        calls = [renumbered(_node_refs(node)) for node in entry["inbound_nodes"]]
+        calls = [renumbered(_node_refs(node), call_offsets) for node in entry["inbound_nodes"]]
         layers[entry["name"]] = LayerNode(entry["name"], entry["class_name"], entry, calls)
     return Graph(
         config["name"],
         layers,
-        renumbered(_refs(config["input_layers"])),
-        renumbered(_refs(config["output_layers"])),
+        renumbered(_refs(config["input_layers"]), model_offsets),
+        renumbered(_refs(config["output_layers"]), model_offsets),
     )
 
 
 def _refs(value):
-    """Reads [name, node, tensor] or a list of them."""
+    """Reads [name, node, tensor], or a list or dict of them."""
+    if isinstance(value, dict):
+        value = list(value.values())
     if value and isinstance(value[0], str):
         return [TensorRef(*value[:3])]
     return [TensorRef(*item[:3]) for item in value]

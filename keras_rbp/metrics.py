@@ -13,6 +13,7 @@ import dataclasses
 
 import numpy as np
 
+from keras_rbp import composite
 from keras_rbp import graph as graph_lib
 from keras_rbp._keras import first_call_shapes, keras
 from keras_rbp.layers import RBPNoise
@@ -45,23 +46,26 @@ def layer_stats(model):
     """`LayerStats` of every layer of `model` that has weights, nested
     models flattened, in model order. RBPWrapper counts as the layer it
     wraps; RBPNoise layers are left out."""
-    stats = []
-    for layer in graph_lib.all_layers(model):
-        inner = layer.layer if isinstance(layer, RBPWrapper) else layer
-        if isinstance(layer, RBPNoise) or isinstance(layer, keras.Model) or not inner.weights:
-            continue
-        input_shape, output_shape = first_call_shapes(layer)
-        kind = "selection" if is_selection(inner) else type(inner).__name__
-        stats.append(
-            LayerStats(
-                name=layer.name,
-                kind=kind,
-                channels=int(output_shape[channel_axis(inner)] or 0),
-                params=int(sum(np.prod(w.shape) for w in inner.weights)),
-                macs=_macs(inner, input_shape, output_shape),
-            )
-        )
-    return stats
+    with composite.expanded_view(model) as view:
+        return [_stats(layer) for layer in graph_lib.all_layers(view) if _counted(layer)]
+
+
+def _counted(layer):
+    inner = layer.layer if isinstance(layer, RBPWrapper) else layer
+    return not isinstance(layer, (RBPNoise, keras.Model)) and bool(inner.weights)
+
+
+def _stats(layer):
+    """The `LayerStats` of `layer`'s first call."""
+    inner = layer.layer if isinstance(layer, RBPWrapper) else layer
+    input_shape, output_shape = first_call_shapes(layer)
+    return LayerStats(
+        name=layer.name,
+        kind="selection" if is_selection(inner) else type(inner).__name__,
+        channels=int(output_shape[channel_axis(inner)] or 0),
+        params=int(sum(np.prod(w.shape) for w in inner.weights)),
+        macs=_macs(inner, input_shape, output_shape),
+    )
 
 
 def is_selection(layer):
@@ -82,19 +86,20 @@ def architecture(model):
     layer and the units of each Dense layer, the layers that produce a model
     output left out. LeNet-5-Caffe is "20-50-800-500", LeNet-300-100
     "784-300-100"."""
-    outputs = _output_producers(model)
-    widths, dense_seen = [], False
-    for layer in graph_lib.all_layers(model):
-        inner = layer.layer if isinstance(layer, RBPWrapper) else layer
-        if layer.name in outputs or is_selection(inner):
-            continue
-        if isinstance(inner, CONVOLUTIONS):
-            widths.append(int(first_call_shapes(layer)[1][channel_axis(inner)]))
-        elif type(inner) is L.Dense:
-            if not dense_seen:
-                widths.append(int(inner.kernel.shape[0]))
-                dense_seen = True
-            widths.append(int(inner.units))
+    with composite.expanded_view(model) as view:
+        outputs = _output_producers(view)
+        widths, dense_seen = [], False
+        for layer in graph_lib.all_layers(view):
+            inner = layer.layer if isinstance(layer, RBPWrapper) else layer
+            if layer.name in outputs or is_selection(inner):
+                continue
+            if isinstance(inner, CONVOLUTIONS):
+                widths.append(int(first_call_shapes(layer)[1][channel_axis(inner)]))
+            elif type(inner) is L.Dense:
+                if not dense_seen:
+                    widths.append(int(inner.kernel.shape[0]))
+                    dense_seen = True
+                widths.append(int(inner.units))
     return "-".join(str(width) for width in widths)
 
 

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from keras_rbp import _keras
 from keras_rbp import cloning
+from keras_rbp import composite
 from keras_rbp import dependency
 from keras_rbp import graph as graph_lib
 from keras_rbp import metrics
@@ -154,17 +155,18 @@ def prune(
         method=method,
     )
     RBPNoise(**noise_config)  # checks the arguments before any work
-    by_name = {layer.name: layer for layer in graph_lib.all_layers(model)}
-    chosen = _choose_layers(model, by_name, layers)
-    rewriter = _Rewriter(by_name, chosen, noise_config, seed, noise_after_batchnorm)
-    config = copy.deepcopy(graph_lib.model_config(model))
-    class_name = graph_lib.model_class(model)
-    if coupled_groups:
-        rewriter.coupled = dependency.coupled_layers(model, rewriter.targets(class_name, config))
-    rewriter.rewrite(class_name, config, input_features, flatten_features)
-    rewriter.copy_other_layers(config)
-    pruned = cloning.model_from_config(graph_lib.keras_model_class(model), config, rewriter.made)
-    _copy_weights(model, pruned)
+    with composite.expanded_view(model) as view:
+        by_name = {layer.name: layer for layer in graph_lib.all_layers(view)}
+        chosen = _choose_layers(view, by_name, layers)
+        rewriter = _Rewriter(by_name, chosen, noise_config, seed, noise_after_batchnorm)
+        config = copy.deepcopy(graph_lib.model_config(view))
+        class_name = graph_lib.model_class(view)
+        if coupled_groups:
+            rewriter.coupled = dependency.coupled_layers(view, rewriter.targets(class_name, config))
+        rewriter.rewrite(class_name, config, input_features, flatten_features)
+        rewriter.copy_other_layers(config)
+        pruned = cloning.model_from_config(graph_lib.keras_model_class(view), config, rewriter.made)
+        _copy_weights(view, pruned)
     if cost_aware:
         _set_costs(pruned)
     return pruned
@@ -270,17 +272,18 @@ def _output_producers(model):
         layers = {layer.name: layer for layer in sub_model.layers}
         pending, seen, reached_inputs = list(refs), set(), False
         while pending:
-            name = pending.pop().layer
-            if name in seen:
+            ref = pending.pop()
+            name = ref.layer
+            if (name, ref.node_index) in seen:
                 continue
-            seen.add(name)
+            seen.add((name, ref.node_index))
             layer = layers.get(name)
             if name in inputs:
                 reached_inputs = True
             elif is_prunable(layer):
                 found.add(name)
             elif not isinstance(layer, keras.Model) or walk_back(layer, graph_lib.graph_of(layer).outputs):
-                pending.extend(graph.layers[name].inputs)
+                pending.extend(graph.layers[name].calls[ref.node_index])  # the inputs of that call
         return reached_inputs
 
     walk_back(model, graph_lib.graph_of(model).outputs)
@@ -382,7 +385,7 @@ class _Rewriter:
             after[name] = [noise] if call_index == 0 else []
             activation = getattr(layer, "activation", None)
             if activation is not None and activation_name(activation) != "linear":
-                activation_layer = keras.layers.Activation(activation, name=_unique(f"{name}_activation", taken))
+                activation_layer = keras.layers.Activation(activation, name=graph_lib.unique_name(f"{name}_activation", taken))
                 entry = serialize(activation_layer)
                 entry.update(name=activation_layer.name, inbound_nodes=[_call_node(layer, outputs[name])])
                 outputs[name] = graph_lib.TensorRef(activation_layer.name)
@@ -432,16 +435,6 @@ def _call_node(layer, source=None):
     source = source or graph_lib.TensorRef(layer.name)
     history = [source.layer, source.node_index, source.tensor_index]
     return _keras.call_record(layer.output, history, graph_lib.KERAS_TENSOR)
-
-
-def _unique(name, taken):
-    """`name`, or `name` with the first free suffix _1, _2, ...; taken."""
-    candidate, index = name, 0
-    while candidate in taken:
-        index += 1
-        candidate = f"{name}_{index}"
-    taken.add(candidate)
-    return candidate
 
 
 def _copy_weights(source, target):

@@ -43,6 +43,11 @@ class LayerRule:
     """
 
     prunable = False
+    # Whether the layer holds nothing sized by its channels, so that each
+    # call of a shared layer keeps the channels of its own inputs (a Dropout
+    # called on tensors of different widths); otherwise every call keeps
+    # what any call keeps.
+    stateless = False
 
     def forward(self, plan, op):
         """Creates the tensors of `op.outputs` with `plan.new` or
@@ -474,6 +479,8 @@ class PerChannelRule(LayerRule):
     pooling, padding, cropping, upsampling): output channel c is input
     channel c."""
 
+    stateless = True
+
     def forward(self, plan, op):
         layer = op.layer
         (tensor,) = plan.ins(op)
@@ -517,6 +524,8 @@ class PReLURule(ActivationRule):
     """PReLU: per channel, its alpha sliced with the channels it holds one
     value for (none where `shared_axes` covers the channels)."""
 
+    stateless = False
+
     def rebuild(self, build, op, ins):
         (alpha,) = op.layer.get_weights()
         tensor = build.plan.tensors[op.inputs[0]]
@@ -555,6 +564,8 @@ class ElementwiseRule(LayerRule):
     Zeros and needed channels are found by evaluating the layer on a few
     inputs, so any elementwise function is followed exactly.
     """
+
+    stateless = True
 
     def forward(self, plan, op):
         ins = plan.ins(op)
@@ -684,9 +695,28 @@ class OperationRule(ElementwiseRule):
 
     def forward(self, plan, op):
         name = _keras.operation_name(op.layer)
+        if name in REDUCTIONS:
+            return self._reduction(plan, op)
         if name not in ELEMENTWISE_OPERATIONS:
             return plan.boundary(op, f"is the operation {name!r}, which keras_rbp does not slice")
         super().forward(plan, op)
+
+    def _reduction(self, plan, op):
+        """A mean, sum, max or min over axes other than the channels (the
+        squeeze of a squeeze-and-excitation block) keeps each channel."""
+        (tensor,) = plan.ins(op)
+        axes, keepdims = _reduction_axes(op, len(tensor.shape))
+        if axes is None or tensor.axis in axes:
+            return plan.boundary(op, "reduces over the channels")
+        axis = tensor.axis if keepdims else tensor.axis - sum(a < tensor.axis for a in axes)
+        op.state["reduction"] = True
+        plan.new(op, axis=axis, slots=tensor.slots, zero=tensor.zero)
+
+    def backward(self, plan, op):
+        if not op.state.get("reduction"):
+            return super().backward(plan, op)
+        (out,), (tensor,) = plan.outs(op), plan.ins(op)
+        tensor.needed |= out.needed
 
     def constants(self, plan, op):
         return graph_lib.call_constants(op.record)
@@ -696,6 +726,8 @@ class OperationRule(ElementwiseRule):
         return op.layer(*args, **kwargs)
 
     def rebuild(self, build, op, ins):
+        if op.state.get("reduction"):
+            return [ins[0]]
         (physical,) = super().rebuild(build, op, ins)
         out_shape, axis = op.shapes[0], build.plan.tensors[op.outputs[0]].axis
 
@@ -706,6 +738,24 @@ class OperationRule(ElementwiseRule):
         build.set_call(op, graph_lib.map_call_constants(op.record, sliced))
         return [physical]
 
+
+def _reduction_axes(op, rank):
+    """The axes (non-negative, a set; None for every axis) a reduction
+    operation reduces, and whether it keeps them: Keras 3's operations hold
+    them as attributes, tf_keras's TFOpLambda in its call's arguments."""
+    layer = op.layer
+    if hasattr(layer, "axis") and hasattr(layer, "keepdims"):
+        axis, keepdims = layer.axis, layer.keepdims
+    else:
+        args, kwargs = graph_lib.call_arguments(op.record, [None] * len(op.inputs))
+        axis = kwargs.get("axis", args[1] if len(args) > 1 else None)
+        keepdims = kwargs.get("keepdims", args[2] if len(args) > 2 else False)
+    if axis is None:
+        return None, bool(keepdims)
+    return {int(a) % rank for a in np.atleast_1d(axis)}, bool(keepdims)
+
+
+REDUCTIONS = frozenset("mean reduce_mean sum reduce_sum max reduce_max min reduce_min".split())
 
 ELEMENTWISE_OPERATIONS = frozenset(
     "add subtract multiply divide true_divide truediv floor_divide floordiv maximum "
@@ -719,6 +769,8 @@ ELEMENTWISE_OPERATIONS = frozenset(
 class ConcatenateRule(LayerRule):
     """Concatenate: on the channel axis, output channels are the inputs'
     channels at their offsets; on another axis, the inputs share channels."""
+
+    stateless = True
 
     def forward(self, plan, op):
         ins = plan.ins(op)
@@ -754,6 +806,8 @@ class ConcatenateRule(LayerRule):
 
 class FlattenRule(LayerRule):
     """Flatten: position p of the output holds one channel of the input."""
+
+    stateless = True
 
     def forward(self, plan, op):
         (tensor,) = plan.ins(op)

@@ -109,7 +109,7 @@ class _Builder:
             self.weights.setdefault((op.path, op.name), _weights(op.layer))
             ins = [self.physical[key] for key in op.inputs]
             first = first_inputs.setdefault((op.path, op.name), ins)
-            if any(not np.array_equal(x, y) for x, y in zip(first, ins)):
+            if not op.rule.stateless and any(not np.array_equal(x, y) for x, y in zip(first, ins)):
                 raise ShrinkError(
                     f"shrink: layer {op.name!r} is shared by calls whose inputs keep "
                     "different channels (a model input, or the layer's own output)"
@@ -258,6 +258,8 @@ class _Builder:
 
     def _edit_input(self, entry, key):
         tensor = self.plan.tensors[key]
+        if tensor.unknown:
+            return
         layer_config = entry["config"]
         shape_key = "batch_shape" if "batch_shape" in layer_config else "batch_input_shape"
         shape = list(layer_config[shape_key])

@@ -1,0 +1,154 @@
+"""Composite layers: layers that call other layers inside their `call`.
+
+KerasHub builds many of its models from such blocks (`MBConvBlock`,
+`FusedMBConvBlock`, `InvertedResidualBlock`, `ConvBnActBlock`, its ViT's
+encoder layers, ...), and so do users. Keras 3 records no graph inside them,
+so keras_rbp traces each one: the block's `call` runs on symbolic inputs,
+and `expanded_view` makes the calls it recorded in the block's place. From there every sublayer follows its own rule, as in a model
+written with them: a block's expansion channels, its squeeze-and-excitation
+reduction and an encoder's MLP width become pruning groups, a residual
+stream across blocks one coupled group, and `shrink` writes the blocks'
+sublayers as plain Keras layers. A sublayer whose name another layer of the
+model already has (each block's ``dropout``) is named
+``<block>_<sublayer>`` in the pruned and the shrunk model.
+
+A layer is traced when it holds sublayers, its class has no rule of its own
+(see `rules.register_rule`) and it is not one of Keras's own layers
+(MultiHeadAttention, RNNs and Keras's wrappers keep their rules or stay
+boundaries). A block whose `call` cannot be traced stays a boundary, with a warning naming it. tf_keras is left as it is.
+"""
+
+import contextlib
+import warnings
+
+import numpy as np
+
+from keras_rbp import _keras
+from keras_rbp import graph as graph_lib
+from keras_rbp import rules
+from keras_rbp._keras import keras
+
+
+def is_composite(layer):
+    """Whether `layer` is traced into the calls of its sublayers."""
+    if not _keras.IS_KERAS_3 or isinstance(layer, keras.Model):
+        return False
+    if type(layer).__module__.split(".")[0] in ("keras", "keras_rbp"):
+        return False
+    if rules.rule_for(layer) is not rules.BOUNDARY:
+        return False
+    return bool(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def has_composites(model):
+    """Whether `model`, or a model nested in it, calls a composite layer."""
+    for layer in _keras.model_operations(model).values():
+        if is_composite(layer) or (isinstance(layer, keras.Model) and has_composites(layer)):
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def expanded_view(model):
+    """Gives `model` itself, or where it calls composite layers, a
+    Functional model of the same layers and calls in which each composite
+    layer's call is replaced by the calls its trace recorded.
+
+    Layers are shared with `model`, not copied: the view adds calls to
+    them and never changes their weights. Sublayers that share a name are
+    renamed ``<block>_<sublayer>`` while the context lasts, and get their
+    names back when it ends."""
+    if not _keras.IS_KERAS_3 or not has_composites(model):
+        yield model
+        return
+    expander = _Expander(model)
+    try:
+        yield expander.view(model)
+    finally:
+        for layer, name in expander.renamed:
+            _keras.rename(layer, name)
+
+
+class _Expander:
+    """Expands the composite layers of one model, keeping names unique."""
+
+    def __init__(self, model):
+        self.taken = set(_names(model))
+        self.renamed = []  # (layer, its own name)
+
+    def view(self, model):
+        base = model if _keras.is_functional(model) else keras.Model(model.inputs, model.outputs, name=model.name)
+        return keras.models.clone_model(base, clone_function=lambda layer: layer, call_function=self.call)
+
+    def call(self, layer, *args, **kwargs):
+        if isinstance(layer, keras.Model) and has_composites(layer):
+            return self.view(layer)(*args, **kwargs)
+        if is_composite(layer):
+            traced = self._trace(layer, args, kwargs)
+            if traced is not None:
+                return _keras.replay(traced, _tensors((args, kwargs)), self.call)
+        return layer(*args, **kwargs)
+
+    def _trace(self, layer, args, kwargs):
+        """A Functional model of `layer`'s call on inputs shaped as the
+        symbolic tensors in `args` and `kwargs`, or None with a warning
+        where the call cannot be traced."""
+        tensors = _tensors((args, kwargs))
+        inputs = [keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype) for tensor in tensors]
+        replacement = {id(tensor): new for tensor, new in zip(tensors, inputs)}
+        new_args, new_kwargs = keras.tree.map_structure(
+            lambda item: replacement.get(id(item), item), (list(args), kwargs)
+        )
+        try:
+            traced = keras.Model(inputs, layer.call(*new_args, **new_kwargs), name=layer.name)
+            _check_trace(layer, traced, tensors, new_args, new_kwargs)
+        except Exception as error:  # noqa: BLE001 - a block that cannot be traced stays a boundary
+            warnings.warn(
+                f"keras_rbp: {type(layer).__name__} layer {layer.name!r} holds layers, but its call "
+                f"cannot be traced ({type(error).__name__}: {error}); it stays a boundary",
+                stacklevel=4,
+            )
+            return None
+        self._rename_sublayers(layer)
+        return traced
+
+    def _rename_sublayers(self, block):
+        for sublayer in block._flatten_layers(include_self=False, recursive=False):
+            if sublayer.name in self.taken:
+                self.renamed.append((sublayer, sublayer.name))
+                _keras.rename(sublayer, graph_lib.unique_name(f"{block.name}_{sublayer.name}", self.taken))
+            self.taken.add(sublayer.name)
+
+
+def _check_trace(layer, traced, tensors, args, kwargs):
+    """Raises unless `traced` computes what `layer` computes, on random
+    inputs of the traced shapes (a batch of 2; 3 for any other unknown
+    size): a call that reads shapes as Python numbers, or makes layers as
+    it runs, is traced into a graph that does not."""
+    rng = np.random.RandomState(0)
+    arrays = []
+    for tensor in tensors:
+        shape = [2] + [3 if size is None else size for size in tensor.shape[1:]]
+        values = rng.randint(0, 2, shape) if "int" in str(tensor.dtype) else rng.uniform(-1, 1, shape)
+        arrays.append(values.astype(str(tensor.dtype)))
+    replacement = {id(tensor): array for tensor, array in zip(traced.inputs, arrays)}
+    call_args, call_kwargs = keras.tree.map_structure(lambda item: replacement.get(id(item), item), (args, kwargs))
+    expected = keras.tree.flatten(layer(*call_args, **call_kwargs))
+    actual = keras.tree.flatten(traced(arrays))
+    for a, b in zip(expected, actual):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        if a.shape != b.shape or np.abs(a - b).max(initial=0) > 1e-4 * max(1.0, np.abs(a).max(initial=0)):
+            raise ValueError("the traced graph computes other values than the layer")
+
+
+def _names(model):
+    """The names of the layers and operations of `model` and the models
+    nested in it."""
+    for name, layer in _keras.model_operations(model).items():
+        yield name
+        if isinstance(layer, keras.Model):
+            yield from _names(layer)
+
+
+def _tensors(structure):
+    return [item for item in keras.tree.flatten(structure) if isinstance(item, keras.KerasTensor)]
