@@ -368,6 +368,7 @@ def prune_and_export(
     work_dir=None,
     overwrite=False,
     seed=0,
+    callbacks=(),
     verbose=1,
 ):
     """Prunes a trained model on its data, shrinks it and writes what a
@@ -422,6 +423,8 @@ def prune_and_export(
             well.
         overwrite: whether to replace an existing `output_dir`.
         seed: the noise's seed and the order of the data.
+        callbacks: more Keras callbacks for fit (`PruningSummaries`,
+            TensorBoard, ...), listed after the plan's.
         verbose: 1 prints Keras's progress lines, a line per stage and the
             report; 0 prints nothing.
 
@@ -477,12 +480,13 @@ def prune_and_export(
     if resumed:
         _check_work_dir(work_dir, settings)
     curve = _PlanCurve(measure, validation, work_dir, schedule, train.steps)
-    callbacks = [schedule, curve]
+    extra_callbacks, callbacks = callbacks, [schedule, curve]
     if work_dir:
         os.makedirs(work_dir, exist_ok=True)
         with open(os.path.join(work_dir, "settings.json"), "w", encoding="utf-8") as file:
             json.dump(settings, file, indent=2, default=str)
         callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(work_dir, "backup")))
+    callbacks += list(extra_callbacks or ())
     try:
         if verbose and resumed:
             print(f"prune_and_export: resuming the plan backed up in {work_dir}")
@@ -681,11 +685,18 @@ class _Measure:
         return float(np.mean(np.asarray(self.loss(y, outputs))))
 
     def __call__(self, model, source, limit=None):
-        if limit is None and source.x is None:
-            outputs = model.predict(source.dataset, verbose=0)
-            return self.of_outputs(outputs, source.y if source.y is not None else source.arrays()[1])
+        """The measure of `model` on the first `limit` examples of `source`
+        (all by default). A limited measure (the curve over the plan) calls
+        the model eagerly: its trainable groups change once a stage, and
+        `predict` would trace its function again each time."""
+        if limit is None:
+            if source.x is None:
+                outputs = model.predict(source.dataset, verbose=0)
+                return self.of_outputs(outputs, source.y if source.y is not None else source.arrays()[1])
+            return self.of_outputs(model.predict(source.x, batch_size=256, verbose=0), source.y)
         x, y = source.arrays(limit)
-        return self.of_outputs(model.predict(x, batch_size=256, verbose=0), y)
+        outputs = [np.asarray(model(x[i : i + 256], training=False)) for i in range(0, len(x), 256)]
+        return self.of_outputs(np.concatenate(outputs), y)
 
 
 def _loss_and_measure(model, loss, from_logits, train, validation):
@@ -791,19 +802,28 @@ class _PlanCurve(keras.callbacks.Callback):
             os.replace(partial, self.path)
 
     def on_train_begin(self, logs=None):
+        self._modes = None  # the first step records its stage
+        self._loaded = False
+
+    def _load(self):
+        """The curve of the run this one resumes, up to the step that
+        BackupAndRestore (whose on_train_begin runs after this one's)
+        restored."""
+        self._loaded = True
         step = self._step()
-        if self.path and os.path.exists(self.path):
+        if step and self.path and os.path.exists(self.path):
             with open(self.path, encoding="utf-8") as file:
                 saved = json.load(file)
             self.points = [p for p in saved["points"] if p[0] <= step]
-            self.stages = [s for s in saved["stages"] if s[0] < step]
-        self._modes = None  # the first step records its stage
+            self.stages = [s for s in saved["stages"] if s[0] <= step]
 
     def _label(self):
         names = [name for name, noise in pruning_groups(self.model).items() if noise.mode == "active"]
         return ", ".join(names) if names else "fine-tune"
 
     def on_train_batch_begin(self, batch, logs=None):
+        if not self._loaded:
+            self._load()
         # RecursivePruning, earlier in the list, has set this step's modes.
         modes = self._signature()
         if modes != self._modes:
