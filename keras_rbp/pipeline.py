@@ -471,6 +471,8 @@ def prune_and_export(
             round_to=round_to, widths=widths, plan_epochs=plan_epochs, verbose=verbose,
         )
         schedule.total_epochs(pruned, train.steps)
+        if train.steps:
+            schedule.lengths(pruned, train.steps)  # a plan shorter than its stages fails now
     except ValueError as error:
         raise _argument_error(error, settings) from error
     _check_budget(pruned, target_macs, target_params, round_to)
@@ -487,6 +489,7 @@ def prune_and_export(
             json.dump(settings, file, indent=2, default=str)
         callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(work_dir, "backup")))
     callbacks += list(extra_callbacks or ())
+    planned = False  # whether the plan ran to its end: its backups are then of no more use
     try:
         if verbose and resumed:
             print(f"prune_and_export: resuming the plan backed up in {work_dir}")
@@ -495,32 +498,34 @@ def prune_and_export(
             validation_data=validation.dataset if validation is not None else None, callbacks=callbacks,
             shuffle=False, verbose=2 if verbose else 0,
         )
-    except KeyboardInterrupt:
-        raise
-    except BaseException:
-        if work_dir and not resumed:
+        planned = True
+
+        small = shrink(pruned)
+        summary_report = report(model, small)
+        after = measure(small, validation) if validation is not None else None
+        pruning = {
+            "settings": settings,
+            "target": _target_summary(schedule, summary_report),
+            "kept": {name: int(mask.sum()) for name, mask in _masks(pruned).items()},
+            "measure": measure.name,
+            "before": before,
+            "after": after,
+            "validation_examples": validation.size if validation is not None else None,
+            "curve": curve.points,
+            "stages": curve.stages,
+            "steps_per_epoch": train.steps,
+        }
+        summary = {"report": summary_report.to_dict(), "pruning": pruning}
+        if output_dir is not None:
+            summary = _write_output(output_dir, model, pruned, small, summary_report, pruning, train, validation,
+                                    quantize, representative_examples, overwrite)
+    except BaseException as error:
+        # A kill mid-plan keeps the backups, to resume from; any other end
+        # removes a work folder this call made, or one whose plan is done.
+        interrupted = isinstance(error, KeyboardInterrupt) and not planned
+        if work_dir and not interrupted and (planned or not resumed):
             shutil.rmtree(work_dir, ignore_errors=True)
         raise
-
-    small = shrink(pruned)
-    summary_report = report(model, small)
-    after = measure(small, validation) if validation is not None else None
-    pruning = {
-        "settings": settings,
-        "target": _target_summary(schedule, summary_report),
-        "kept": {name: int(mask.sum()) for name, mask in _masks(pruned).items()},
-        "measure": measure.name,
-        "before": before,
-        "after": after,
-        "validation_examples": validation.size if validation is not None else None,
-        "curve": curve.points,
-        "stages": curve.stages,
-        "steps_per_epoch": train.steps,
-    }
-    summary = {"report": summary_report.to_dict(), "pruning": pruning}
-    if output_dir is not None:
-        summary = _write_output(output_dir, model, pruned, small, summary_report, pruning, train, validation,
-                                quantize, representative_examples, overwrite)
     if work_dir:
         shutil.rmtree(work_dir, ignore_errors=True)
     if verbose:

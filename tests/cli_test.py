@@ -205,6 +205,7 @@ def test_prune_writes_a_checked_folder_that_meets_the_budget(user_files):
         assert noise not in process.stdout + process.stderr
 
 
+@pytest.mark.skipif(not IS_KERAS_3, reason="keras.utils reads the folder; tf_keras runs the .npz test")
 def test_prune_reads_a_folder_of_images(user_files):
     folder = user_files[0]
     process = keras_rbp(
@@ -289,3 +290,24 @@ def test_prune_errors_are_one_line_naming_the_flag_and_leave_nothing(user_files,
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("keras-rbp prune: error: " + message), lines
     assert sorted(os.listdir(folder)) == before  # no output, temporary or work folder
+
+
+def test_a_failed_export_leaves_no_output_folder(user_files, tmp_path, monkeypatch):
+    _, model, (x, y), _ = user_files
+
+    def failing_export(small, folder, **kwargs):
+        os.makedirs(folder)
+        (open(os.path.join(folder, "model.tflite"), "wb")).close()
+        raise rbp_export_error("export: model.tflite failed its check against the Keras model")
+
+    monkeypatch.setattr(pipeline, "export", failing_export)
+    with pytest.raises(Exception, match="failed its check"):
+        pipeline.prune_and_export(model, (x[:256], y[:256]), (x[256:320], y[256:320]), output_dir=str(tmp_path / "out"),
+                                  loss="sparse_categorical_crossentropy", plan_epochs=1, batch_size=64, verbose=0)
+    assert os.listdir(tmp_path) == []  # neither the folder, nor its temporary or work folder
+
+
+def rbp_export_error(message):
+    from keras_rbp import ExportCheckError
+
+    return ExportCheckError(message)
