@@ -13,7 +13,8 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["keras_rbp", "keras_rbp.*"]),
     python_requires=">=3.10",
-    license="Apache-2.0",
+    license="Apache-2.0",  # an SPDX expression; setuptools deprecates license classifiers
+    license_files=["LICENSE"],
     entry_points={"console_scripts": ["keras-rbp=keras_rbp.__main__:run"]},
     install_requires=[
         # tf-keras requires the full tensorflow package, not tensorflow-cpu.
@@ -44,6 +45,5 @@ setuptools.setup(
     classifiers=[
         "Programming Language :: Python :: 3",
         "Framework :: TensorFlow",
-        "License :: OSI Approved :: Apache Software License",
     ],
 )
