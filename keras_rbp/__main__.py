@@ -76,7 +76,7 @@ flags.DEFINE_string("train_data", None, f"prune: the training data: {DATA_HELP}.
 flags.DEFINE_string(
     "validation_data",
     None,
-    f"prune: the validation data, the same kinds; by default the last --validation_split of the training data.",
+    "prune: the validation data, the same kinds; by default the last --validation_split of the training data.",
 )
 flags.DEFINE_float(
     "validation_split", 0.1, "prune: without --validation_data, the fraction of the training data held out for it."

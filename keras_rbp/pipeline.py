@@ -4,7 +4,9 @@
 The examples and the paper benchmark run it with their own budgets.
 """
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -312,9 +314,6 @@ class ImageFolder:
         color_mode = {1: "grayscale", 3: "rgb", 4: "rgba"}.get(channels)
         if color_mode is None:
             raise ValueError(f"ImageFolder: channels must be 1, 3 or 4, received: {channels!r}")
-        import io
-        import contextlib
-
         with contextlib.redirect_stdout(io.StringIO()):  # "Found N files belonging to C classes."
             listing = keras.utils.image_dataset_from_directory(
                 path, labels="inferred", label_mode="int", color_mode=color_mode, batch_size=None,
@@ -662,7 +661,10 @@ def _data_source(data, model, arg, batch_size):
     elif source.images is not None:
         got = source.images.image_size + (source.images.channels,)
     else:
-        got = tuple(source.dataset.element_spec[0].shape[1:])
+        spec = source.dataset.element_spec[0] if isinstance(source.dataset.element_spec, tuple) else None
+        if not isinstance(spec, tf.TensorSpec):
+            return source  # inputs by name, or without labels: fit checks them
+        got = tuple(spec.shape[1:])
     if len(got) != len(expected) or any(e is not None and g is not None and e != g for e, g in zip(expected, got)):
         raise ArgumentError(arg, getattr(data, "path", None) or f"x of shape {source.x.shape if source.x is not None else got}",
                             f"inputs of shape (batch,) + {tuple(got)}; model {model.name!r} takes (batch,) + "
