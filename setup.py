@@ -13,6 +13,8 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["keras_rbp", "keras_rbp.*"]),
     python_requires=">=3.10",
+    license="Apache-2.0",  # an SPDX expression; setuptools deprecates license classifiers
+    license_files=["LICENSE"],
     entry_points={"console_scripts": ["keras-rbp=keras_rbp.__main__:run"]},
     install_requires=[
         # tf-keras requires the full tensorflow package, not tensorflow-cpu.
@@ -24,6 +26,8 @@ setuptools.setup(
         "tensorboard",
         # LiteRT runs and times the exported TFLite files.
         "ai-edge-litert",
+        # prune_and_export draws pruning.png.
+        "matplotlib",
     ],
     extras_require={
         # Keras 2 mode (TF_USE_LEGACY_KERAS=1) and quantization-aware training.
@@ -41,6 +45,5 @@ setuptools.setup(
     classifiers=[
         "Programming Language :: Python :: 3",
         "Framework :: TensorFlow",
-        "License :: OSI Approved :: Apache Software License",
     ],
 )

@@ -19,7 +19,7 @@ BUDGETS = {
 VALIDATION_SPLIT = 0.1
 BASELINES_FOLDER = "method_comparison_baselines"
 
-# method.md section 7: (method, architecture, test error %, MACs as the
+# docs/method.md section 7: (method, architecture, test error %, MACs as the
 # source counts them, source). RigL's table gives FLOPs, 2 x MACs; the
 # LeNet-5 papers count their own way: compare by `macs` below.
 PUBLISHED = {

@@ -7,7 +7,7 @@ paper_table_runs.json, so a stopped run resumes and models can run one at a
 time; paper_table.json, .md and .png then give each setting's mean and
 standard deviation over its seeds (architectures, test error, MACs and
 parameters with their reductions, TFLite size, measured LiteRT speed-up over
-the unpruned model) beside the published figures (method.md section 7).
+the unpruned model) beside the published figures (docs/method.md section 7).
 
     python -m benchmarks.paper_table --data_dir ../shared/data --models lenet_300_100
     python -m benchmarks.paper_table --data_dir ../shared/data --models lenet5_caffe

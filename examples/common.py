@@ -6,7 +6,10 @@ import json
 import os
 import sys
 
-from absl import app, flags
+# An entry point's setting, before TensorFlow is imported: no C++ log lines.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags  # noqa: E402
 
 from keras_rbp import pipeline
 from keras_rbp.datasets import DATA_DIR_ENV, DatasetNotFoundError

@@ -4,6 +4,15 @@ Wrap a model with `prune`, train it with `RecursivePruning`, remove the
 pruned channels with `shrink`, and write mobile files with `export`.
 """
 
+from keras_rbp import _quiet
+
+if _quiet.running_as_command():  # `keras-rbp`, `python -m keras_rbp`: an entry point
+    _quiet.set_entry_point_level()
+
+with _quiet.quiet_stderr():  # the lines TensorFlow prints before its logging is set up
+    import tensorflow  # noqa: F401
+    from keras_rbp import _keras  # noqa: F401  (Keras, tf_keras)
+
 from keras_rbp import datasets, models, rules
 from keras_rbp.distribute import check_strategy, is_chief
 from keras_rbp.exporting import ExportCheckError, export
@@ -15,14 +24,17 @@ from keras_rbp.rules import LayerRule, ProducerRule, register_rule
 from keras_rbp.schedule import PruningSummaries, RecursivePruning
 from keras_rbp.surgery import ShrinkError, kept_channels, shrink
 from keras_rbp.pruning import freeze, prune, pruning_groups
+from keras_rbp.pipeline import ImageFolder, PruningResult, prune_and_export
 from keras_rbp.wrapper import RBPWrapper
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ExportCheckError",
+    "ImageFolder",
     "LayerRule",
     "ProducerRule",
+    "PruningResult",
     "PruningSummaries",
     "RBPNoise",
     "RBPWrapper",
@@ -36,6 +48,7 @@ __all__ = [
     "is_chief",
     "kept_channels",
     "prune",
+    "prune_and_export",
     "pruning_groups",
     "quantize_aware",
     "register_rule",

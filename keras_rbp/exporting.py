@@ -7,11 +7,12 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 
 import numpy as np
 import tensorflow as tf
 
-from keras_rbp import _keras
+from keras_rbp import _keras, _quiet
 from keras_rbp._keras import keras
 from keras_rbp.latency import benchmark_tflite
 from keras_rbp.metrics import report as metrics_report
@@ -181,7 +182,12 @@ def convert(model, saved_model, kind="float32", representative_data=None):
                 yield {name: x[i : i + 1] for name, x in zip(input_names, representative_data)}
 
         converter.representative_dataset = samples
-    return converter.convert()
+    # The int8 calibration runs tf.lite.Interpreter inside TensorFlow, which
+    # warns that it is deprecated (keras_rbp runs every file with LiteRT),
+    # and prints a "fully_quantize: ..." line.
+    with warnings.catch_warnings(), _quiet.quiet_stderr():
+        warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
+        return converter.convert()
 
 
 def tflite_outputs(path, model, inputs):
@@ -207,7 +213,10 @@ def tflite_outputs(path, model, inputs):
             name: _quantize(x[start : start + BATCH_SIZE], input_details[name])
             for name, x in zip(input_names, inputs)
         }
-        result = runner(**feed)
+        # LiteRT's "Created TensorFlow Lite XNNPACK delegate" line comes with
+        # the first call; its errors reach Python as exceptions.
+        with _quiet.quiet_stderr():
+            result = runner(**feed)
         batches.append({k: _dequantize(v, output_details[k]) for k, v in result.items()})
     return _ordered({k: np.concatenate([b[k] for b in batches]) for k in batches[0]}, output_names)
 

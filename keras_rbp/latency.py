@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from keras_rbp import _keras
+from keras_rbp import _keras, _quiet
 from keras_rbp._keras import keras
 
 from ai_edge_litert.interpreter import Interpreter
@@ -56,11 +56,19 @@ def benchmark_tflite(path, num_threads=None, warmup=10, runs=100):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"benchmark_tflite: path {path!r} is not a file")
     return {
-        "single_thread": median_latency(Interpreter(model_path=path, num_threads=1), warmup, runs),
-        "multi_thread": median_latency(Interpreter(model_path=path, num_threads=num_threads), warmup, runs),
+        "single_thread": median_latency(_interpreter(path, 1), warmup, runs),
+        "multi_thread": median_latency(_interpreter(path, num_threads), warmup, runs),
         "num_threads": num_threads,
         "runs": runs,
     }
+
+
+def _interpreter(path, num_threads):
+    """A LiteRT interpreter of a TFLite file, without LiteRT's "Created
+    TensorFlow Lite XNNPACK delegate" line where the entry point asked for
+    quiet (see `_quiet`)."""
+    with _quiet.quiet_stderr():
+        return Interpreter(model_path=path, num_threads=num_threads)
 
 
 def median_latency(interpreter, warmup, runs, batches=1):
@@ -68,7 +76,8 @@ def median_latency(interpreter, warmup, runs, batches=1):
     after `warmup` calls, the median over `batches` batches of the median
     time of `runs` calls. Other processes slow a machine in bursts; the
     median of short batches' medians stays near the quiet latency."""
-    interpreter.allocate_tensors()
+    with _quiet.quiet_stderr():  # the delegate's line comes with the first allocation
+        interpreter.allocate_tensors()
     rng = np.random.default_rng(0)
     for detail in interpreter.get_input_details():
         shape = [max(1, int(d)) for d in detail["shape"]]
@@ -111,7 +120,7 @@ def model_latency(model, warmup=10, runs=25, batches=20, interpreters=4):
         with open(path, "wb") as file:
             file.write(converter.convert())
         each = max(1, batches // interpreters)
-        return min(median_latency(Interpreter(model_path=path, num_threads=1), warmup, runs, each)
+        return min(median_latency(_interpreter(path, 1), warmup, runs, each)
                    for _ in range(interpreters))
 
 

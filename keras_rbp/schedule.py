@@ -1,6 +1,7 @@
 """`RecursivePruning`: the layer-by-layer train-and-prune schedule, as a
 Keras callback, and `PruningSummaries` for TensorBoard."""
 
+import logging
 import math
 import warnings
 
@@ -15,6 +16,22 @@ from keras_rbp.distribute import is_chief
 from keras_rbp.pruning import pruning_groups
 
 WIDTHS = ("share", "posterior")  # how a budget sets each group's kept channels
+
+
+class _OwnRetracing(logging.Filter):
+    """Drops TensorFlow's "triggered tf.function retracing" warning about
+    Keras's train, test and predict functions: RecursivePruning changes
+    which groups train once a stage, on purpose (see `_set_trainable`),
+    and Keras then traces them again."""
+
+    def filter(self, record):
+        message = record.getMessage()
+        return not ("retracing" in message and any(
+            name in message for name in ("_make_function", "make_train_function", "make_test_function",
+                                         "make_predict_function")))
+
+
+tf.get_logger().addFilter(_OwnRetracing())
 
 
 class RecursivePruning(keras.callbacks.Callback):
@@ -430,7 +447,8 @@ class RecursivePruning(keras.callbacks.Callback):
         names, count = stages[index], len(stages)
         pis = [groups[name].keep_probability() for name in names if groups[name].collapses]
         undecided = sum(int(np.sum(np.minimum(pi, 1.0 - pi) > self.collapse_tolerance)) for pi in pis)
-        if undecided:
+        # With verbose, the stage's line says it (once); else a warning does.
+        if undecided and not self.verbose:
             unit = "steps" if self.in_steps else "epochs"
             warnings.warn(
                 f"RecursivePruning: stage {index + 1}/{count} ({', '.join(names)}) reached "
@@ -470,7 +488,10 @@ class RecursivePruning(keras.callbacks.Callback):
                 print(
                     f"RecursivePruning: stage {index + 1}/{count} done: {name} keeps "
                     f"{int(mask.sum())}/{mask.size}{metric}"
-                    + (f", {undecided} channels undecided" if undecided else "")
+                    + (f", {undecided} channels undecided (pi within ({self.collapse_tolerance}, "
+                       f"{1 - self.collapse_tolerance}), decided "
+                       + ("by the budget)" if self.budget is not None else f"at threshold {self.threshold})")
+                       if undecided else "")
                 )
         if index + 1 == count and self._lengths[1] == 0:
             self.model.stop_training = True
