@@ -65,9 +65,33 @@ def markdown_table(header, rows):
     return "\n".join(lines) + "\n"
 
 
+def uncommitted_note(result):
+    """The line a result's markdown carries when its provenance says the code
+    had uncommitted changes (`uncommitted_changes` in the JSON), else ""."""
+    if not result.get("uncommitted_changes"):
+        return ""
+    commit = str(result.get("commit"))[:7]
+    return (f"**Uncommitted changes:** made from commit {commit} with uncommitted changes to the code "
+            "(`uncommitted_changes: true` in the JSON): the commit alone may not reproduce it.\n\n")
+
+
+def with_provenance_flags(markdown, result):
+    """`markdown` with `uncommitted_note` after its title (its first line,
+    when that is a heading), else at its top; unchanged if it has it."""
+    note = uncommitted_note(result)
+    if not note or note in markdown:
+        return markdown
+    if markdown.startswith("# "):
+        title, _, rest = markdown.partition("\n")
+        return f"{title}\n\n{note}{rest.lstrip(chr(10))}"
+    return note + markdown
+
+
 def write_results(output_dir, name, result, markdown):
-    """Writes `name`.json (`result`, plain data) and `name`.md (`markdown`)
+    """Writes `name`.json (`result`, plain data) and `name`.md (`markdown`,
+    flagged with `uncommitted_note` where the result's provenance says so)
     under `output_dir`, each atomically; returns the two paths."""
+    markdown = with_provenance_flags(markdown, result)
     os.makedirs(output_dir, exist_ok=True)
     paths = []
     for ext, text in (("json", json.dumps(result, indent=2) + "\n"), ("md", markdown)):

@@ -76,8 +76,15 @@ def test_export_writes_checked_files(workdir):
     with open(workdir / "out" / "report.json", encoding="utf-8") as file:
         report = json.load(file)
     assert report["files"]["model_int8.tflite"]["check"]["value"] >= 0.98
-    assert report["speedup"]["single_thread"] > 0
-    assert "speed-up over the unpruned model" in process.stdout
+    # The command prints the speed-up the report holds (its value is timed
+    # by benchmarks/tflite_speedup.py; export_test checks its arithmetic).
+    assert set(report["speedup"]) == {"single_thread", "multi_thread"}
+    assert report["report"]["architecture_before"] == "20-50-800-500"  # timed against the unpruned model
+    speedup = report["speedup"]["single_thread"]
+    assert f"speed-up over the unpruned model: {speedup:.2f}x single-thread" in process.stdout
+    for name, entry in report["files"].items():
+        if name.endswith(".tflite"):
+            assert f"{entry['latency_ms']['single_thread']:.3f} ms single-thread" in process.stdout, name
 
     again = keras_rbp("export", f"--model={MODEL_FILE}", "--output_dir=out", cwd=workdir)
     assert_one_line_error(again, "--output_dir='out' exists", "--overwrite")
@@ -109,7 +116,13 @@ def error_dir(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("case", list(ERROR_CASES))
+# Each case starts a process; two run by default, the others are marked heavy
+# (test_verbose_prints_the_traceback_before_the_line reads the corrupt file).
+DEFAULT_ERROR_CASES = {"missing_file", "no_wrappers"}
+
+
+@pytest.mark.parametrize("case", [case if case in DEFAULT_ERROR_CASES else pytest.param(case, marks=pytest.mark.heavy)
+                                  for case in ERROR_CASES])
 def test_errors_are_one_line_without_traceback(error_dir, case):
     args, fragments = ERROR_CASES[case]
     assert_one_line_error(keras_rbp(*args, cwd=error_dir), *fragments)

@@ -1,4 +1,5 @@
-"""Shared test set-up: two logical CPUs for tf.distribute, seeds, MNIST,
+"""Shared test set-up: two logical CPUs for tf.distribute, seeds, MNIST
+(and a summary of the tests that skipped without it), the `heavy` marker,
 and a lock that runs the latency tests alone."""
 
 import fcntl
@@ -44,15 +45,35 @@ def _machine_lock(request):
         yield
 
 
+MISSING_DATA = "mnist.npz not found in"
+
+# More cases of a family whose one representative the default run keeps
+# (see pyproject.toml): `python -m pytest -n 2 -m heavy` runs them.
+heavy = pytest.mark.heavy
+
+
 def mnist_dir():
-    """The folder holding mnist.npz: KERAS_RBP_DATA, else ../shared/data."""
-    folder = os.environ.get("KERAS_RBP_DATA", SHARED_DATA)
+    """The folder holding mnist.npz: KERAS_RBP_DATA, else ../shared/data
+    (beside the checkout)."""
+    folder = os.environ.get("KERAS_RBP_DATA") or os.path.normpath(SHARED_DATA)
     if not os.path.exists(os.path.join(folder, "mnist.npz")):
-        message = f"mnist.npz not found in {folder}"
+        message = f"{MISSING_DATA} {folder}; set KERAS_RBP_DATA to the folder that holds it"
         if os.environ.get("KERAS_RBP_REQUIRE_DATA") == "1":  # CI: a missing file is a failure
             pytest.fail(message)
         pytest.skip(message)
     return folder
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Says, at the end of the run, how many tests skipped for want of MNIST:
+    a green run that trained on nothing should not look like a full one."""
+    missing = [report for report in terminalreporter.stats.get("skipped", [])
+               if MISSING_DATA in str(report.longrepr)]
+    if missing:
+        terminalreporter.write_sep("=", f"{len(missing)} tests skipped: MNIST not found", yellow=True, bold=True)
+        reason = str(missing[0].longrepr[2] if isinstance(missing[0].longrepr, tuple) else missing[0].longrepr)
+        terminalreporter.write_line(reason.removeprefix("Skipped: "))
+        terminalreporter.write_line("KERAS_RBP_REQUIRE_DATA=1 (set by .ci/run) makes them fail instead.")
 
 
 def write_cifar10_npz(folder, train=256, test=64):

@@ -35,7 +35,7 @@ def _check_export(out):
 
 @pytest.mark.parametrize("script,architecture", [
     ("lenet_300_100.py", "784-300-100"),
-    ("lenet5.py", "20-50-800-500"),
+    pytest.param("lenet5.py", "20-50-800-500", marks=pytest.mark.heavy),
 ])
 def test_mnist_example_end_to_end(tmp_path, script, architecture):
     out = str(tmp_path / "out")
@@ -47,6 +47,7 @@ def test_mnist_example_end_to_end(tmp_path, script, architecture):
 
 
 @pytest.mark.skipif(not IS_KERAS_3, reason="the examples' tf_keras path: the LeNet examples run it")
+@pytest.mark.heavy
 def test_vgg16_cifar10_example_on_generated_data(tmp_path):
     write_cifar10_npz(str(tmp_path), train=64, test=32)
     out = str(tmp_path / "out")

@@ -13,6 +13,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 import keras_rbp as rbp
 from keras_rbp import exporting as export_lib
+from keras_rbp import latency
 from keras_rbp._keras import keras
 from keras_rbp.datasets import load_mnist
 from keras_rbp.models import lenet5_caffe, small_resnet
@@ -57,7 +58,8 @@ def mnist():
     return mnist_subset()
 
 
-@pytest.fixture(params=[lenet5_caffe, small_resnet], ids=["lenet5", "resnet"])
+@pytest.fixture(params=[pytest.param(lenet5_caffe, id="lenet5"),
+                        pytest.param(small_resnet, id="resnet", marks=pytest.mark.heavy)])
 def shrunk(request):
     return trained_and_shrunk(request.param)
 
@@ -77,10 +79,23 @@ def _size(path):
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def test_export_writes_every_file_and_each_passes_its_check(tmp_path, mnist, shrunk):
+# Stand-in LiteRT timings, ms: a file export writes, and the unpruned model's.
+PRUNED_MS = {"single_thread": 2.0, "multi_thread": 1.5}
+ORIGINAL_MS = {"single_thread": 6.0, "multi_thread": 3.0}
+
+
+def test_export_writes_every_file_and_each_passes_its_check(tmp_path, mnist, shrunk, monkeypatch):
     x_train, _, x_test = mnist
     original, small = shrunk
     out_dir = tmp_path / "out"
+    timed = []  # (file name, bytes, whether it is the unpruned model's)
+
+    def benchmark(path):
+        unpruned = not os.path.abspath(path).startswith(str(tmp_path))  # written in a temporary folder
+        timed.append((os.path.basename(path), os.path.getsize(path), unpruned))
+        return {**(ORIGINAL_MS if unpruned else PRUNED_MS), "num_threads": 4, "runs": 100}
+
+    monkeypatch.setattr(export_lib, "benchmark_tflite", benchmark)
     report = rbp.export(
         small,
         out_dir,
@@ -111,12 +126,15 @@ def test_export_writes_every_file_and_each_passes_its_check(tmp_path, mnist, shr
     for name, entry in files.items():
         assert entry["size_bytes"] == _size(out_dir / name), name
         if name.endswith(".tflite"):
-            latency = entry["latency_ms"]
-            assert latency["runs"] == 100 and latency["num_threads"] == os.cpu_count(), name
-            assert 0 < latency["single_thread"] < 1000 and 0 < latency["multi_thread"] < 1000, name
-    for key in ("single_thread", "multi_thread"):
-        expected = report["original_latency_ms"][key] / files["model.tflite"]["latency_ms"][key]
-        assert report["speedup"][key] == pytest.approx(expected)
+            assert entry["latency_ms"] == {**PRUNED_MS, "num_threads": 4, "runs": 100}, name
+    # Each file is timed once, then the unpruned model converted alike, a
+    # larger file; the speed-up is the float file's against it.
+    assert [(name, unpruned) for name, _, unpruned in timed] == [
+        ("model.tflite", False), ("model_dynamic_range.tflite", False), ("model_int8.tflite", False),
+        ("model.tflite", True)]
+    assert timed[-1][1] > files["model.tflite"]["size_bytes"]
+    assert report["original_latency_ms"] == {**ORIGINAL_MS, "num_threads": 4, "runs": 100}
+    assert report["speedup"] == {"single_thread": 3.0, "multi_thread": 2.0}
     assert report["report"] == json.loads(json.dumps(rbp.report(original, small).to_dict()))
 
     # The files load and compute the model's outputs on their own.
@@ -210,13 +228,55 @@ def test_argument_errors_name_the_argument(tmp_path, kwargs, message):
     assert not os.path.exists(tmp_path / "out")
 
 
-def test_benchmark_tflite(tmp_path):
+class _Clock:
+    """A stand-in for time.perf_counter: each timed call of `invoke` (a pair
+    of readings) lasts the next of `durations` seconds."""
+
+    def __init__(self, durations):
+        self.durations, self.now, self.reading = iter(durations), 0.0, 0
+
+    def perf_counter(self):
+        if self.reading % 2:
+            self.now += next(self.durations)
+        self.reading += 1
+        return self.now
+
+
+def test_benchmark_tflite_takes_the_median_of_the_timed_runs_per_thread_count(tmp_path, monkeypatch):
     model = lenet5_caffe()
     rbp.export(model, tmp_path / "out", benchmark=False)
-    latency = rbp.benchmark_tflite(str(tmp_path / "out" / "model.tflite"), num_threads=2, warmup=2, runs=5)
-    assert latency["single_thread"] > 0 and latency["multi_thread"] > 0
-    assert (latency["num_threads"], latency["runs"]) == (2, 5)
+    path = str(tmp_path / "out" / "model.tflite")
+    interpreters = []
+
+    class Interpreter(latency.Interpreter):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.threads, self.invokes = kwargs["num_threads"], 0
+            interpreters.append(self)
+
+        def invoke(self):
+            self.invokes += 1
+            super().invoke()
+
+    monkeypatch.setattr(latency, "Interpreter", Interpreter)
+    # Five timed runs with one thread, then five with two: medians 3 ms and 4 ms.
+    clock = _Clock([0.003, 0.001, 0.009, 0.002, 0.005, 0.004, 0.0045, 0.008, 0.001, 0.0035])
+    monkeypatch.setattr(latency, "time", clock)
+    result = rbp.benchmark_tflite(path, num_threads=2, warmup=2, runs=5)
+    assert result["single_thread"] == pytest.approx(3.0) and result["multi_thread"] == pytest.approx(4.0)
+    assert (result["num_threads"], result["runs"]) == (2, 5)
+    assert [(i.threads, i.invokes) for i in interpreters] == [(1, 7), (2, 7)]  # warm-up calls untimed
+    assert clock.reading == 20
+
+    # By default: 10 warm-up calls, 100 timed, every CPU of the machine.
+    interpreters.clear()
+    monkeypatch.setattr(latency, "time", _Clock([0.001] * 200))
+    result = rbp.benchmark_tflite(path)
+    assert (result["num_threads"], result["runs"]) == (os.cpu_count(), 100)
+    assert [(i.threads, i.invokes) for i in interpreters] == [(1, 110), (os.cpu_count(), 110)]
+    assert result["single_thread"] == pytest.approx(1.0) and result["multi_thread"] == pytest.approx(1.0)
+
     with pytest.raises(ValueError, match="runs must be an integer >= 1, received: 0"):
-        rbp.benchmark_tflite(str(tmp_path / "out" / "model.tflite"), runs=0)
+        rbp.benchmark_tflite(path, runs=0)
     with pytest.raises(FileNotFoundError, match="missing.tflite"):
         rbp.benchmark_tflite(str(tmp_path / "missing.tflite"))

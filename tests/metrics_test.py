@@ -39,7 +39,12 @@ def test_report_of_a_shrunk_lenet5():
     assert data["architecture_before"] == "20-50-800-500"
     expected_macs = 25 * 5 * 576 + 25 * 5 * 9 * 64 + 144 * 21 + 21 * 10
     assert data["totals"]["macs_after"] == expected_macs
-    assert data["totals"]["macs_before"] == sum(s.macs for s in layer_stats(model))
+    # By hand: conv1 25 x 20 x 24 x 24, conv2 25 x 20 x 50 x 8 x 8, fc1 800 x 500, logits 500 x 10.
+    assert data["totals"]["macs_before"] == 288_000 + 1_600_000 + 400_000 + 5_000
+    # Weights and biases: 25 x 20 + 20, 25 x 20 x 50 + 50, 800 x 500 + 500, 500 x 10 + 10; after,
+    # 25 x 5 + 5, 25 x 5 x 9 + 9, 144 x 21 + 21, 21 x 10 + 10 (theta folded in, nothing added).
+    assert data["totals"]["params_before"] == 520 + 25_050 + 400_500 + 5_010
+    assert data["totals"]["params_after"] == 130 + 1_134 + 3_045 + 220
     text = str(report)
     assert "20-50-800-500 -> 5-9-144-21" in text
     assert "conv2" in text and "MACs" in text

@@ -1,5 +1,7 @@
 """Training, shrink and export under Keras' mixed-precision policies."""
 
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -35,12 +37,20 @@ def test_noise_multiplies_in_the_compute_dtype_and_keeps_float32_parameters_and_
         loss = tf.reduce_sum(tf.cast(outputs, tf.float32)) + kl
     assert outputs.dtype == POLICIES[policy]
     assert kl.dtype == tf.float32
-    np.testing.assert_allclose(float(kl), noise.kl_loss(), rtol=1e-6)
+    # KL(Bernoulli(0.99) || Bernoulli(0.01)) on each of 6 channels, times
+    # kl_weight / dataset_size: the initial keep and prior probabilities.
+    pi, prior = 0.99, 0.01
+    per_channel = pi * math.log(pi / prior) + (1 - pi) * math.log((1 - pi) / (1 - prior))
+    np.testing.assert_allclose(float(kl), 6 * per_channel * 3.0 / 100, rtol=1e-5)
+    assert noise.kl_loss() == pytest.approx(float(kl), rel=1e-6)
     assert len(np.unique(outputs.numpy().astype("float32"))) > 1  # sampled
     (gradient,) = tape.gradient(loss, noise.trainable_variables)
     assert gradient.dtype == tf.float32 and np.all(np.isfinite(gradient.numpy()))
 
 
+# bfloat16 by default; float16, slower on a CPU, is marked heavy.
+@pytest.mark.parametrize("policy", [pytest.param("mixed_float16", marks=pytest.mark.heavy), "mixed_bfloat16"],
+                         indirect=True)
 def test_lenet5_prunes_shrinks_and_exports_a_float32_tflite_file(policy, tmp_path):
     (x_train, y_train), (x_test, _) = rbp.datasets.load_mnist(mnist_dir())
     x_train, y_train, x_test = x_train[:1024], y_train[:1024], x_test[:256]

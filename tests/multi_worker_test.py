@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-EXAMPLE = os.path.join(HERE, "..", "examples", "multi_worker.py")
+REPO = os.path.dirname(HERE)
+EXAMPLE = os.path.join(REPO, "examples", "multi_worker.py")
 TIMEOUT_S = 300
 # A budget that prunes every group of LeNet-300-100 within a short plan.
 EXAMPLE_FLAGS = ["--train_examples", "4096", "--target_macs", "0.25", "--pretrain_epochs", "1"]
@@ -46,7 +47,9 @@ class Cluster:
         for index, log in enumerate(self.logs):
             tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
                          "task": {"type": "worker", "index": index}}
-            env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), PYTHONUNBUFFERED="1")
+            # This checkout's keras_rbp, whatever the environment installed.
+            env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), PYTHONUNBUFFERED="1",
+                       PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
             with open(log, "w", encoding="utf-8") as out:
                 self.processes.append(subprocess.Popen(
                     [sys.executable] + [arg.format(index=index) for arg in command],
@@ -148,6 +151,7 @@ def _kill_mid_stage_and_restart(folder, data_dir):
     return restarted
 
 
+@pytest.mark.heavy
 def test_two_workers_agree_and_a_killed_worker_resumes_to_the_same_masks(tmp_path, keras_mode):
     if keras_mode == "keras3":
         pytest.skip("Keras 3 cannot train under MultiWorkerMirroredStrategy")

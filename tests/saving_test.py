@@ -30,9 +30,10 @@ def _save_and_load(model, folder, fmt):
     return keras.models.load_model(path)
 
 
-# RBP in every format; each peer method in the quickest one.
+# RBP in every format; each peer method in the quickest one, marked heavy.
 @pytest.mark.parametrize("fmt, method", [(fmt, "rbp") for fmt in FORMATS]
-                         + [(FORMATS[-1], method) for method in sorted(METHODS) if method != "rbp"])
+                         + [pytest.param(FORMATS[-1], method, marks=pytest.mark.heavy)
+                            for method in sorted(METHODS) if method != "rbp"])
 def test_round_trip_keeps_modes_masks_and_logits(tmp_path, fmt, method):
     pruned = rbp.prune(lenet5_caffe(), dataset_size=1000, flatten_features=True, seed=4, method=method)
     pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))

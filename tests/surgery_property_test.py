@@ -66,7 +66,36 @@ def _model(kinds, widths):
     return keras.Model(inputs, L.Dense(3)(x))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+# Blocks whose layers read their input only through a convolution, which
+# drops the rows of a removed input channel: every channel of the tensor
+# before them that its mask removes can go.
+READ_BY_CONVOLUTION = {"conv", "conv_bn", "sigmoid", "operations", "transposed", "grouped", "separable",
+                       "shared"}
+# Blocks whose output a pruning group of their own makes, and where a
+# channel whose theta is 0 stays 0 (ReLU after it): that group's name.
+ZERO_PRESERVING_GROUP = {"conv": "{name}_conv", "conv_bn": "{name}_bn", "separable": "{name}_sep",
+                         "transposed": "{name}_up", "shared": "{name}_shared"}
+
+
+def _free_groups(kinds):
+    """The groups whose removed channels nothing else needs, worked out from
+    the blocks alone: the group makes the tensor, zero stays zero through
+    its activation, and the next block reads it only through a convolution
+    (or it is the last block, read by the classifier's pooling and Dense)."""
+    producers = [("conv", "stem")] + [(kind, ZERO_PRESERVING_GROUP.get(kind, "").format(name=f"b{index}"))
+                                      for index, kind in enumerate(kinds)]
+    readers = list(kinds) + ["classifier"]
+    return {group for (kind, group), reader in zip(producers, readers)
+            if group and (reader in READ_BY_CONVOLUTION or reader == "classifier")}
+
+
+def _channel_layer(group):
+    """The layer that makes a group's channels: the wrapped layer of the
+    same name, or the layer a standalone noise follows."""
+    return group[: -len("_rbp_noise")] if group.endswith("_rbp_noise") else group
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     kinds=st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=4),
     widths=st.lists(st.integers(1, 6), min_size=5, max_size=5),
@@ -74,11 +103,43 @@ def _model(kinds, widths):
     seed=st.integers(0, 1000),
 )
 def test_random_graphs_shrink_exactly(kinds, widths, keep, seed):
-    pruned = rbp.prune(_model(kinds, widths), dataset_size=100)
-    _freeze_random(pruned, keep=keep, seed=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    model = _model(kinds, widths)
+    pruned = rbp.prune(model, dataset_size=100)
+    masks = _freeze_random(pruned, keep=keep, seed=seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         small = rbp.shrink(pruned)
+    kept = rbp.kept_channels(pruned)
     images = np.random.RandomState(seed).rand(2, 6, 6, 3).astype("float32")
     assert_same_outputs(pruned, small, images)
-    assert small.count_params() <= pruned.count_params()
+
+    messages = [str(w.message) for w in caught]
+    free = _free_groups(kinds)
+    multiply_factors = {f"b{index}_conv" for index, kind in enumerate(kinds) if kind == "multiply"}
+    removed = 0
+    for group, noise in rbp.pruning_groups(pruned).items():
+        mask, indices = masks[group], kept[group]
+        assert len(mask) == noise.channels
+        # The small layer holds exactly the channels the plan keeps (a
+        # channel missing that the outputs need fails assert_same_outputs).
+        assert small.get_layer(_channel_layer(group)).output.shape[-1] == len(indices), (group, kinds)
+        # A channel the mask removes is kept only with a warning that says so,
+        # but for two cases shrink leaves unsaid: a depthwise output whose
+        # sibling (the other output of its input channel) is kept, and the
+        # multiply block's tanh factor where its other factor, the block's
+        # input, keeps the channel.
+        lost_channels = indices[~mask[indices]]
+        lost = len(lost_channels)
+        if group.endswith("_dw"):
+            lost_channels = [c for c in lost_channels if not mask[c ^ 1]]  # depth_multiplier=2
+        if group in multiply_factors:
+            lost_channels = []
+        if len(lost_channels):
+            assert any(f"group {group!r} keeps {lost} channel(s)" in m for m in messages), (group, messages)
+        if group in free and len(indices) > 1:  # nothing else needs them: the mask's removed channels go
+            assert not lost, f"{group} in {kinds} keeps {indices} of mask {mask.astype(int)}"
+        removed += noise.channels - len(indices)
+    if removed:
+        assert small.count_params() < model.count_params()
+    else:
+        assert small.count_params() == model.count_params()
