@@ -39,7 +39,11 @@ setuptools.setup(
             # -n 2: the suite runs on both cores of a CI machine.
             "pytest-xdist",
             "hypothesis",
+            # KerasHub's models, built offline from small configs.
+            "keras-hub",
         ],
+        # KerasHub (Keras 3's model zoo): its Backbone and Task models prune.
+        "hub": ["keras-hub"],
         "benchmarks": ["matplotlib"],
     },
     classifiers=[
