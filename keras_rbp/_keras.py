@@ -72,10 +72,14 @@ def functional_view(model):
 def output_shapes(layer, input_shapes):
     """The shapes of the outputs of `layer` called on inputs of
     `input_shapes` (a list, one shape per input), as a list."""
-    if IS_KERAS_3:  # traces the call where the layer has no compute_output_shape
-        inputs = [keras.KerasTensor(shape) for shape in input_shapes]
-        outputs = layer.compute_output_spec(inputs[0] if len(inputs) == 1 else inputs)
-        return [tuple(output.shape) for output in tf.nest.flatten(outputs)]
+    if IS_KERAS_3:
+        try:
+            shapes = layer.compute_output_shape(input_shapes[0] if len(input_shapes) == 1 else input_shapes)
+        except NotImplementedError:  # a user's layer without it: its call is traced
+            inputs = [keras.KerasTensor(shape) for shape in input_shapes]
+            outputs = layer.compute_output_spec(inputs[0] if len(inputs) == 1 else inputs)
+            return [tuple(output.shape) for output in tf.nest.flatten(outputs)]
+        return [tuple(shape) for shape in shapes] if isinstance(shapes[0], (list, tuple)) else [tuple(shapes)]
     shapes = layer.compute_output_shape(input_shapes[0] if len(input_shapes) == 1 else input_shapes)
     return [tuple(shape) for shape in shapes] if isinstance(shapes[0], (list, tuple)) else [tuple(shapes)]
 

@@ -152,7 +152,7 @@ class ChannelPlan:
                     "build it with keras.Input(...) first"
                 )
             if input_keys is None:
-                shape = tuple(layers[ref.layer].output.shape)
+                shape = tuple(model.inputs[index].shape)
                 channels = shape[-1] or 0  # None: unknown, and its readers are boundaries
                 self.tensors[key] = Tensor(shape, len(shape) - 1, self.sets.new(channels), np.zeros(channels, bool))
             else:

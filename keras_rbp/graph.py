@@ -212,15 +212,16 @@ def _sequential_graph(config):
 
 def _functional_graph(config):
     # A nested model's node 0 is the one that built it: tf_keras numbers its
-    # calls from 1 everywhere, Keras 3 in input_layers and output_layers
-    # only. Refs are renumbered here to index the config's calls.
+    # calls from 1 everywhere, Keras 3 a nested Functional model's in
+    # input_layers and output_layers only. Refs are renumbered here to index the config's calls.
     nested = [entry for entry in config["layers"] if model_class_name(entry)]
     call_offsets = {
         entry["name"]: 1
         for entry in nested
         if any(not isinstance(node, dict) for node in entry["inbound_nodes"])
     }
-    model_offsets = {entry["name"]: 1 for entry in nested}
+    model_offsets = dict(call_offsets)
+    model_offsets.update({entry["name"]: 1 for entry in nested if model_class_name(entry) == "Functional"})
 
     def renumbered(refs, offsets):
         return [

@@ -1,5 +1,6 @@
 """`RBPWrapper`: an `RBPNoise` on the pre-activation of a prunable layer."""
 
+from keras_rbp import _keras
 from keras_rbp import rules
 from keras_rbp._keras import keras, register_serializable
 from keras_rbp.layers import RBPNoise
@@ -62,10 +63,7 @@ class RBPWrapper(keras.layers.Wrapper):
     def build(self, input_shape):
         if not self.layer.built:
             self.layer.build(input_shape)
-        try:
-            self.noise.build(self.layer.compute_output_shape(input_shape))
-        except NotImplementedError:
-            pass  # a user's layer without compute_output_shape: the noise builds on its first call
+        self.noise.build(self.compute_output_shape(input_shape))
         self.built = True
 
     def call(self, inputs, training=None, mask=None):
@@ -73,6 +71,9 @@ class RBPWrapper(keras.layers.Wrapper):
         outputs = self.layer(inputs, training=training, **kwargs)
         outputs = self.noise(outputs, training=training)
         return self.activation(outputs)
+
+    def compute_output_shape(self, input_shape):
+        return _keras.output_shapes(self.layer, [input_shape])[0]
 
     def get_config(self):
         config = super().get_config()

@@ -12,7 +12,6 @@ import tensorflow as tf
 
 from ai_edge_litert.interpreter import Interpreter
 from conftest import mnist_dir
-from keras_rbp import __main__ as cli
 from keras_rbp import pipeline
 from keras_rbp._keras import IS_KERAS_3, keras
 from keras_rbp.datasets import load_mnist
@@ -287,21 +286,18 @@ PRUNE_ERRORS = {
 
 
 @pytest.mark.parametrize("case", list(PRUNE_ERRORS))
-def test_prune_errors_are_one_line_naming_the_flag_and_leave_nothing(user_files, case, capsys, monkeypatch):
+def test_prune_errors_are_one_line_naming_the_flag_and_leave_nothing(user_files, case):
     folder = user_files[0]
     before = sorted(os.listdir(folder))
     args, message = PRUNE_ERRORS[case]
     defaults = {"--train_data": "train.npz", "--loss": "sparse_categorical_crossentropy", "--output_dir": "out_error"}
     given = {arg.split("=")[0] for arg in args}
-    argv = ["keras-rbp", "prune", "--model=base.keras", "--plan_epochs=1", *args]
+    argv = ["prune", "--model=base.keras", "--plan_epochs=1", *args]
     argv += [f"{flag}={value}" for flag, value in defaults.items() if flag not in given]
-    monkeypatch.chdir(folder)
-    cli.FLAGS.unparse_flags()
-    with pytest.raises(SystemExit) as exit_:
-        cli.run(argv)
-    assert exit_.value.code == cli.COMMAND_ERROR
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("keras-rbp prune: error: " + message), lines
+    process = keras_rbp(*argv, cwd=folder)
+    assert process.returncode == 1
+    assert_one_line_error(process)
+    assert process.stderr.strip().splitlines()[-1].startswith("keras-rbp prune: error: " + message), process.stderr
     assert sorted(os.listdir(folder)) == before  # no output, temporary or work folder
 
 
