@@ -42,8 +42,11 @@ class BrokenConfig(L.Layer):
         super().__init__(**kwargs)
         self.scale = scale
 
+    def build(self, input_shape):
+        self.gain = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="gain")
+
     def call(self, inputs):
-        return inputs * self.scale
+        return inputs * self.gain * self.scale
 
     def get_config(self):
         raise AttributeError(f"{type(self).__name__!r} object has no attribute 'key_dim'")
