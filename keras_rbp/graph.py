@@ -127,22 +127,21 @@ def model_config(model):
     plain Sequential or Functional model with the same layers and calls.
 
     A Functional subclass is read as ``keras.Model(inputs, outputs)``, and
-    every nested one likewise. A layer whose `get_config` raises gets an
+    every nested model is read by this function in turn. A layer whose `get_config` raises gets an
     entry with its name alone: its config is never used to re-create it
     (see `cloning`)."""
     if not _keras.is_functional(model) and not isinstance(model, keras.Sequential):
         raise TypeError(f"model {model.name!r} of class {type(model).__name__} has no functional graph")
     view = model if _keras.is_plain_model(model) else _keras.functional_view(model)
     nested = {layer.name: layer for layer in view.layers if isinstance(layer, keras.Model)}
-    with _placeholder_configs(view.layers, replace=[layer for layer in nested.values()
-                                                    if not _keras.is_plain_model(layer)]):
+    with _placeholder_configs(view.layers, replace=list(nested.values())):
         config = view.get_config()
     entries = config["layers"]
     for entry in entries:
         if "name" in entry:  # an operation's config may lack its name
             entry["config"].setdefault("name", entry["name"])
         layer = nested.get(entry["config"]["name"])
-        if layer is not None and not _keras.is_plain_model(layer):
+        if layer is not None:
             entry.pop("build_config", None)
             entry.update(_keras.model_entry_fields(layer), config=model_config(layer))
     return config
@@ -242,9 +241,10 @@ def _functional_graph(config):
 
 
 def _refs(value):
-    """Reads [name, node, tensor], or a list or dict of them."""
+    """Reads [name, node, tensor], or a list or dict of them; a dict's in
+    the order Keras flattens it (by key), which numbers a model's outputs."""
     if isinstance(value, dict):
-        value = list(value.values())
+        value = [value[key] for key in sorted(value)]
     if value and isinstance(value[0], str):
         return [TensorRef(*value[:3])]
     return [TensorRef(*item[:3]) for item in value]
