@@ -5,6 +5,7 @@ get_config raises, PReLU, and a user's prunable rule whose MACs count."""
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_rbp as rbp
 from keras_rbp._keras import IS_KERAS_3, keras
@@ -226,3 +227,83 @@ def test_prelu_slices_its_alpha(shared_axes):
     alpha = model.get_layer("prelu").get_weights()[0]
     expected = alpha if shared_axes == [3] else alpha[..., [0, 2, 3, 7, 9]]
     np.testing.assert_array_equal(small.get_layer("prelu").get_weights()[0], expected)
+
+
+class ScaledSwish(L.Layer):
+    """A user's activation with one learned scalar: acts on each channel alone."""
+
+    def build(self, input_shape):
+        self.beta = self.add_weight(shape=(), initializer="ones", name="beta")
+
+    def call(self, inputs):
+        return inputs * tf.math.sigmoid(self.beta * inputs)
+
+
+class ChannelCentering(L.Layer):
+    """Subtracts the mean over the channels: mixes them."""
+
+    def call(self, inputs):
+        return inputs - tf.reduce_mean(inputs, axis=-1, keepdims=True)
+
+
+class Apply(L.Layer):
+    """Applies a Python function: Keras cannot serialize it, so the layer
+    has no config and no recorded constructor arguments, and keras_rbp
+    shares it between the models."""
+
+    def __init__(self, function, **kwargs):
+        super().__init__(**kwargs)
+        self.function = function
+
+    def call(self, inputs):
+        return self.function(inputs)
+
+
+def _conv_through(layer):
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(10, 3, padding="same", name="conv1")(inputs)
+    x = layer(x)
+    x = L.Conv2D(6, 3, padding="same", activation="relu", name="conv2")(x)
+    return keras.Model(inputs, L.Dense(3, name="out")(L.GlobalAveragePooling2D()(x)))
+
+
+@pytest.mark.parametrize("make", [lambda: ScaledSwish(name="custom"),
+                                  lambda: Apply(tf.nn.relu, name="custom")], ids=["scalar_weight", "shared"])
+def test_a_layer_without_a_rule_that_acts_on_each_channel_passes_them_through(make):
+    model = _conv_through(make())
+    pruned = rbp.prune(model, dataset_size=100)
+    masks = _freeze_random(pruned, keep=0.5)
+    small = rbp.shrink(pruned)
+    assert_same_outputs(pruned, small, np.random.RandomState(0).rand(4, 8, 8, 3).astype("float32") - 0.5)
+    assert small.get_layer("conv1").filters == int(masks["conv1"].sum()) < 10
+    assert small.get_layer("conv2").kernel.shape[2] == int(masks["conv1"].sum())
+
+
+def test_a_layer_without_a_rule_that_mixes_channels_is_a_boundary():
+    model = _conv_through(ChannelCentering(name="custom"))
+    pruned = rbp.prune(model, dataset_size=100)
+    masks = _freeze_random(pruned, keep=0.5)
+    with pytest.warns(UserWarning, match="ChannelCentering layer 'custom' has no rule and does not act on each"):
+        small = rbp.shrink(pruned)
+    assert_same_outputs(pruned, small, np.random.RandomState(0).rand(4, 8, 8, 3).astype("float32") - 0.5)
+    assert small.get_layer("conv1").filters == 10
+    assert small.get_layer("conv2").filters == int(masks["conv2"].sum()) < 6
+
+
+def test_a_nested_model_with_a_dict_of_outputs_is_read_in_keras_order():
+    # Keras numbers a dict's outputs by sorted key, not in the order written.
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inputs)
+    wide = L.Conv2D(12, 3, padding="same", activation="relu", name="wide")(x)
+    narrow = L.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="narrow")(wide)
+    features = keras.Model(inputs, {"z_first": wide, "a_second": narrow}, name="features")
+    images = keras.Input((8, 8, 3))
+    maps = features(images)
+    pooled = [L.GlobalAveragePooling2D()(maps[key]) for key in ("z_first", "a_second")]
+    model = keras.Model(images, L.Dense(3, name="out")(L.Concatenate()(pooled)))
+    pruned = rbp.prune(model, dataset_size=100)
+    masks = _freeze_random(pruned, keep=0.5)
+    small = rbp.shrink(pruned)
+    assert_same_outputs(pruned, small, np.random.RandomState(0).rand(4, 8, 8, 3).astype("float32"))
+    assert _width(small, "wide") == int(masks["wide"].sum()) < 12
+    assert _width(small, "narrow") == int(masks["narrow"].sum()) < 4
