@@ -100,6 +100,18 @@ def rename(layer, name):
         layer._name = name
 
 
+def shallow_copy(layer):
+    """A new layer object with the attributes of `layer` (its sublayers and
+    variables shared) and no calls of its own."""
+    copied = object.__new__(type(layer))
+    copied.__dict__.update(layer.__dict__)
+    # tf_keras keeps a layer's calls in *_value attributes behind properties.
+    for key in ("_inbound_nodes", "_outbound_nodes", "_inbound_nodes_value", "_outbound_nodes_value"):
+        if key in copied.__dict__:
+            copied.__dict__[key] = []
+    return copied
+
+
 def constructor_arguments(layer):
     """The arguments `layer` was constructed with, its name left out, where
     Keras recorded them (Keras 3 does when all are plain values), else None."""

@@ -11,11 +11,9 @@ object, made by `copy_layer` or by a rule, that `model_from_config` puts in
 its place.
 """
 
-import dataclasses
 import sys
 
 from keras_rbp import _keras
-from keras_rbp import graph as graph_lib
 from keras_rbp._keras import keras
 
 # The class name of a config entry that stands for a layer object.
@@ -37,8 +35,9 @@ def copy_layer(layer):
     own (their values are the caller's to set): made from ``get_config()``,
     or, where that config does not round-trip, from the arguments the layer
     was constructed with (Keras 3 records those that are plain values). A
-    layer without variables that neither can make is shared, not copied:
-    training cannot change it.
+    layer without variables that neither can make (an Activation of a
+    Python function) is copied attribute by attribute: nothing in it can
+    train.
 
     Raises:
         LayerCopyError: naming the layer, its class and the cause, for a
@@ -49,7 +48,7 @@ def copy_layer(layer):
     except LayerCopyError:
         if layer.weights:
             raise
-        return layer
+        copied = _keras.shallow_copy(layer)
     if copied.name != layer.name:  # a class that renames itself (KerasHub's DepthwiseConvBlock)
         _keras.rename(copied, layer.name)
     return copied
@@ -125,8 +124,6 @@ def model_from_config(model_class, config, made=None, custom_objects=None):
     known by name, under a recursion limit deep enough for the model's
     graph."""
     made = made or MadeLayers()
-    if _keras.IS_KERAS_3:
-        _after_earlier_calls(config, made)
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, GRAPH_RECURSION_LIMIT))
     custom_objects = dict(custom_objects or {}, **made.custom_objects())
@@ -136,25 +133,3 @@ def model_from_config(model_class, config, made=None, custom_objects=None):
     finally:
         sys.setrecursionlimit(limit)
 
-
-def _after_earlier_calls(config, made):
-    """Keras 3 reads call k of a layer in a functional config as the
-    layer's k-th call ever. A layer that `copy_layer` shares was called
-    before, so the references to its calls move past those calls, in place."""
-    earlier = {}
-    for entry in config["layers"]:
-        if is_made(entry):
-            count = len(made.layers[entry["config"]["made_key"]]._inbound_nodes)
-            if count:
-                earlier[entry["config"]["name"]] = count
-        elif graph_lib.model_class_name(entry):
-            _after_earlier_calls(entry["config"], made)
-    if not earlier or "output_layers" not in config:  # a Sequential config names no calls
-        return
-
-    def shift(ref):
-        return dataclasses.replace(ref, node_index=ref.node_index + earlier.get(ref.layer, 0))
-
-    for entry in config["layers"]:
-        graph_lib.reroute_references(entry.get("inbound_nodes", []), shift)
-    graph_lib.reroute_references(config["output_layers"], shift)

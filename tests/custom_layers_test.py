@@ -248,8 +248,8 @@ class ChannelCentering(L.Layer):
 
 class Apply(L.Layer):
     """Applies a Python function: Keras cannot serialize it, so the layer
-    has no config and no recorded constructor arguments, and keras_rbp
-    shares it between the models."""
+    has no config and no recorded constructor arguments; keras_rbp copies
+    it attribute by attribute."""
 
     def __init__(self, function, **kwargs):
         super().__init__(**kwargs)
@@ -268,7 +268,7 @@ def _conv_through(layer):
 
 
 @pytest.mark.parametrize("make", [lambda: ScaledSwish(name="custom"),
-                                  lambda: Apply(tf.nn.relu, name="custom")], ids=["scalar_weight", "shared"])
+                                  lambda: Apply(tf.nn.relu, name="custom")], ids=["scalar_weight", "no_config"])
 def test_a_layer_without_a_rule_that_acts_on_each_channel_passes_them_through(make):
     model = _conv_through(make())
     pruned = rbp.prune(model, dataset_size=100)
