@@ -4,21 +4,25 @@ KerasHub builds many of its models from such blocks (`MBConvBlock`,
 `FusedMBConvBlock`, `InvertedResidualBlock`, `ConvBnActBlock`, its ViT's
 encoder layers, ...), and so do users. Keras 3 records no graph inside them,
 so keras_rbp traces each one: the block's `call` runs on symbolic inputs,
-and `expanded_view` makes the calls it recorded in the block's place. From there every sublayer follows its own rule, as in a model
-written with them: a block's expansion channels, its squeeze-and-excitation
-reduction and an encoder's MLP width become pruning groups, a residual
-stream across blocks one coupled group, and `shrink` writes the blocks'
-sublayers as plain Keras layers. A sublayer whose name another layer of the
-model already has (each block's ``dropout``) is named
-``<block>_<sublayer>`` in the pruned and the shrunk model.
+and `expanded_view` makes the calls it recorded in the block's place. From
+there every sublayer follows its own rule, as in a model written with them:
+a block's expansion channels, its squeeze-and-excitation reduction and an
+encoder's MLP width become pruning groups, a residual stream across blocks
+one coupled group, and `shrink` writes the blocks' sublayers as plain Keras
+layers. A sublayer whose name another layer of the model already has (each
+block's ``dropout``) is named ``<block>_<sublayer>`` in the pruned and the
+shrunk model, and a nested model's layer likewise ``<model>_<layer>``.
 
 A layer is traced when it holds sublayers, its class has no rule of its own
 (see `rules.register_rule`) and it is not one of Keras's own layers
 (MultiHeadAttention, RNNs and Keras's wrappers keep their rules or stay
-boundaries). A block whose `call` cannot be traced stays a boundary, with a warning naming it. tf_keras is left as it is.
+boundaries). A block whose `call` cannot be traced stays a boundary, with a
+warning naming it. tf_keras records no composite layers' calls either, and
+its blocks stay boundaries.
 """
 
 import contextlib
+import inspect
 import warnings
 
 import numpy as np
@@ -55,29 +59,62 @@ def expanded_view(model):
     layer's call is replaced by the calls its trace recorded.
 
     Layers are shared with `model`, not copied: the view adds calls to
-    them and never changes their weights. Sublayers that share a name are
-    renamed ``<block>_<sublayer>`` while the context lasts, and get their
-    names back when it ends."""
-    if not _keras.IS_KERAS_3 or not has_composites(model):
-        yield model
-        return
-    expander = _Expander(model)
+    them and never changes their weights. While the context lasts, a layer
+    of a nested model whose name a layer met before has (each encoder's
+    ``embedding``) is renamed ``<model>_<layer>``, and so is a block's
+    sublayer (``<block>_<sublayer>``); they get their names back when it
+    ends."""
+    renamed = _unique_names(model)
     try:
-        yield expander.view(model)
+        if _keras.IS_KERAS_3 and has_composites(model):
+            yield _Expander(model, renamed).view(model)
+        else:
+            yield model
     finally:
-        for layer, name in expander.renamed:
+        for layer, name in reversed(renamed):
             _keras.rename(layer, name)
+
+
+def _unique_names(model):
+    """Renames, in place, every layer of `model` and the models nested in
+    it whose name a layer before it has; returns (layer, its own name) for
+    each. Input layers keep their names: a model's inputs are matched by
+    them. tf_keras keys a model's calls by its layers' names, so there a
+    name met twice is an error."""
+    taken, owners, seen, renamed = set(), {}, set(), []
+
+    def visit(current):
+        for layer in _keras.model_operations(current).values():
+            if id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            if layer.name in taken and not isinstance(layer, keras.layers.InputLayer):
+                if not _keras.IS_KERAS_3:
+                    raise ValueError(
+                        f"keras_rbp: models {owners[layer.name]!r} and {current.name!r} both hold a layer named "
+                        f"{layer.name!r}; under tf_keras the layers of nested models need distinct names"
+                    )
+                renamed.append((layer, layer.name))
+                _keras.rename(layer, graph_lib.unique_name(f"{current.name}_{layer.name}", taken))
+            taken.add(layer.name)
+            owners[layer.name] = current.name
+            if isinstance(layer, keras.Model):
+                visit(layer)
+
+    visit(model)
+    return renamed
 
 
 class _Expander:
     """Expands the composite layers of one model, keeping names unique."""
 
-    def __init__(self, model):
+    def __init__(self, model, renamed):
         self.taken = set(_names(model))
-        self.renamed = []  # (layer, its own name)
+        self.renamed = renamed  # (layer, its own name), appended to
 
     def view(self, model):
-        base = model if _keras.is_functional(model) else keras.Model(model.inputs, model.outputs, name=model.name)
+        # clone_model re-creates a Functional subclass from its config: clone its plain view.
+        base = model if type(model) is _keras.FUNCTIONAL else _keras.functional_view(model)
         return keras.models.clone_model(base, clone_function=lambda layer: layer, call_function=self.call)
 
     def call(self, layer, *args, **kwargs):
@@ -97,7 +134,7 @@ class _Expander:
         inputs = [keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype) for tensor in tensors]
         replacement = {id(tensor): new for tensor, new in zip(tensors, inputs)}
         new_args, new_kwargs = keras.tree.map_structure(
-            lambda item: replacement.get(id(item), item), (list(args), kwargs)
+            lambda item: replacement.get(id(item), item), (list(args), _accepted(layer.call, kwargs))
         )
         try:
             traced = keras.Model(inputs, layer.call(*new_args, **new_kwargs), name=layer.name)
@@ -139,6 +176,15 @@ def _check_trace(layer, traced, tensors, args, kwargs):
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         if a.shape != b.shape or np.abs(a - b).max(initial=0) > 1e-4 * max(1.0, np.abs(a).max(initial=0)):
             raise ValueError("the traced graph computes other values than the layer")
+
+
+def _accepted(function, kwargs):
+    """The items of `kwargs` that `function` takes: Keras passes `training`
+    and `mask` to a layer's call only where its signature has them."""
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(kwargs)
+    return {key: value for key, value in kwargs.items() if key in parameters}
 
 
 def _names(model):

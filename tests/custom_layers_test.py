@@ -307,3 +307,69 @@ def test_a_nested_model_with_a_dict_of_outputs_is_read_in_keras_order():
     assert_same_outputs(pruned, small, np.random.RandomState(0).rand(4, 8, 8, 3).astype("float32"))
     assert _width(small, "wide") == int(masks["wide"].sum()) < 12
     assert _width(small, "narrow") == int(masks["narrow"].sum()) < 4
+
+
+def _two_encoders():
+    encoders = []
+    for name, width in (("text", 6), ("image", 5)):
+        inputs = keras.Input((10,))
+        encoders.append(keras.Model(inputs, L.Dense(width, activation="relu", name="embedding")(inputs), name=name))
+    inputs = keras.Input((10,))
+    x = L.Concatenate()([encoder(inputs) for encoder in encoders])
+    return keras.Model(inputs, L.Dense(3, name="out")(x))
+
+
+@pytest.mark.skipif(not IS_KERAS_3, reason="tf_keras keys a model's calls by its layers' names")
+def test_layers_of_one_name_in_two_nested_models_are_told_apart():
+    model = _two_encoders()
+    pruned = rbp.prune(model, dataset_size=100)
+    assert sorted(rbp.pruning_groups(pruned)) == ["embedding", "image_embedding"]
+    masks = _freeze_random(pruned, keep=0.5)
+    small = rbp.shrink(pruned)
+    assert_same_outputs(pruned, small, np.random.RandomState(0).rand(4, 10).astype("float32"))
+    assert small.get_layer("text").get_layer("embedding").units == int(masks["embedding"].sum()) < 6
+    assert small.get_layer("image").get_layer("image_embedding").units == int(masks["image_embedding"].sum()) < 5
+    assert model.get_layer("image").get_layer("embedding").units == 5  # the user's model keeps its names
+
+
+@pytest.mark.skipif(IS_KERAS_3, reason="Keras 3 renames the second layer")
+def test_layers_of_one_name_in_two_nested_models_are_refused_under_tf_keras():
+    with pytest.raises(ValueError, match="models 'text' and 'image' both hold a layer named 'embedding'"):
+        rbp.prune(_two_encoders(), dataset_size=100)
+
+
+class Mlp(L.Layer):
+    """A user's block whose call takes no `training` argument."""
+
+    def __init__(self, hidden, width, **kwargs):
+        super().__init__(**kwargs)
+        self.expand = L.Dense(hidden, activation="relu", name="expand")
+        self.project = L.Dense(width, name="project")
+
+    def call(self, inputs):
+        return self.project(self.expand(inputs))
+
+
+class Residual(L.Layer):
+    """A user's block that passes `training` to a block that takes none."""
+
+    def __init__(self, hidden, width, **kwargs):
+        super().__init__(**kwargs)
+        self.mlp = Mlp(hidden, width, name="mlp")
+
+    def call(self, inputs, training=None):
+        return inputs + self.mlp(inputs, training=training)
+
+
+@pytest.mark.skipif(not IS_KERAS_3, reason="tf_keras records no calls inside a layer: its blocks stay boundaries")
+def test_a_users_blocks_are_traced_into_their_sublayers():
+    inputs = keras.Input((10,))
+    x = L.Dense(8, name="stem")(inputs)
+    x = Residual(24, 8, name="block")(x)
+    model = keras.Model(inputs, L.Dense(3, name="out")(x))
+    pruned = rbp.prune(model, dataset_size=100)
+    assert "expand" in rbp.pruning_groups(pruned)
+    masks = _freeze_random(pruned, keep=0.5)
+    small = rbp.shrink(pruned)
+    assert_same_outputs(pruned, small, np.random.RandomState(0).rand(4, 10).astype("float32"))
+    assert small.get_layer("expand").units == int(masks["expand"].sum()) < 24
