@@ -124,7 +124,7 @@ class _Expander:
             traced = self._trace(layer, args, kwargs)
             if traced is not None:
                 return _keras.replay(traced, _tensors((args, kwargs)), self.call)
-        return layer(*args, **kwargs)
+        return layer(*args, **_accepted(layer.call, kwargs))
 
     def _trace(self, layer, args, kwargs):
         """A Functional model of `layer`'s call on inputs shaped as the

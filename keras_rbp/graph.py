@@ -217,7 +217,7 @@ def _functional_graph(config):
     call_offsets = {
         entry["name"]: 1
         for entry in nested
-        if any(not isinstance(node, dict) for node in entry["inbound_nodes"])
+        if any(not is_call_record(node) for node in entry["inbound_nodes"])
     }
     model_offsets = dict(call_offsets)
     model_offsets.update({entry["name"]: 1 for entry in nested if model_class_name(entry) == "Functional"})
@@ -256,14 +256,16 @@ NUMPY_CONSTANTS = ("__numpy__", "__tensor__")
 def _map_record(value, on_tensor, on_constant):
     """A copy of a call record (either config format) in which every tensor
     reference is replaced by `on_tensor(TensorRef)` and every numeric
-    constant operand by `on_constant(numpy array)`, visited in call order."""
+    constant operand by `on_constant(numpy array)`, visited in the order
+    Keras flattens the call (a dict by key)."""
     if isinstance(value, dict):
         if value.get("class_name") == KERAS_TENSOR:
             return on_tensor(TensorRef(*value["config"]["keras_history"]))
         if value.get("class_name") in NUMPY_CONSTANTS:
             config = value["config"]
             return on_constant(np.asarray(config["value"], dtype=config.get("dtype")))
-        return {key: _map_record(item, on_tensor, on_constant) for key, item in value.items()}
+        # By key, as Keras flattens a dict (a nested model's dict of inputs).
+        return {key: _map_record(value[key], on_tensor, on_constant) for key in sorted(value)}
     if isinstance(value, (list, tuple)):
         if _is_legacy_ref(value):  # [layer, node, tensor] or with the call's kwargs
             ref = on_tensor(TensorRef(*value[:3]))
@@ -302,7 +304,7 @@ def call_arguments(record, tensors):
     constants as numpy arrays."""
     values = iter(tensors)
     mapped = _map_record(record, lambda ref: next(values), lambda constant: constant)
-    if isinstance(record, dict):
+    if is_call_record(record):
         return mapped["args"], mapped["kwargs"]
     first, kwargs = mapped  # tf_keras: [tensor, kwargs]
     return [first], kwargs
@@ -335,6 +337,13 @@ def map_call_constants(record, function):
 def entry_inputs(entry):
     """The tensors read by every call of a functional config's layer entry."""
     return [ref for node in entry["inbound_nodes"] for ref in _node_refs(node)]
+
+
+def is_call_record(node):
+    """Whether a config's record of one call is Keras 3's ``{"args": ...,
+    "kwargs": ...}``; tf_keras writes a list of tensor references, or a
+    dict of them for a call on a dict."""
+    return isinstance(node, dict) and "args" in node
 
 
 def call_inputs(entry):

@@ -373,3 +373,21 @@ def test_a_users_blocks_are_traced_into_their_sublayers():
     small = rbp.shrink(pruned)
     assert_same_outputs(pruned, small, np.random.RandomState(0).rand(4, 10).astype("float32"))
     assert small.get_layer("expand").units == int(masks["expand"].sum()) < 24
+
+
+def test_a_nested_model_with_a_dict_of_inputs_is_read_in_keras_order():
+    # Keras matches a dict of inputs to a model's inputs by sorted key.
+    inner_inputs = {"z_wide": keras.Input((6,), name="inner_z"), "a_narrow": keras.Input((4,), name="inner_a")}
+    x = L.Concatenate()([L.Dense(5, activation="relu", name=f"{key}_dense")(tensor)
+                         for key, tensor in inner_inputs.items()])
+    inner = keras.Model(inner_inputs, x, name="inner")
+    inputs = {"z_wide": keras.Input((6,), name="z_wide"), "a_narrow": keras.Input((4,), name="a_narrow")}
+    model = keras.Model(inputs, L.Dense(3, name="out")(inner(inputs)))
+    pruned = rbp.prune(model, dataset_size=100)
+    masks = _freeze_random(pruned, keep=0.5)
+    small = rbp.shrink(pruned)
+    rng = np.random.RandomState(0)
+    data = {"z_wide": rng.rand(4, 6).astype("float32"), "a_narrow": rng.rand(4, 4).astype("float32")}
+    assert_same_outputs(pruned, small, data)
+    for key in ("z_wide", "a_narrow"):
+        assert _width(small, f"{key}_dense") == int(masks[f"{key}_dense"].sum()) < 5
