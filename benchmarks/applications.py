@@ -16,16 +16,12 @@ Run from the repository root, under Keras 3 or tf_keras:
 Writes applications_<keras mode>.json and .md to --output_dir.
 """
 
-import collections
-import re
-import time
-import warnings
 
 from absl import app, flags, logging
 import numpy as np
 
-import keras_rbp as rbp
 from benchmarks import results_io
+from benchmarks.measure import measure_shrink
 from keras_rbp._keras import keras
 
 APPLICATIONS = sorted(name for name in dir(keras.applications) if name[0].isupper())
@@ -47,59 +43,10 @@ def build_application(name, classes=10):
     raise ValueError(f"{name} builds at neither 32x32 nor 75x75")
 
 
-def random_masks(pruned, keep, seed=0):
-    """A mask for every group, keeping each channel with probability `keep`
-    (at least one a group)."""
-    rng = np.random.RandomState(seed)
-    masks = {}
-    for group, noise in rbp.pruning_groups(pruned).items():
-        mask = rng.rand(noise.channels) < keep
-        mask[rng.randint(noise.channels)] = True
-        masks[group] = mask
-    return masks
-
-
 def shrink_application(name):
     model, size = build_application(name)
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pruned = rbp.prune(model, dataset_size=1000)
-    prune_seconds = time.perf_counter() - start
-    masks = random_masks(pruned, FLAGS.keep)
-    rbp.freeze(pruned, masks, {group: np.ones(len(mask)) for group, mask in masks.items()})
-    start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        small = rbp.shrink(pruned)
-    shrink_seconds = time.perf_counter() - start
-    kept = rbp.kept_channels(pruned)
-    groups = rbp.pruning_groups(pruned)
     images = np.random.RandomState(0).rand(2, size, size, 3).astype("float32") * 255
-    expected = pruned(images, training=False).numpy()
-    report = rbp.report(model, small)
-    reasons = collections.Counter()
-    for warning in caught:
-        match = re.match(r"shrink: group .* keeps \d+ channel\(s\) its mask removes: (.*)", str(warning.message))
-        if match:
-            for reason in match.group(1).split("; "):
-                reasons[re.sub(r"'[^']*'", "'...'", reason)] += 1
-    return {
-        "input_size": size,
-        "groups": len(groups),
-        "coupled_groups": sum(noise.calls > 1 for noise in groups.values()),
-        "channels": int(sum(noise.channels for noise in groups.values())),
-        "channels_masked": int(sum((~mask).sum() for mask in masks.values())),
-        "channels_masked_but_kept": int(sum(np.isin(kept[g], np.flatnonzero(~masks[g])).sum() for g in groups)),
-        "reasons_kept": dict(reasons),
-        "params": {"before": model.count_params(), "after": small.count_params()},
-        "params_ratio": model.count_params() / small.count_params(),
-        "macs_ratio": report.totals["macs_reduction"],
-        "max_abs_output_difference": float(np.abs(small(images).numpy() - expected).max()),
-        "output_scale": float(np.abs(expected).max()),
-        "prune_seconds": prune_seconds,
-        "shrink_seconds": shrink_seconds,
-    }
+    return {"input_size": size, **measure_shrink(model, images, FLAGS.keep)}
 
 
 def main(argv):

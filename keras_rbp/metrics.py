@@ -209,7 +209,16 @@ def _macs(layer, input_shape, output_shape):
     """The MACs of one call of `layer`, as its rule counts them."""
     if is_selection(layer):
         return 0
-    return int(rule_for(layer).macs(layer, input_shape, output_shape))
+    try:
+        return int(rule_for(layer).macs(layer, input_shape, output_shape))
+    except TypeError as error:
+        if None not in (*input_shape[1:], *output_shape[1:]):
+            raise
+        raise ValueError(
+            f"keras_rbp: the MACs of layer {layer.name!r} depend on sizes its input shape "
+            f"{tuple(input_shape)} leaves unknown; build the model with a fixed input shape "
+            "(for example keras.Input((224, 224, 3)), or a KerasHub backbone's image_shape)"
+        ) from error
 
 
 def channel_costs(model):

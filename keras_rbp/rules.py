@@ -194,14 +194,14 @@ def _per_channel_probe(op, tensor):
 
 
 def _call_alone(op, array):
-    """The layer of `op` called on `array` in place of its one
+    """The layer of `op` called in inference on `array` in place of its one
     input tensor, with the call's other arguments where the config records
     them (Keras 3; tf_keras records only a call's input tensors)."""
     args, kwargs = [array], {}
     if graph_lib.is_call_record(op.record):
         args, kwargs = graph_lib.call_arguments(op.record, [array])
         kwargs = {key: value for key, value in kwargs.items() if key not in ("training", "mask")}
-    return np.asarray(op.layer(*args, **kwargs), np.float64)
+    return np.asarray(op.layer(*args, training=False, **kwargs), np.float64)
 
 
 def prunable_classes():

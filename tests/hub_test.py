@@ -25,6 +25,11 @@ SHRINKS = {
     "VGGBackbone": 1.3,
     "ViTBackbone": 1.05,
     "TransformerEncoderModel": 1.05,
+    "HGNetV2ImageClassifier": 1.5,  # learnable scalar affines, probed as per channel
+    "DeepLabV3ImageSegmenter": 1.3,  # a dict of pyramid outputs from a nested model
+    "DINOV2Backbone": 1.05,  # Identity layers without a config
+    "SigLIPBackbone": 1.05,  # two nested encoders, each with an 'embedding'
+    "SAMImageSegmenter": 1.01,  # a nested model called on a dict of inputs
 }
 
 

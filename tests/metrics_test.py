@@ -3,8 +3,10 @@
 import json
 
 import numpy as np
+import pytest
 
 import keras_rbp as rbp
+from keras_rbp._keras import keras
 from keras_rbp.metrics import architecture, layer_stats
 from keras_rbp.models import lenet5_caffe, lenet_300_100
 
@@ -70,3 +72,11 @@ def test_shrinks_selection_layer_is_listed_but_not_counted():
     kinds = {s.name: (s.kind, s.macs) for s in layer_stats(small)}
     assert kinds["image_select"][0] == "selection"
     assert rbp.report(model, small).totals["macs_after"] == kinds["conv"][1] + kinds["head"][1] == 16 * 9 * 2 * 4 + 8
+
+
+def test_report_on_a_model_of_any_input_size_names_the_layer_whose_macs_need_it():
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(8, 3, name="conv")(inputs)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    with pytest.raises(ValueError, match=r"MACs of layer 'conv' depend on sizes its input shape \(None, None, None, 3\)"):
+        rbp.report(model, model)
