@@ -13,6 +13,7 @@ from keras_rbp import magnitude
 from keras_rbp._keras import keras
 from keras_rbp.budget import Budget
 from keras_rbp.distribute import is_chief
+from keras_rbp.plan import Plan, check_int
 from keras_rbp.pruning import pruning_groups
 
 WIDTHS = ("share", "posterior")  # how a budget sets each group's kept channels
@@ -141,11 +142,10 @@ class RecursivePruning(keras.callbacks.Callback):
         verbose=1,
     ):
         super().__init__()
-        _check_int("epochs_per_stage", epochs_per_stage, 1)
-        _check_int("finetune_epochs", finetune_epochs, 0)
-        _check_int("min_channels", min_channels, 1)
-        if groups_per_stage is not None:
-            _check_int("groups_per_stage", groups_per_stage, 1)
+        self._plan_arguments = dict(epochs_per_stage=epochs_per_stage, finetune_epochs=finetune_epochs,
+                                    plan_epochs=plan_epochs, plan_steps=plan_steps)
+        Plan.of([], groups_per_stage, **self._plan_arguments)  # checks the arguments
+        check_int("min_channels", min_channels, 1)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"RecursivePruning: threshold must be in (0, 1), received: {threshold!r}")
         if not 0.0 < collapse_tolerance < 0.5:
@@ -166,22 +166,11 @@ class RecursivePruning(keras.callbacks.Callback):
         self.max_noise_scale = max_noise_scale
         self.finetune_learning_rate = finetune_learning_rate
         self.target = _check_target(target_macs, target_params, target_latency_ms)
-        _check_int("round_to", round_to, 1)
+        check_int("round_to", round_to, 1)
         self.round_to = round_to
         if widths not in WIDTHS:
             raise ValueError(f"RecursivePruning: widths must be one of {WIDTHS}, received: {widths!r}")
         self.widths = widths
-        if plan_epochs is not None and plan_steps is not None:
-            raise ValueError(
-                "RecursivePruning: give at most one of plan_epochs and plan_steps, received "
-                f"plan_epochs={plan_epochs!r}, plan_steps={plan_steps!r}"
-            )
-        if plan_steps is not None:
-            _check_int("plan_steps", plan_steps, 1)
-        if plan_epochs is not None and (
-            isinstance(plan_epochs, bool) or not isinstance(plan_epochs, (int, float)) or not plan_epochs > 0
-        ):
-            raise ValueError(f"RecursivePruning: plan_epochs must be a number > 0, received: {plan_epochs!r}")
         self.plan_epochs = plan_epochs
         self.plan_steps = plan_steps
         self.check_epochs = check_epochs
@@ -191,75 +180,40 @@ class RecursivePruning(keras.callbacks.Callback):
 
     # The plan.
 
+    def plan(self, model):
+        """The `Plan` of `model`'s groups, in topological order."""
+        return Plan.of(_groups(model), self.groups_per_stage, **self._plan_arguments)
+
     def stages(self, model):
-        """The plan: a list of stages, each a list of group names."""
-        names = list(_groups(model))
-        size = self.groups_per_stage or len(names)
-        return [names[i : i + size] for i in range(0, len(names), size)]
+        """The plan's stages: a list of stages, each a list of group names."""
+        return [list(stage) for stage in self.plan(model).stages]
 
     @property
     def in_steps(self):
         """Whether the plan is counted in training steps (a plan length was
         given) rather than in epochs."""
-        return self.plan_epochs is not None or self.plan_steps is not None
+        return Plan((), **self._plan_arguments).in_steps
 
     def lengths(self, model, steps_per_epoch=None):
         """(stage length, fine-tune length): epochs, or steps for a plan
-        given by its length, which is shared in the proportions of
-        `epochs_per_stage` and `finetune_epochs`."""
-        if not self.in_steps:
-            return self.epochs_per_stage, self.finetune_epochs
-        stages = len(self.stages(model))
-        if self.plan_steps is not None:
-            total, given = self.plan_steps, f"plan_steps={self.plan_steps}"
-        elif steps_per_epoch:
-            total = int(round(self.plan_epochs * steps_per_epoch))
-            given = f"plan_epochs={self.plan_epochs} ({total} steps of {steps_per_epoch} an epoch)"
-        else:
-            raise ValueError(
-                f"RecursivePruning: plan_epochs={self.plan_epochs} needs the steps of an epoch, "
-                "which fit does not know for this data; pass plan_steps, or steps_per_epoch to fit"
-            )
-        if total < stages:
-            raise ValueError(
-                f"RecursivePruning: {given} is shorter than the plan's {stages} stages, "
-                "which take at least one step each"
-            )
-        units = stages * self.epochs_per_stage + self.finetune_epochs
-        stage = max(1, int(total * self.epochs_per_stage / units))
-        return stage, (total - stages * stage if self.finetune_epochs else 0)
+        given by its length (see `Plan.lengths`)."""
+        return self.plan(model).lengths(steps_per_epoch)
 
     def total_epochs(self, model, steps_per_epoch=None):
         """The most epochs the plan needs, from its start: pass it to fit.
         A plan given in steps needs `steps_per_epoch`."""
-        if not self.in_steps:
-            return len(self.stages(model)) * self.epochs_per_stage + self.finetune_epochs
-        if self.plan_epochs is not None:
-            return math.ceil(self.plan_epochs)
-        return math.ceil(self.plan_steps / self._steps_per_epoch_given(steps_per_epoch, "total_epochs"))
+        return self.plan(model).total_epochs(steps_per_epoch)
 
     def remaining_epochs(self, model, steps_per_epoch=None):
         """The most epochs the plan still needs from its current state."""
-        groups = _groups(model)
-        stages = self.stages(model)
-        stage_length, finetune_length = self.lengths(model, steps_per_epoch)
+        groups, plan = _groups(model), self.plan(model)
+        stages = plan.stages
         stage = self._current_stage(stages, groups)
         if stage is None:
-            remaining = max(0, finetune_length - self._done(groups, stages[-1]))
+            done = self._done(groups, stages[-1])
         else:
             done = self._done(groups, stages[stage]) if self._is_started(stages[stage], groups) else 0
-            remaining = (len(stages) - stage) * stage_length - done + finetune_length
-        if not self.in_steps:
-            return remaining
-        return math.ceil(remaining / self._steps_per_epoch_given(steps_per_epoch, "remaining_epochs"))
-
-    def _steps_per_epoch_given(self, steps_per_epoch, caller):
-        if not steps_per_epoch:
-            raise ValueError(
-                f"RecursivePruning.{caller}: a plan counted in steps needs steps_per_epoch, "
-                f"received: {steps_per_epoch!r}"
-            )
-        return steps_per_epoch
+        return plan.remaining_epochs(stage, done, steps_per_epoch)
 
     @staticmethod
     def _current_stage(stages, groups):
@@ -572,13 +526,6 @@ def _validation_metric(logs):
         if logs and key in logs:
             return f" ({key} {float(logs[key]):.4f})"
     return ""
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(
-            f"RecursivePruning: {name} must be an integer >= {minimum}, received: {value!r}"
-        )
 
 
 class PruningSummaries(keras.callbacks.Callback):
