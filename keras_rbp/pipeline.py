@@ -113,20 +113,7 @@ def run(recipe, verbose=1):
         method=recipe.method,
     )
     _compile(pruned, recipe.learning_rate)
-    schedule = RecursivePruning(
-        epochs_per_stage=recipe.epochs_per_stage,
-        finetune_epochs=recipe.finetune_epochs,
-        groups_per_stage=recipe.groups_per_stage or None,
-        max_noise_scale=recipe.max_noise_scale,
-        finetune_learning_rate=recipe.finetune_learning_rate,
-        target_macs=recipe.target_macs,
-        target_params=recipe.target_params,
-        target_latency_ms=recipe.target_latency_ms,
-        round_to=recipe.round_to,
-        widths=recipe.widths,
-        plan_epochs=recipe.plan_epochs,
-        verbose=verbose,
-    )
+    schedule = _recipe_schedule(recipe, verbose)
     history = pruned.fit(x_train, y_train, batch_size=recipe.batch_size,
                          epochs=schedule.total_epochs(pruned), callbacks=[schedule],
                          validation_split=recipe.validation_split, verbose=2 if verbose else 0)
@@ -156,13 +143,7 @@ def run(recipe, verbose=1):
     if fit_size < len(x_train):  # the held-out split: where hyperparameters are chosen
         results["validation_error"] = _error(small, small_x_train[fit_size:], y_train[fit_size:])
     if recipe.target_latency_ms is not None:
-        results["latency_ms"] = {
-            "target": recipe.target_latency_ms,
-            "predicted": schedule.budget.cost(_masks(pruned)),
-            "measured": model_latency(small),
-            "table": schedule.budget.costs.latency.to_dict(),
-            "stage_measurements": schedule.budget.measurements,
-        }
+        results["latency_ms"] = _latency_figures(recipe, schedule, pruned, small)
     if recipe.output_dir:
         results["export"] = export(
             small,
@@ -178,6 +159,36 @@ def run(recipe, verbose=1):
     if verbose:
         print(summary)
     return results
+
+
+def _recipe_schedule(recipe, verbose):
+    """The RecursivePruning the recipe describes."""
+    return RecursivePruning(
+        epochs_per_stage=recipe.epochs_per_stage,
+        finetune_epochs=recipe.finetune_epochs,
+        groups_per_stage=recipe.groups_per_stage or None,
+        max_noise_scale=recipe.max_noise_scale,
+        finetune_learning_rate=recipe.finetune_learning_rate,
+        target_macs=recipe.target_macs,
+        target_params=recipe.target_params,
+        target_latency_ms=recipe.target_latency_ms,
+        round_to=recipe.round_to,
+        widths=recipe.widths,
+        plan_epochs=recipe.plan_epochs,
+        verbose=verbose,
+    )
+
+
+def _latency_figures(recipe, schedule, pruned, small):
+    """The latency target, the budget's prediction for the kept channels,
+    the shrunk model's measured latency, and the table behind them."""
+    return {
+        "target": recipe.target_latency_ms,
+        "predicted": schedule.budget.cost(_masks(pruned)),
+        "measured": model_latency(small),
+        "table": schedule.budget.costs.latency.to_dict(),
+        "stage_measurements": schedule.budget.measurements,
+    }
 
 
 def _seeded_baseline(recipe, verbose):
@@ -436,16 +447,8 @@ def prune_and_export(
             reached), before anything is trained or written.
     """
     keras.utils.set_random_seed(seed)
-    quantize = (quantize,) if isinstance(quantize, str) else tuple(quantize or ())
-    for kind in quantize:
-        if kind not in ("dynamic_range", "int8"):
-            raise ArgumentError("quantize", ",".join(quantize), f"{kind!r} is not one of dynamic_range, int8")
-    if output_dir is not None:
-        output_dir = os.path.abspath(os.fspath(output_dir))
-        if os.path.lexists(output_dir) and not overwrite:
-            raise ArgumentError("output_dir", output_dir, "exists; pass overwrite=True to replace it")
-        if work_dir is None:
-            work_dir = os.path.join(os.path.dirname(output_dir), f".{os.path.basename(output_dir)}.work")
+    quantize = _quantize_kinds(quantize)
+    output_dir, work_dir = _folders(output_dir, work_dir, overwrite)
     train = _data_source(train_data, model, "train_data", batch_size)
     validation = _data_source(validation_data, model, "validation_data", batch_size) if validation_data is not None else None
     loss, measure = _loss_and_measure(model, loss, from_logits, train, validation)
@@ -462,18 +465,7 @@ def prune_and_export(
     pruned = prune(model, dataset_size=train.size if train.size else train.dataset, kl_weight=kl_weight,
                    cost_aware=cost_aware, flatten_features=flatten_features, seed=seed, method=method)
     pruned.compile(keras.optimizers.Adam(learning_rate), loss, metrics=measure.keras_metrics)
-    try:
-        schedule = RecursivePruning(
-            epochs_per_stage=epochs_per_stage, finetune_epochs=finetune_epochs,
-            groups_per_stage=groups_per_stage or None, finetune_learning_rate=finetune_learning_rate,
-            target_macs=target_macs, target_params=target_params, target_latency_ms=target_latency_ms,
-            round_to=round_to, widths=widths, plan_epochs=plan_epochs, verbose=verbose,
-        )
-        schedule.total_epochs(pruned, train.steps)
-        if train.steps:
-            schedule.lengths(pruned, train.steps)  # a plan shorter than its stages fails now
-    except ValueError as error:
-        raise _argument_error(error, settings) from error
+    schedule = _checked_schedule(pruned, train, settings, verbose)
     _check_budget(pruned, target_macs, target_params, round_to)
 
     before = measure(model, validation) if validation is not None else None
@@ -481,13 +473,7 @@ def prune_and_export(
     if resumed:
         _check_work_dir(work_dir, settings)
     curve = _PlanCurve(measure, validation, work_dir, schedule, train.steps)
-    extra_callbacks, callbacks = callbacks, [schedule, curve]
-    if work_dir:
-        os.makedirs(work_dir, exist_ok=True)
-        with open(os.path.join(work_dir, "settings.json"), "w", encoding="utf-8") as file:
-            json.dump(settings, file, indent=2, default=str)
-        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(work_dir, "backup")))
-    callbacks += list(extra_callbacks or ())
+    callbacks = [schedule, curve] + _backup_callbacks(work_dir, settings) + list(callbacks or ())
     planned = False  # whether the plan ran to its end: its backups are then of no more use
     try:
         if verbose and resumed:
@@ -534,6 +520,60 @@ def prune_and_export(
         if output_dir is not None:
             print(f"wrote {output_dir}")
     return PruningResult(pruned, small, summary_report, summary, output_dir)
+
+
+def _quantize_kinds(quantize):
+    """`quantize` as a tuple of kinds, each checked."""
+    quantize = (quantize,) if isinstance(quantize, str) else tuple(quantize or ())
+    for kind in quantize:
+        if kind not in ("dynamic_range", "int8"):
+            raise ArgumentError("quantize", ",".join(quantize), f"{kind!r} is not one of dynamic_range, int8")
+    return quantize
+
+
+def _folders(output_dir, work_dir, overwrite):
+    """The absolute output folder (refused where it exists, unless
+    `overwrite`) and the work folder: `work_dir`, or a hidden one beside
+    the output folder."""
+    if output_dir is None:
+        return None, work_dir
+    output_dir = os.path.abspath(os.fspath(output_dir))
+    if os.path.lexists(output_dir) and not overwrite:
+        raise ArgumentError("output_dir", output_dir, "exists; pass overwrite=True to replace it")
+    if work_dir is None:
+        work_dir = os.path.join(os.path.dirname(output_dir), f".{os.path.basename(output_dir)}.work")
+    return output_dir, work_dir
+
+
+def _checked_schedule(pruned, train, settings, verbose):
+    """The RecursivePruning of `settings`, its plan checked against the
+    training data before any training; a bad setting is an ArgumentError."""
+    try:
+        schedule = RecursivePruning(
+            epochs_per_stage=settings["epochs_per_stage"], finetune_epochs=settings["finetune_epochs"],
+            groups_per_stage=settings["groups_per_stage"] or None,
+            finetune_learning_rate=settings["finetune_learning_rate"], target_macs=settings["target_macs"],
+            target_params=settings["target_params"], target_latency_ms=settings["target_latency_ms"],
+            round_to=settings["round_to"], widths=settings["widths"], plan_epochs=settings["plan_epochs"],
+            verbose=verbose,
+        )
+        schedule.total_epochs(pruned, train.steps)
+        if train.steps:
+            schedule.lengths(pruned, train.steps)  # a plan shorter than its stages fails now
+    except ValueError as error:
+        raise _argument_error(error, settings) from error
+    return schedule
+
+
+def _backup_callbacks(work_dir, settings):
+    """A BackupAndRestore in the work folder, which records `settings`
+    beside it; none without a work folder."""
+    if not work_dir:
+        return []
+    os.makedirs(work_dir, exist_ok=True)
+    with open(os.path.join(work_dir, "settings.json"), "w", encoding="utf-8") as file:
+        json.dump(settings, file, indent=2, default=str)
+    return [keras.callbacks.BackupAndRestore(os.path.join(work_dir, "backup"))]
 
 
 def _short(value):
