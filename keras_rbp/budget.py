@@ -53,8 +53,7 @@ class CostModel:
                     tuple(weight.shape), in_full, in_ratio, out_full, out_ratio, groups
                 )
             stats = self.stats[op.name]
-            passes = getattr(op.rule, "passes_channels", False)
-            totals["macs"] += stats.macs * (out_ratio if passes else in_ratio * out_ratio)
+            totals["macs"] += stats.macs * (out_ratio if _passes_channels(op, in_full) else in_ratio * out_ratio)
             ratios[op.name] = (in_ratio, out_ratio)
         if self.latency is not None:
             totals["latency_ms"] = self.latency.predict(ratios)
@@ -79,7 +78,7 @@ class CostModel:
                 name=op.name, layer=op.inner, input_shape=tuple(input_shape[1:]),
                 axis=axis if axis < 0 else axis - 1, in_channels=in_full, out_channels=out_full,
                 in_prunable=in_ratio < 1, out_prunable=out_ratio < 1,
-                passes_channels=bool(getattr(op.rule, "passes_channels", False)),
+                passes_channels=_passes_channels(op, in_full),
             ))
         return slots
 
@@ -125,14 +124,23 @@ def _physical(plan, producers, key):
     return len(plan.kept(key))
 
 
+def _passes_channels(op, in_full):
+    """Whether each output channel of `op` reads one input channel (a
+    depthwise layer, a convolution with a group per input channel), so
+    that its MACs scale with its kept outputs alone."""
+    groups = getattr(op.inner, "groups", 1)
+    return bool(getattr(op.rule, "passes_channels", False)) or 1 < groups == in_full
+
+
 def _weight_ratio(shape, in_full, in_ratio, out_full, out_ratio, groups):
     """The kept fraction of a weight of `shape`: its last two dimensions
-    scale with the kept input or output channels they index."""
+    scale with the kept input or output channels they index (a kernel's
+    one input channel a group, with a group per input, stays)."""
     ratio, used_in, used_out = 1.0, False, False
     for dim in shape[-2:]:
         if dim == out_full and not used_out:
             ratio, used_out = ratio * out_ratio, True
-        elif dim in (in_full, in_full // max(groups, 1)) and not used_in:
+        elif dim in (in_full, in_full // max(groups, 1)) and dim > 1 and not used_in:
             ratio, used_in = ratio * in_ratio, True
     return ratio
 

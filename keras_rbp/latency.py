@@ -16,6 +16,7 @@ import os
 import statistics
 import tempfile
 import time
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -168,9 +169,8 @@ class LatencyTable:
              sum(self.layer_ms(name, ratio, ratio) for name in self.grids))
             for model, ratio in models
         ]
-        (full_ms, full_sum), (part_ms, part_sum) = self.calibration
-        self.scale = (full_ms - part_ms) / (full_sum - part_sum) if full_sum > part_sum else 1.0
-        self.scale = min(2.0, max(0.5, self.scale))
+        self.scale = calibration_scale(*self.calibration)
+        (full_ms, full_sum), _ = self.calibration
         self.rest_ms = full_ms - self.scale * full_sum
         self.correction = 1.0
 
@@ -243,3 +243,24 @@ def _widths(channels, prunable, groups):
         return [channels]
     counts = {groups, channels} | {max(groups, int(round(channels * f / groups)) * groups) for f in FRACTIONS}
     return sorted(counts)
+
+
+def calibration_scale(full, part):
+    """The factor from a layer table's summed milliseconds to a model's
+    measured ones: the measured difference between the calibration models
+    (full and part, each a (measured ms, table sum) pair) over the table's,
+    kept within [0.5, 2]. A factor outside, or none (the part model's sum
+    not below the full one's), is clamped or set to 1, with a warning."""
+    (full_ms, full_sum), (part_ms, part_sum) = full, part
+    measured = (full_ms - part_ms) / (full_sum - part_sum) if full_sum > part_sum else None
+    scale = 1.0 if measured is None else min(2.0, max(0.5, measured))
+    if measured != scale:
+        found = "none" if measured is None else f"{measured:.3g}"
+        warnings.warn(
+            f"LatencyTable: the calibration models measured {full_ms:.3f} and {part_ms:.3f} ms where "
+            f"the layer table sums {full_sum:.3f} and {part_sum:.3f} ms, a scale of {found}; using "
+            f"{scale:g}, so latency predictions on this machine are rough",
+            stacklevel=3,
+        )
+    return scale
+

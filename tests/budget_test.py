@@ -33,11 +33,20 @@ def _random_masks(pruned, seed):
     return masks
 
 
+def _grouped_per_channel():
+    """A convolution with a group per input channel: its outputs follow its inputs."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inputs)
+    x = keras.layers.Conv2D(16, 3, groups=8, activation="relu", name="grouped")(x)
+    return keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x)))
+
+
 MODELS = {
     "lenet5_flatten_features": (rbp.models.lenet5_caffe, dict(flatten_features=True)),
     "lenet_300_100_input_features": (lambda: rbp.models.lenet_300_100(input_shape=(784,)),
                                      dict(input_features=True)),
     "small_resnet_coupled": (rbp.models.small_resnet, {}),
+    "grouped_per_channel": (_grouped_per_channel, {}),
     "mobilenet_v2": (lambda: keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None,
                                                            classes=10), {}),
 }
@@ -305,3 +314,14 @@ def test_vgg16_on_generated_cifar10_shapes_meets_a_fraction_of_its_macs():
     pruned.fit(x, y, batch_size=64, epochs=schedule.total_epochs(pruned), callbacks=[schedule], verbose=0)
     totals = rbp.report(model, rbp.shrink(pruned)).totals
     assert 0.95 * 0.3 <= totals["macs_after"] / totals["macs_before"] <= 0.3
+
+
+def test_the_latency_calibration_scale_is_clamped_with_a_warning():
+    calibration_scale = latency.calibration_scale
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert calibration_scale((2.0, 1.0), (1.5, 0.5)) == pytest.approx(1.0)
+    with pytest.warns(UserWarning, match="a scale of 18; using 2, so latency predictions"):
+        assert calibration_scale((10.0, 1.0), (1.0, 0.5)) == 2.0
+    with pytest.warns(UserWarning, match="a scale of none; using 1"):
+        assert calibration_scale((1.0, 0.5), (1.0, 0.5)) == 1.0
