@@ -21,7 +21,7 @@ from benchmarks.literature import BASELINES_FOLDER, BUDGETS, VALIDATION_SPLIT
 from keras_rbp import pipeline
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", None, "Folder holding mnist.npz (else $KERAS_RBP_DATA).")
+results_io.define_data_dir()
 results_io.define_output_dir("baseline_recipes_runs.json and baseline_recipes.json and .md")
 flags.DEFINE_string("baseline_dir", None, "Where the trained baselines are kept and reused "
                     "(default: method_comparison_baselines under --output_dir).")

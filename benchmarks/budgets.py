@@ -35,7 +35,7 @@ from benchmarks.literature import BUDGETS, PUBLISHED, macs
 from keras_rbp import latency, models, pipeline
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", None, "Folder holding mnist.npz (else $KERAS_RBP_DATA).")
+results_io.define_data_dir()
 results_io.define_output_dir("budgets.json, .md and .png")
 PARTS = ["macs", "params", "latency", "plans"]
 flags.DEFINE_list("parts", PARTS, "Which cells to run (see above).")

@@ -31,7 +31,7 @@ from benchmarks.literature import (BASELINES_FOLDER, BUDGETS, PUBLISHED, VALIDAT
 from keras_rbp import methods, pipeline
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", None, "Folder holding mnist.npz (else $KERAS_RBP_DATA).")
+results_io.define_data_dir()
 results_io.define_output_dir("method_comparison_runs.json and the tables (method_comparison.json, .md and .png; "
                              "a reduced budget's names say it)")
 flags.DEFINE_string("baseline_dir", None, "Where the trained baselines are kept and reused "

@@ -51,9 +51,7 @@ flags.DEFINE_list("models", list(MODELS), f"Models to time, of {list(MODELS)}.")
 flags.DEFINE_integer("batch_size", 128, "Training batch size.")
 flags.DEFINE_integer("rounds", 40, "Timed rounds; each runs every variant once.")
 flags.DEFINE_integer("chunk", 5, "Training steps of a variant in a round.")
-flags.DEFINE_string(
-    "data_dir", None, f"Folder holding mnist.npz; default ${datasets.DATA_DIR_ENV}."
-)
+results_io.define_data_dir()
 flags.DEFINE_bool(
     "random_data", False, "Train on random MNIST-shaped data instead of MNIST."
 )

@@ -22,7 +22,7 @@ from benchmarks.literature import BUDGETS, PUBLISHED, draw_published, macs, publ
 from keras_rbp import pipeline
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", None, "Folder holding mnist.npz (else $KERAS_RBP_DATA).")
+results_io.define_data_dir()
 results_io.define_output_dir("paper_table_runs.json and paper_table.json, .md and .png")
 flags.DEFINE_list("models", ["lenet_300_100", "lenet5_caffe"], "Models to run.")
 flags.DEFINE_list("lenet_300_100_kl_weights", ["10", "20"], "kl_weight sweep of LeNet-300-100.")

@@ -22,6 +22,12 @@ def define_output_dir(files="the JSON and markdown results"):
     flags.DEFINE_string("output_dir", RESULTS_DIR, f"Where {files} are written.")
 
 
+def define_data_dir():
+    """Defines the calling benchmark's --data_dir flag: the folder holding
+    mnist.npz, by default the one $KERAS_RBP_DATA names."""
+    flags.DEFINE_string("data_dir", None, "Folder holding mnist.npz (else $KERAS_RBP_DATA).")
+
+
 def provenance():
     """What made a result: the commit, package versions, Keras mode and
     machine, and the load when the benchmark started."""
