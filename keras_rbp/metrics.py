@@ -17,8 +17,7 @@ from keras_rbp import composite
 from keras_rbp import graph as graph_lib
 from keras_rbp._keras import first_call_shapes, keras
 from keras_rbp.layers import RBPNoise
-from keras_rbp.rules import channel_axis, rule_for
-from keras_rbp.surgery import SELECTION_SUFFIX
+from keras_rbp.rules import SELECTION_SUFFIX, channel_axis, rule_for
 from keras_rbp.wrapper import RBPWrapper
 
 L = keras.layers

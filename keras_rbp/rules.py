@@ -958,6 +958,11 @@ def _reshaped_channel_axis(tensor, out_shape):
     return axis + 1
 
 
+# The name suffix of the feature selection `shrink` writes for a frozen
+# input-feature or Flatten noise: a non-trainable Dense without bias.
+SELECTION_SUFFIX = "_select"
+
+
 class NoiseRule(LayerRule):
     """A standalone `RBPNoise`: channel c is input channel c times theta_c.
     After a prunable layer it alone reads (a coupled group's noise), theta

@@ -16,10 +16,8 @@ from keras_rbp import cloning
 from keras_rbp import graph as graph_lib
 from keras_rbp._keras import keras
 from keras_rbp.dependency import ChannelPlan
-from keras_rbp.rules import ShrinkError
+from keras_rbp.rules import SELECTION_SUFFIX, ShrinkError
 from keras_rbp.wrapper import RBPWrapper
-
-SELECTION_SUFFIX = "_select"
 
 
 def shrink(model, keep_input_shape=True, strict=False):
