@@ -16,7 +16,6 @@ Run from the repository root, under Keras 3 or tf_keras:
 Writes applications_<keras mode>.json and .md to --output_dir.
 """
 
-
 from absl import app, flags, logging
 import numpy as np
 

@@ -132,4 +132,3 @@ def model_from_config(model_class, config, made=None, custom_objects=None):
             return model_class.from_config(config, custom_objects=custom_objects)
     finally:
         sys.setrecursionlimit(limit)
-

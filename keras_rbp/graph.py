@@ -127,9 +127,9 @@ def model_config(model):
     plain Sequential or Functional model with the same layers and calls.
 
     A Functional subclass is read as ``keras.Model(inputs, outputs)``, and
-    every nested model is read by this function in turn. A layer whose `get_config` raises gets an
-    entry with its name alone: its config is never used to re-create it
-    (see `cloning`)."""
+    every nested model is read by this function in turn. A layer whose
+    `get_config` raises gets an entry with its name alone: its config is
+    never used to re-create it (see `cloning`)."""
     if not _keras.is_functional(model) and not isinstance(model, keras.Sequential):
         raise TypeError(f"model {model.name!r} of class {type(model).__name__} has no functional graph")
     view = model if _keras.is_plain_model(model) else _keras.functional_view(model)

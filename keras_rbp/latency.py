@@ -263,4 +263,3 @@ def calibration_scale(full, part):
             stacklevel=3,
         )
     return scale
-

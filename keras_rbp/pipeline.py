@@ -113,7 +113,7 @@ def run(recipe, verbose=1):
         method=recipe.method,
     )
     _compile(pruned, recipe.learning_rate)
-    schedule = _recipe_schedule(recipe, verbose)
+    schedule = _schedule(dataclasses.asdict(recipe), verbose, max_noise_scale=recipe.max_noise_scale)
     history = pruned.fit(x_train, y_train, batch_size=recipe.batch_size,
                          epochs=schedule.total_epochs(pruned), callbacks=[schedule],
                          validation_split=recipe.validation_split, verbose=2 if verbose else 0)
@@ -161,21 +161,19 @@ def run(recipe, verbose=1):
     return results
 
 
-def _recipe_schedule(recipe, verbose):
-    """The RecursivePruning the recipe describes."""
+# The settings of a run (a Recipe's fields, prune_and_export's arguments)
+# that RecursivePruning takes as they are.
+_SCHEDULE_SETTINGS = ("epochs_per_stage", "finetune_epochs", "finetune_learning_rate", "target_macs",
+                      "target_params", "target_latency_ms", "round_to", "widths", "plan_epochs")
+
+
+def _schedule(settings, verbose, **more):
+    """The RecursivePruning that `settings` (a dict holding the keys of
+    `_SCHEDULE_SETTINGS` and groups_per_stage, 0 or None for all groups in
+    one stage) describes, with `more` arguments."""
     return RecursivePruning(
-        epochs_per_stage=recipe.epochs_per_stage,
-        finetune_epochs=recipe.finetune_epochs,
-        groups_per_stage=recipe.groups_per_stage or None,
-        max_noise_scale=recipe.max_noise_scale,
-        finetune_learning_rate=recipe.finetune_learning_rate,
-        target_macs=recipe.target_macs,
-        target_params=recipe.target_params,
-        target_latency_ms=recipe.target_latency_ms,
-        round_to=recipe.round_to,
-        widths=recipe.widths,
-        plan_epochs=recipe.plan_epochs,
-        verbose=verbose,
+        groups_per_stage=settings["groups_per_stage"] or None, verbose=verbose,
+        **{key: settings[key] for key in _SCHEDULE_SETTINGS}, **more,
     )
 
 
@@ -549,14 +547,7 @@ def _checked_schedule(pruned, train, settings, verbose):
     """The RecursivePruning of `settings`, its plan checked against the
     training data before any training; a bad setting is an ArgumentError."""
     try:
-        schedule = RecursivePruning(
-            epochs_per_stage=settings["epochs_per_stage"], finetune_epochs=settings["finetune_epochs"],
-            groups_per_stage=settings["groups_per_stage"] or None,
-            finetune_learning_rate=settings["finetune_learning_rate"], target_macs=settings["target_macs"],
-            target_params=settings["target_params"], target_latency_ms=settings["target_latency_ms"],
-            round_to=settings["round_to"], widths=settings["widths"], plan_epochs=settings["plan_epochs"],
-            verbose=verbose,
-        )
+        schedule = _schedule(settings, verbose)
         schedule.total_epochs(pruned, train.steps)
         if train.steps:
             schedule.lengths(pruned, train.steps)  # a plan shorter than its stages fails now

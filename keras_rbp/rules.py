@@ -128,82 +128,6 @@ def rule_for(layer):
 BOUNDARY = LayerRule()
 
 
-class UnknownLayerRule(LayerRule):
-    """A layer class without a rule (a user's or a library's custom layer):
-    a boundary, unless evaluating it shows that it acts on each channel
-    alone. That holds when it takes one tensor and returns one of the same
-    shape, holds no weight sized by the channels, and, on random inputs,
-    its output on any subset of the channels is its full output's subset
-    (a learnable scalar scale, a custom activation). It then follows
-    `PerChannelRule`, with the channels it maps 0 to 0 found the same way."""
-
-    stateless = True
-
-    def forward(self, plan, op):
-        ins = plan.ins(op)
-        probe = _per_channel_probe(op, ins[0]) if len(ins) == 1 and len(op.outputs) == 1 else None
-        if probe is None:
-            return plan.boundary(op, "has no rule and does not act on each channel alone")
-        (tensor,) = ins
-        zero = tensor.zero & probe
-        plan.note_zero_lost(tensor.slots[tensor.zero & ~zero], f"layer {op.name!r} maps 0 to a non-zero value")
-        op.state["per_channel"] = True
-        plan.new(op, axis=tensor.axis, slots=tensor.slots, zero=zero)
-
-    def backward(self, plan, op):
-        if not op.state.get("per_channel"):
-            return super().backward(plan, op)
-        (out,), (tensor,) = plan.outs(op), plan.ins(op)
-        tensor.needed |= out.needed
-
-    def rebuild(self, build, op, ins):
-        return [ins[0]] if op.state.get("per_channel") else super().rebuild(build, op, ins)
-
-
-UNKNOWN = UnknownLayerRule()
-
-
-def _per_channel_probe(op, tensor):
-    """Per channel, whether `op`'s layer maps a zero channel to zero, where
-    the layer acts on each channel alone (see `UnknownLayerRule`); else None."""
-    channels, axis = tensor.channels, tensor.axis
-    if channels < 2 or tuple(op.shapes[0]) != tuple(tensor.shape):
-        return None
-    if any(channels in tuple(weight.shape) and int(np.prod(weight.shape)) > 1 for weight in op.layer.weights):
-        return None
-    rng = np.random.RandomState(0)
-    shape = [2] + [3 if size is None else size for size in tensor.shape[1:]]
-    values = rng.uniform(-1, 1, shape).astype(np.float32)
-    subset = np.sort(rng.choice(channels, max(1, channels // 2), replace=False))
-    parity = np.arange(channels) % 2
-    try:
-        full = _call_alone(op, values)
-        part = _call_alone(op, np.take(values, subset, axis=axis))
-        # Each half of the channels zero in turn: where the output stays zero, 0 maps to 0.
-        halves = [_call_alone(op, values * _along(parity != half, shape, axis)) for half in (0, 1)]
-    except Exception:  # noqa: BLE001 - a layer that cannot take other widths stays a boundary
-        return None
-    expected = np.take(full, subset, axis=axis)
-    scale = max(1.0, np.abs(full).max(initial=0))
-    if full.shape != values.shape or part.shape != expected.shape or np.abs(part - expected).max() > 1e-5 * scale:
-        return None
-    maps_zero = np.zeros(channels, bool)
-    for half, out in zip((0, 1), halves):
-        maps_zero |= (parity == half) & np.all(np.moveaxis(out, axis, -1).reshape(-1, channels) == 0, axis=0)
-    return maps_zero
-
-
-def _call_alone(op, array):
-    """The layer of `op` called in inference on `array` in place of its one
-    input tensor, with the call's other arguments where the config records
-    them (Keras 3; tf_keras records only a call's input tensors)."""
-    args, kwargs = [array], {}
-    if graph_lib.is_call_record(op.record):
-        args, kwargs = graph_lib.call_arguments(op.record, [array])
-        kwargs = {key: value for key, value in kwargs.items() if key not in ("training", "mask")}
-    return np.asarray(op.layer(*args, training=False, **kwargs), np.float64)
-
-
 def prunable_classes():
     """The registered layer classes whose rule is prunable."""
     return [cls for cls, rule in _RULES.items() if rule.prunable]
@@ -586,6 +510,70 @@ class PerChannelRule(LayerRule):
 
     def rebuild(self, build, op, ins):
         return [ins[0]]
+
+
+class UnknownLayerRule(PerChannelRule):
+    """A layer class without a rule (a user's or a library's custom layer):
+    a boundary, unless evaluating it shows that it acts on each channel
+    alone. That holds when it takes one tensor and returns one of the same
+    shape, holds no weight sized by the channels, and, on random inputs,
+    its output on any subset of the channels is its full output's subset
+    (a learnable scalar scale, a custom activation). It then follows
+    `PerChannelRule`, with the channels it maps 0 to 0 found the same way."""
+
+    def forward(self, plan, op):
+        ins = plan.ins(op)
+        probe = _per_channel_probe(op, ins[0]) if len(ins) == 1 and len(op.outputs) == 1 else None
+        if probe is None:  # the op's rule becomes BOUNDARY
+            return plan.boundary(op, "has no rule and does not act on each channel alone")
+        (tensor,) = ins
+        zero = tensor.zero & probe
+        plan.note_zero_lost(tensor.slots[tensor.zero & ~zero], f"layer {op.name!r} maps 0 to a non-zero value")
+        plan.new(op, axis=tensor.axis, slots=tensor.slots, zero=zero)
+
+
+UNKNOWN = UnknownLayerRule()
+
+
+def _per_channel_probe(op, tensor):
+    """Per channel, whether `op`'s layer maps a zero channel to zero, where
+    the layer acts on each channel alone (see `UnknownLayerRule`); else None."""
+    channels, axis = tensor.channels, tensor.axis
+    if channels < 2 or tuple(op.shapes[0]) != tuple(tensor.shape):
+        return None
+    if any(channels in tuple(weight.shape) and int(np.prod(weight.shape)) > 1 for weight in op.layer.weights):
+        return None
+    rng = np.random.RandomState(0)
+    shape = [2] + [3 if size is None else size for size in tensor.shape[1:]]
+    values = rng.uniform(-1, 1, shape).astype(np.float32)
+    subset = np.sort(rng.choice(channels, max(1, channels // 2), replace=False))
+    parity = np.arange(channels) % 2
+    try:
+        full = _call_alone(op, values)
+        part = _call_alone(op, np.take(values, subset, axis=axis))
+        # Each half of the channels zero in turn: where the output stays zero, 0 maps to 0.
+        halves = [_call_alone(op, values * _along(parity != half, shape, axis)) for half in (0, 1)]
+    except Exception:  # noqa: BLE001 - a layer that cannot take other widths stays a boundary
+        return None
+    expected = np.take(full, subset, axis=axis)
+    scale = max(1.0, np.abs(full).max(initial=0))
+    if full.shape != values.shape or part.shape != expected.shape or np.abs(part - expected).max() > 1e-5 * scale:
+        return None
+    maps_zero = np.zeros(channels, bool)
+    for half, out in zip((0, 1), halves):
+        maps_zero |= (parity == half) & np.all(np.moveaxis(out, axis, -1).reshape(-1, channels) == 0, axis=0)
+    return maps_zero
+
+
+def _call_alone(op, array):
+    """The layer of `op` called in inference on `array` in place of its one
+    input tensor, with the call's other arguments where the config records
+    them (Keras 3; tf_keras records only a call's input tensors)."""
+    args, kwargs = [array], {}
+    if graph_lib.is_call_record(op.record):
+        args, kwargs = graph_lib.call_arguments(op.record, [array])
+        kwargs = {key: value for key, value in kwargs.items() if key not in ("training", "mask")}
+    return np.asarray(op.layer(*args, training=False, **kwargs), np.float64)
 
 
 class ActivationRule(PerChannelRule):

@@ -142,9 +142,8 @@ class RecursivePruning(keras.callbacks.Callback):
         verbose=1,
     ):
         super().__init__()
-        self._plan_arguments = dict(epochs_per_stage=epochs_per_stage, finetune_epochs=finetune_epochs,
-                                    plan_epochs=plan_epochs, plan_steps=plan_steps)
-        Plan.of([], groups_per_stage, **self._plan_arguments)  # checks the arguments
+        Plan.of([], groups_per_stage, epochs_per_stage=epochs_per_stage, finetune_epochs=finetune_epochs,
+                plan_epochs=plan_epochs, plan_steps=plan_steps)  # checks the arguments
         check_int("min_channels", min_channels, 1)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"RecursivePruning: threshold must be in (0, 1), received: {threshold!r}")
@@ -182,7 +181,11 @@ class RecursivePruning(keras.callbacks.Callback):
 
     def plan(self, model):
         """The `Plan` of `model`'s groups, in topological order."""
-        return Plan.of(_groups(model), self.groups_per_stage, **self._plan_arguments)
+        return Plan.of(_groups(model), self.groups_per_stage, **self._lengths_given())
+
+    def _lengths_given(self):
+        return dict(epochs_per_stage=self.epochs_per_stage, finetune_epochs=self.finetune_epochs,
+                    plan_epochs=self.plan_epochs, plan_steps=self.plan_steps)
 
     def stages(self, model):
         """The plan's stages: a list of stages, each a list of group names."""
@@ -192,7 +195,7 @@ class RecursivePruning(keras.callbacks.Callback):
     def in_steps(self):
         """Whether the plan is counted in training steps (a plan length was
         given) rather than in epochs."""
-        return Plan((), **self._plan_arguments).in_steps
+        return Plan((), **self._lengths_given()).in_steps
 
     def lengths(self, model, steps_per_epoch=None):
         """(stage length, fine-tune length): epochs, or steps for a plan
