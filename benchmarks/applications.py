@@ -82,8 +82,7 @@ def main(argv):
     ]
     rows += [[name, "-", "-", "-", "-", "-", failure, "-", "-"] for name, failure in failures.items()]
     markdown = (
-        f"# shrink on every Keras Application ({keras_mode}, Keras {keras.__version__}, "
-        f"commit {str(provenance['commit'])[:7]})\n\n"
+        f"{results_io.title('shrink on every Keras Application', provenance)}\n\n"
         f"weights=None, 10 classes, random masks keeping {100 * FLAGS.keep:.0f} % of each group's "
         f"channels; {len(results)} of {len(FLAGS.models)} shrink. Groups: all (coupled). Output "
         "difference: largest absolute difference from the pruned model, over max(1, largest "

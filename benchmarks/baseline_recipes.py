@@ -81,7 +81,7 @@ def _markdown(results, provenance):
                           f"{trial['validation_error']:.2f}",
                           f"{result['error']:.2f} ± {result['error_std']:.2f}" if chosen else ""])
     return (
-        f"# Baseline recipes chosen on validation ({provenance['keras']}, commit {str(provenance['commit'])[:7]})\n\n"
+        f"{results_io.title('Baseline recipes chosen on validation', provenance)}\n\n"
         f"MNIST; every candidate trains at seed 0 on the first {1 - VALIDATION_SPLIT:.0%} of the 60,000 training "
         "images (batch 128, Adam or AdamW, cosine decay to a tenth) and is scored on the rest. The chosen "
         f"recipe's test error: mean ± std over {FLAGS.seeds} seeds. {provenance['machine']['cpu']}, "

@@ -171,7 +171,7 @@ def main(argv):
         ],
     )
     markdown = (
-        f"# Budgets met in one fit ({provenance['keras']}, commit {str(provenance['commit'])[:7]})\n\n"
+        f"{results_io.title('Budgets met in one fit', provenance)}\n\n"
         f"MNIST, paper_table's recipes with epochs x {FLAGS.epoch_scale:g} (the plan cells: x 1), "
         f"{FLAGS.train_examples:,} training images, {FLAGS.seeds} seeds a cell (error: mean ± standard "
         "deviation). Latency: single-thread LiteRT on this machine, "

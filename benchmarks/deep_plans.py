@@ -109,8 +109,7 @@ def main(argv):
           f"{r['max_output_difference']:.1e}"] for r in rows],
     )
     markdown = (
-        f"# A recursive plan of {FLAGS.plan_epochs:g} epochs on deep networks "
-        f"({provenance['keras']}, commit {str(provenance['commit'])[:7]})\n\n"
+        f"{results_io.title(f'A recursive plan of {FLAGS.plan_epochs:g} epochs on deep networks', provenance)}\n\n"
         f"{FLAGS.examples} generated 32x32 images, batch {FLAGS.batch_size}, stages of {FLAGS.groups_per_stage} "
         f"groups, target_macs={FLAGS.target_macs:g}, cost-aware; the default plan would train 5 epochs a "
         f"group and 5 of fine-tune.\n\n" + table

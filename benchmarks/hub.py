@@ -62,8 +62,7 @@ def main(argv):
     rows += [[name, hub_models.FAMILY[name], "-", "-", "-", "-", failure, "-", "-"]
              for name, failure in failures.items()]
     markdown = (
-        f"# shrink on small KerasHub models (KerasHub {hub_models.keras_hub.__version__}, Keras "
-        f"{keras.__version__}, commit {str(provenance['commit'])[:7]})\n\n"
+        f"{results_io.title(f'shrink on small KerasHub {hub_models.keras_hub.__version__} models', provenance)}\n\n"
         f"Random weights, random masks keeping {100 * FLAGS.keep:.0f} % of each group's channels. "
         f"{len(results)} of {len(FLAGS.models)} prune and shrink; {len(exact)} match the pruned model "
         f"(relative difference under 1e-4), {len(smaller)} of them with fewer parameters. Groups: all "

@@ -189,7 +189,7 @@ def _markdown(rows, provenance):
     published = [[model, "", name, "published", "", f"{error:.2f}", f"{macs(model, arch):,}", arch, "", "", ""]
                  for model in dict.fromkeys(row["model"] for row in rows) for name, arch, error, _, _ in PUBLISHED[model]]
     return (
-        f"# Methods at equal MACs and epochs ({provenance['keras']}, commit {str(provenance['commit'])[:7]})\n\n"
+        f"{results_io.title('Methods at equal MACs and epochs', provenance)}\n\n"
         f"MNIST, {FLAGS.train_examples or 'all 60,000'} training images, paper_table's budgets with epochs x "
         f"{FLAGS.epoch_scale:g} (baselines: "
         + ", ".join(f"{model} {_pretrain_epochs(model)} epochs" for model in FLAGS.models)

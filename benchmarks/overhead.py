@@ -243,8 +243,7 @@ def main(argv):
         for variant, ratio in r["ratio_to_plain"].items()
     ]
     markdown = (
-        f"# RBP wrapper overhead ({keras_mode}, Keras {keras.__version__}, "
-        f"TensorFlow {tf.__version__}, commit {str(provenance['commit'])[:7]})\n\n"
+        f"{results_io.title(f'RBP wrapper overhead, TensorFlow {tf.__version__}', provenance)}\n\n"
         f"Training steps per second at batch {FLAGS.batch_size} on {source} data, "
         f"{FLAGS.rounds} rounds x {FLAGS.chunk} steps a variant, "
         f"{os.cpu_count()} CPUs, load average {load_before[0]:.1f} at start. "

@@ -1,6 +1,6 @@
-"""What every benchmark shares: its --output_dir flag, the provenance of a
-result, the mean and spread over seeds, and writing it as JSON and as a
-markdown table."""
+"""What every benchmark shares: its --output_dir and --data_dir flags, the
+provenance of a result and its title, the mean and spread over seeds, and
+writing it as JSON and as a markdown table."""
 
 import importlib.metadata
 import json
@@ -57,6 +57,13 @@ def provenance():
         "machine": {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
                     "load_average_at_start": list(os.getloadavg())},
     }
+
+
+def title(text, provenance):
+    """A result's markdown heading: `text`, then the Keras mode and version
+    and the commit that made it."""
+    return (f"# {text} ({provenance['keras']}, Keras {provenance['keras_version']}, "
+            f"commit {str(provenance['commit'])[:7]})")
 
 
 def mean_std(values):

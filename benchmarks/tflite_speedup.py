@@ -210,8 +210,7 @@ def main(argv):
         for name, r in results.items()
     ]
     markdown = (
-        f"# LiteRT speed-up of shrunk models ({keras_mode}, Keras {keras.__version__}, "
-        f"TensorFlow {tf.__version__}, commit {str(provenance['commit'])[:7]})\n\n"
+        f"{results_io.title(f'LiteRT speed-up of shrunk models, TensorFlow {tf.__version__}', provenance)}\n\n"
         f"Float32 TFLite, batch 1, LiteRT with XNNPACK; median of {FLAGS.runs} runs after "
         f"{FLAGS.warmup} warm-up runs, median over {FLAGS.repetitions} alternating repetitions; "
         f"{os.cpu_count()} CPUs ({platform.machine()}), load average {load_before[0]:.1f} at start "

@@ -25,7 +25,7 @@ from keras_rbp.schedule import PruningSummaries, RecursivePruning
 from keras_rbp.surgery import ShrinkError, kept_channels, shrink
 from keras_rbp.pruning import freeze, prune, pruning_groups
 from keras_rbp.pipeline import ImageFolder, PruningResult, prune_and_export
-from keras_rbp.wrapper import RBPWrapper
+from keras_rbp.wrapper import RBPHeadWrapper, RBPWrapper
 
 __version__ = "0.1.0"
 
@@ -37,6 +37,7 @@ __all__ = [
     "PruningResult",
     "PruningSummaries",
     "RBPNoise",
+    "RBPHeadWrapper",
     "RBPWrapper",
     "RecursivePruning",
     "Report",

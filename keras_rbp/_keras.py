@@ -65,8 +65,9 @@ def is_plain_model(model):
 
 def functional_view(model):
     """A plain Functional model over the layers and calls of the
-    Functional subclass `model` (no layer is copied)."""
-    return keras.Model(model.inputs, model.outputs, name=model.name)
+    Functional subclass `model` (no layer is copied), with its structure
+    of inputs and outputs (a dict stays a dict)."""
+    return keras.Model(model.input, model.output, name=model.name)
 
 
 def output_shapes(layer, input_shapes):
@@ -143,6 +144,14 @@ def first_call_shapes(layer):
     return tuple(first(inputs).shape), tuple(first(outputs).shape)
 
 
+def first_call_input_shapes(layer):
+    """The shapes of every input tensor of the first call of `layer`, in
+    the order of its call's arguments."""
+    node = layer._inbound_nodes[0]
+    inputs = node.input_tensors if IS_KERAS_3 else node.keras_inputs
+    return [tuple(tensor.shape) for tensor in tf.nest.flatten(inputs)]
+
+
 def operation_name(operation):
     """The snake_case name of the function an operation layer calls:
     'add' for Keras 3's Add and tf_keras's ``__operators__.add``."""
@@ -169,6 +178,7 @@ __all__ = [
     "custom_objects",
     "constructor_arguments",
     "first_call_shapes",
+    "first_call_input_shapes",
     "functional_view",
     "is_functional",
     "is_plain_model",

@@ -47,13 +47,18 @@ class CostModel:
         totals = {"macs": 0.0, "params": 0.0}
         ratios = {}
         for op, in_full, in_ratio, out_full, out_ratio in self._layers(masks):
-            groups = getattr(op.inner, "groups", 1)
-            for weight in op.inner.weights:
-                totals["params"] += np.prod(weight.shape) * _weight_ratio(
-                    tuple(weight.shape), in_full, in_ratio, out_full, out_ratio, groups
+            macs = self.stats[op.name].macs
+            scaled = op.rule.scaled_cost(op.inner, macs, in_ratio, out_ratio)
+            if scaled is None:
+                groups = getattr(op.inner, "groups", 1)
+                scaled = (
+                    macs * (out_ratio if _passes_channels(op, in_full) else in_ratio * out_ratio),
+                    sum(np.prod(weight.shape) * _weight_ratio(
+                        tuple(weight.shape), in_full, in_ratio, out_full, out_ratio, groups
+                    ) for weight in op.inner.weights),
                 )
-            stats = self.stats[op.name]
-            totals["macs"] += stats.macs * (out_ratio if _passes_channels(op, in_full) else in_ratio * out_ratio)
+            totals["macs"] += scaled[0]
+            totals["params"] += scaled[1]
             ratios[op.name] = (in_ratio, out_ratio)
         if self.latency is not None:
             totals["latency_ms"] = self.latency.predict(ratios)
@@ -99,9 +104,9 @@ class CostModel:
                 # shrink folds the features' theta into the Dense kernel
                 # rows: it reads every channel the noise's input holds.
                 source = producer.inputs[0]
-            in_full, out_full = plan.tensors[source].channels, plan.tensors[op.outputs[0]].channels
+            in_full, out_full = plan.tensors[source].channels, plan.tensors[op.theta_key].channels
             in_ratio = _physical(plan, producers, source) / in_full if in_full else 1.0
-            out_ratio = len(plan.kept(op.outputs[0])) / out_full if out_full else 1.0
+            out_ratio = len(plan.kept(op.theta_key)) / out_full if out_full else 1.0
             yield op, in_full, in_ratio, out_full, out_ratio
 
 

@@ -98,12 +98,22 @@ class Op:
     activation: object = None
     state: dict = dataclasses.field(default_factory=dict)  # the rule's notes
 
+    @property
+    def theta_key(self):
+        """The key of the tensor whose channels the theta multiplies: the
+        output, or one the rule made inside the layer (attention heads)."""
+        return self.state.get("theta_key", self.outputs[0])
+
 
 @dataclasses.dataclass
 class Group:
     op: Op
-    output: tuple  # key of the tensor the group's theta multiplies
     mode: str
+
+    @property
+    def output(self):
+        """The key of the tensor the group's theta multiplies."""
+        return self.op.theta_key
 
 
 class ChannelPlan:
@@ -194,7 +204,7 @@ class ChannelPlan:
             theta = self.thetas.get(node.name)
             op.theta = np.asarray(noise.theta() if theta is None else theta, np.float32)
             if call_index == 0:
-                self.groups[node.name] = Group(op, op.outputs[0], noise.mode)
+                self.groups[node.name] = Group(op, noise.mode)
         if op.rule.prunable:
             op.activation = getattr(layer, "activation", None)
         return op
@@ -261,6 +271,15 @@ class ChannelPlan:
         tensor = Tensor(shape, axis, slots, zero)
         self.tensors[op.outputs[index]] = tensor
         return tensor
+
+    def add_tensor(self, key, shape, slots=None, zero=None):
+        """Creates tensor `key` of `shape`, channels on its last axis, that
+        no layer outputs: the heads inside an attention layer."""
+        channels = shape[-1]
+        slots = self.sets.new(channels) if slots is None else slots
+        zero = np.zeros(channels, bool) if zero is None else zero
+        self.tensors[key] = Tensor(tuple(shape), len(shape) - 1, slots, zero)
+        return self.tensors[key]
 
     def fresh(self, count):
         """`count` new slots."""
@@ -388,20 +407,36 @@ def _output_shapes(layer, call_index, input_shapes):
     return _keras.output_shapes(layer, input_shapes)
 
 
-def coupled_layers(model, names):
+def coupled_layers(plan, names):
     """Sets of layers among `names` whose output channels `shrink` joins one
     to one (the producers of a residual stream, the two sides of a
     squeeze-and-excitation product, a convolution and the depthwise one
-    that follows it): lists of two or more names, each in call order.
-    Layers called more than once, or in different nested models, are
-    never coupled."""
-    plan = ChannelPlan(model)
+    that follows it), in `plan`, a `ChannelPlan`: lists of two or more
+    names, each in call order. Layers called more than once, or in
+    different nested models, are never coupled."""
     calls = collections.Counter((op.path, op.name) for op in plan.ops)
     by_channels = {}
     for op in plan.ops:
         if op.name not in names or calls[(op.path, op.name)] != 1:
             continue
-        tensor = plan.tensors[op.outputs[0]]
+        tensor = plan.tensors[op.theta_key]
         classes = tuple(plan.roots[tensor.slots].tolist())
         by_channels.setdefault((op.path, classes), []).append(op.name)
     return [group for group in by_channels.values() if len(group) > 1]
+
+
+def always_kept(plan, names):
+    """The layers among `names` every one of whose channels `shrink` keeps
+    in `plan`, a `ChannelPlan`, whatever their masks (each reaches a
+    boundary, such as a residual stream through a LayerNormalization): a
+    dict from layer name to the reason."""
+    reasons = {}
+    for slot, reason in plan.fixed.items():
+        reasons.setdefault(plan.roots[slot], reason)
+    found = {}
+    for op in plan.ops:
+        if op.name in names and op.call_index == 0:
+            roots = plan.roots[plan.tensors[op.theta_key].slots].tolist()
+            if roots and all(root in reasons for root in roots):
+                found[op.name] = reasons[roots[0]]
+    return found

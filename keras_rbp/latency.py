@@ -24,6 +24,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 from keras_rbp import _keras, _quiet
 from keras_rbp._keras import keras
+from keras_rbp.rules import rule_for
 
 from ai_edge_litert.interpreter import Interpreter
 
@@ -214,7 +215,7 @@ class LatencyTable:
 
     def _time(self, slot, in_channels, out_channels):
         config = slot.layer.get_config()
-        for key in ("filters", "units"):
+        for key in ("filters", "units", "num_heads"):
             if key in config and out_channels is not None:
                 config[key] = out_channels
         shape = list(slot.input_shape)
@@ -224,7 +225,7 @@ class LatencyTable:
             config["name"] = "timed"
             inputs = keras.Input(tuple(shape), batch_size=1)
             layer = type(slot.layer).from_config(config)
-            model = keras.Model(inputs, layer(inputs))
+            model = keras.Model(inputs, rule_for(layer).call_alone(layer, inputs))
             self._measured[key] = model_latency(model, self.warmup, self.runs, self.batches)
         return self._measured[key]
 

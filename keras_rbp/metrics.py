@@ -15,10 +15,10 @@ import numpy as np
 
 from keras_rbp import composite
 from keras_rbp import graph as graph_lib
-from keras_rbp._keras import first_call_shapes, keras
+from keras_rbp._keras import first_call_input_shapes, first_call_shapes, keras
 from keras_rbp.layers import RBPNoise
 from keras_rbp.rules import SELECTION_SUFFIX, channel_axis, rule_for
-from keras_rbp.wrapper import RBPWrapper
+from keras_rbp.wrapper import RBPHeadWrapper, RBPWrapper
 
 L = keras.layers
 CONVOLUTIONS = tuple(
@@ -57,13 +57,13 @@ def _counted(layer):
 def _stats(layer):
     """The `LayerStats` of `layer`'s first call."""
     inner = layer.layer if isinstance(layer, RBPWrapper) else layer
-    input_shape, output_shape = first_call_shapes(layer)
+    input_shapes, output_shape = first_call_input_shapes(layer), first_call_shapes(layer)[1]
     return LayerStats(
         name=layer.name,
         kind="selection" if is_selection(inner) else type(inner).__name__,
         channels=int(output_shape[channel_axis(inner)] or 0),
         params=int(sum(np.prod(w.shape) for w in inner.weights)),
-        macs=_macs(inner, input_shape, output_shape),
+        macs=_macs(inner, input_shapes, output_shape),
     )
 
 
@@ -204,18 +204,18 @@ def _output_producers(model):
     return {ref.layer for ref in graph_lib.graph_of(model).outputs}
 
 
-def _macs(layer, input_shape, output_shape):
+def _macs(layer, input_shapes, output_shape):
     """The MACs of one call of `layer`, as its rule counts them."""
     if is_selection(layer):
         return 0
     try:
-        return int(rule_for(layer).macs(layer, input_shape, output_shape))
+        return int(rule_for(layer).call_macs(layer, input_shapes, output_shape))
     except TypeError as error:
-        if None not in (*input_shape[1:], *output_shape[1:]):
+        if None not in (*[size for shape in input_shapes for size in shape[1:]], *output_shape[1:]):
             raise
         raise ValueError(
             f"keras_rbp: the MACs of layer {layer.name!r} depend on sizes its input shape "
-            f"{tuple(input_shape)} leaves unknown; build the model with a fixed input shape "
+            f"{tuple(input_shapes[0])} leaves unknown; build the model with a fixed input shape "
             "(for example keras.Input((224, 224, 3)), or a KerasHub backbone's image_shape)"
         ) from error
 
@@ -223,10 +223,10 @@ def _macs(layer, input_shape, output_shape):
 def channel_costs(model):
     """MACs carried by one channel of each group of a pruned model: the MACs
     of the layers that make the group's channels (every producer of a
-    coupled group) and of the layers that read them, over the number of
-    channels. A dict from group name (see
-    `pruning_groups`) to MACs per channel; the cost-aware prior of `prune`
-    weighs each group's KL by it. Channels that reach a nested model's
+    coupled group) and of the layers that read them (for attention heads,
+    their layer's MACs), over the number of channels. A dict from group
+    name (see `pruning_groups`) to MACs per channel; the cost-aware prior
+    of `prune` weighs each group's KL by it. Channels that reach a nested model's
     boundary count only the MACs inside that model."""
     costs = {}
     for sub_model in [model] + [layer for layer in graph_lib.all_layers(model) if isinstance(layer, keras.Model)]:
@@ -236,6 +236,9 @@ def channel_costs(model):
         for name, layer in layers.items():
             noise = layer.noise if isinstance(layer, RBPWrapper) else layer
             if not isinstance(noise, RBPNoise):
+                continue
+            if isinstance(layer, RBPHeadWrapper):  # its heads are read by nothing outside it
+                costs[name] = macs.get(name, 0) / noise.channels
                 continue
             if isinstance(layer, RBPWrapper):
                 producer = _producer_macs(graph, layers, macs, name)

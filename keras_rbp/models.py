@@ -78,3 +78,36 @@ def vgg16_cifar10(input_shape=(32, 32, 3), classes=10):
     x = layers.Dense(512, activation="relu", name="fc1")(x)
     outputs = layers.Dense(classes, name="logits")(x)
     return keras.Model(inputs, outputs, name="vgg16_cifar10")
+
+
+def small_vit(input_shape=(28, 28, 1), classes=10, patch_size=4, dim=64, blocks=2, heads=4, mlp_dim=128,
+              conv_stem=0):
+    """A small Vision Transformer, written as in the Keras examples: patches
+    embedded by a strided Conv2D, `blocks` pre-norm transformer blocks
+    (LayerNormalization, MultiHeadAttention of `heads` heads, a residual
+    Add, LayerNormalization, a gelu Dense of `mlp_dim` and a Dense back to
+    `dim`, a residual Add), a LayerNormalization, average pooling over the
+    tokens and a dense classifier. With `conv_stem` channels, a 3x3
+    convolution with BatchNormalization and ReLU comes first, as in hybrid
+    models (MobileViT)."""
+    inputs = keras.Input(input_shape, name="image")
+    x = inputs
+    if conv_stem:
+        x = layers.Conv2D(conv_stem, 3, padding="same", name="stem")(x)
+        x = layers.BatchNormalization(name="stem_bn")(x)
+        x = layers.ReLU(name="stem_relu")(x)
+    x = layers.Conv2D(dim, patch_size, strides=patch_size, name="patches")(x)
+    grid = (input_shape[0] // patch_size) * (input_shape[1] // patch_size)
+    x = layers.Reshape((grid, dim), name="tokens")(x)
+    for block in range(1, blocks + 1):
+        y = layers.LayerNormalization(epsilon=1e-6, name=f"block{block}_norm1")(x)
+        y = layers.MultiHeadAttention(heads, dim // heads, name=f"block{block}_attention")(y, y)
+        x = layers.Add(name=f"block{block}_add1")([x, y])
+        y = layers.LayerNormalization(epsilon=1e-6, name=f"block{block}_norm2")(x)
+        y = layers.Dense(mlp_dim, activation="gelu", name=f"block{block}_mlp1")(y)
+        y = layers.Dense(dim, name=f"block{block}_mlp2")(y)
+        x = layers.Add(name=f"block{block}_add2")([x, y])
+    x = layers.LayerNormalization(epsilon=1e-6, name="norm")(x)
+    x = layers.GlobalAveragePooling1D(name="pool")(x)
+    outputs = layers.Dense(classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="small_vit")

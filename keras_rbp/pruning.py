@@ -12,10 +12,11 @@ from keras_rbp import composite
 from keras_rbp import dependency
 from keras_rbp import graph as graph_lib
 from keras_rbp import metrics
+from keras_rbp import rules
 from keras_rbp._keras import keras, serialize
 from keras_rbp.layers import RBPNoise
 from keras_rbp.rules import activation_name
-from keras_rbp.wrapper import RBPWrapper, is_wrappable, supported_names
+from keras_rbp.wrapper import RBPWrapper, is_wrappable, supported_names, wrap
 
 
 def is_prunable(layer):
@@ -102,7 +103,11 @@ def prune(
             give its size as an int (steps_per_epoch * batch size).
         layers: which layers to wrap: a list of layer names (then exactly
             those, output layers included), or a predicate called with each
-            prunable layer. None wraps every prunable layer but the outputs.
+            prunable layer. None wraps every prunable layer but the outputs
+            and those every one of whose channels `shrink` must keep (a
+            transformer's residual stream, which passes through
+            LayerNormalization); so does a predicate. Prunable layers
+            include MultiHeadAttention, pruned by head.
         kl_weight: multiplies the KL term of every noise.
         prior_keep_prob: pi_0 of the Bernoulli prior.
         initial_keep_prob: the keep probability pi of every channel at start.
@@ -161,8 +166,11 @@ def prune(
         rewriter = _Rewriter(by_name, chosen, noise_config, seed, noise_after_batchnorm)
         config = copy.deepcopy(graph_lib.model_config(view))
         class_name = graph_lib.model_class(view)
+        plan = dependency.ChannelPlan(view)
+        if layers is None or callable(layers):
+            rewriter.skipped = _always_kept(plan, rewriter.targets(class_name, config))
         if coupled_groups:
-            rewriter.coupled = dependency.coupled_layers(view, rewriter.targets(class_name, config))
+            rewriter.coupled = dependency.coupled_layers(plan, rewriter.targets(class_name, config))
         rewriter.rewrite(class_name, config, input_features, flatten_features)
         rewriter.copy_other_layers(config)
         pruned = cloning.model_from_config(graph_lib.keras_model_class(view), config, rewriter.made)
@@ -170,6 +178,22 @@ def prune(
     if cost_aware:
         _set_costs(pruned)
     return pruned
+
+
+def _always_kept(plan, targets):
+    """The targets every one of whose channels `shrink` keeps, with a
+    warning that names them and why."""
+    kept = dependency.always_kept(plan, targets)
+    if kept:
+        by_reason = {}
+        for name, reason in kept.items():
+            by_reason.setdefault(reason, []).append(name)
+        details = "; ".join(f"{', '.join(map(repr, names))}: {reason}" for reason, names in by_reason.items())
+        warnings.warn(
+            f"prune: no noise on {len(kept)} layer(s) whose every channel shrink must keep ({details})",
+            stacklevel=3,
+        )
+    return set(kept)
 
 
 def _count_examples(dataset_size):
@@ -261,7 +285,8 @@ def _choose_layers(model, by_name, layers):
 
 def _output_producers(model):
     """Prunable layers whose channels reach a model output unchanged or
-    through non-prunable layers only: the classifier and its kin."""
+    through non-prunable layers only: the classifier and its kin. An
+    attention layer, whose noise is on its heads, is never one."""
     found = set()
 
     def walk_back(sub_model, refs):
@@ -281,7 +306,8 @@ def _output_producers(model):
             if name in inputs:
                 reached_inputs = True
             elif is_prunable(layer):
-                found.add(name)
+                if rules.rule_for(layer).noise_on_outputs:
+                    found.add(name)
             elif not isinstance(layer, keras.Model) or walk_back(layer, graph_lib.graph_of(layer).outputs):
                 pending.extend(graph.layers[name].calls[ref.node_index])  # the inputs of that call
         return reached_inputs
@@ -300,6 +326,7 @@ class _Rewriter:
         self.seed = seed
         self.noise_after_batchnorm = noise_after_batchnorm
         self.coupled = []  # lists of layer names that share one noise
+        self.skipped = set()  # placements whose channels shrink always keeps
         self.count = 0
         self.made = cloning.MadeLayers()  # the layers of the new model
 
@@ -310,7 +337,7 @@ class _Rewriter:
     def targets(self, class_name, config):
         """The names of the layers that get a noise, nested models included."""
         graph = graph_lib.Graph.from_config(class_name, config)
-        found = {self._placement(graph, name) for name in self.chosen & set(graph.layers)}
+        found = self._graph_targets(graph)
         for entry in config["layers"]:
             nested = graph_lib.model_class_name(entry)
             if nested:
@@ -319,7 +346,7 @@ class _Rewriter:
 
     def rewrite(self, class_name, config, input_features=False, flatten_features=False):
         graph = graph_lib.Graph.from_config(class_name, config)
-        targets = {self._placement(graph, name) for name in self.chosen & set(graph.layers)}
+        targets = self._graph_targets(graph)
         coupled = [names for names in self.coupled if names[0] in targets]
         shared = {name for names in coupled for name in names}
         for entry in config["layers"]:
@@ -339,6 +366,10 @@ class _Rewriter:
         for name in inserts:
             self._insert_noise_after(class_name, config, graph, name)
 
+    def _graph_targets(self, graph):
+        """The layers of `graph` (one model's) that get a noise."""
+        return {self._placement(graph, name) for name in self.chosen & set(graph.layers)} - self.skipped
+
     def _placement(self, graph, name):
         """The layer to wrap for a chosen layer: itself, or the
         BatchNormalization that is its only consumer."""
@@ -356,7 +387,7 @@ class _Rewriter:
     def _wrap(self, entry):
         layer = self.by_name[entry["config"]["name"]]
         calls = max(1, len(entry.get("inbound_nodes", ())))  # a shared layer's noise draws once a step
-        self.made.replace(entry, RBPWrapper(cloning.copy_layer(layer), self._noise(calls=calls)))
+        self.made.replace(entry, wrap(cloning.copy_layer(layer), self._noise(calls=calls)))
 
     def copy_other_layers(self, config):
         """Makes every layer of the user's model that `rewrite` left alone

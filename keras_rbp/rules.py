@@ -44,6 +44,9 @@ class LayerRule:
     """
 
     prunable = False
+    # Whether a prunable layer's noise scales its output channels (else
+    # channels inside the layer: an attention's heads).
+    noise_on_outputs = True
     # Whether the layer holds nothing sized by its channels, so that each
     # call of a shared layer keeps the channels of its own inputs (a Dropout
     # called on tensors of different widths); otherwise every call keeps
@@ -75,13 +78,35 @@ class LayerRule:
         """The axis of the layer's output that holds its channels."""
         return 1 if getattr(layer, "data_format", None) == "channels_first" else -1
 
+    def noise_axis(self, layer):
+        """The axis a prunable layer's noise multiplies: its channel axis,
+        or another of the tensor the noise scales (an attention's heads)."""
+        return self.channel_axis(layer)
+
+    def scaled_cost(self, layer, macs, in_ratio, out_ratio):
+        """(MACs, parameters) of the layer when it keeps `in_ratio` of its
+        input channels and `out_ratio` of the channels its theta scales,
+        where `macs` is its full MACs; None (the default) lets a budget
+        scale each weight by the kept channels its dimensions index."""
+        return None
+
     def macs(self, layer, input_shape, output_shape):
         """The multiply-accumulates of one call on one example, for the
-        input and output shapes given (batch axis first); 0 by default.
-        `report`, `cost_aware` and the budgets count these; a budget
-        scales them with the kept fraction of the input and output
+        shape of its (first) input and of its output (batch axis first); 0
+        by default. `report`, `cost_aware` and the budgets count these; a
+        budget scales them with the kept fraction of the input and output
         channels."""
         return 0
+
+    def call_alone(self, layer, inputs):
+        """Calls `layer` on the tensor `inputs` as its only input, as a
+        latency table times it."""
+        return layer(inputs)
+
+    def call_macs(self, layer, input_shapes, output_shape):
+        """`macs` for a call with the shapes of all its input tensors; a
+        layer of several inputs (attention) overrides this one instead."""
+        return self.macs(layer, input_shapes[0], output_shape)
 
     def rebuild(self, build, op, ins):
         """Returns the physical channels (indices into each output's channels)
@@ -126,6 +151,17 @@ def rule_for(layer):
 
 
 BOUNDARY = LayerRule()
+
+
+class BoundaryRule(LayerRule):
+    """A boundary, for the reason given (a LayerNormalization normalises
+    each position over all its channels: no channel can go exactly)."""
+
+    def __init__(self, reason):
+        self.reason = reason
+
+    def forward(self, plan, op):
+        plan.boundary(op, self.reason)
 
 
 def prunable_classes():
@@ -1012,9 +1048,14 @@ def _register_builtins():
     for cls in _classes("Add", "Subtract", "Average", "Maximum", "Minimum", "Multiply"):
         register_rule(cls, ElementwiseRule())
     register_rule(L.Concatenate, ConcatenateRule())
+    for cls in _classes("LayerNormalization", "UnitNormalization", "RMSNormalization"):
+        register_rule(cls, BoundaryRule("normalises over its channels, which it cannot lose exactly"))
     register_rule(L.Flatten, FlattenRule())
     register_rule(L.Reshape, ReshapeRule())
     register_rule(RBPNoise, NoiseRule())
+    from keras_rbp.attention import MultiHeadAttentionRule  # it subclasses LayerRule, defined above
+
+    register_rule(L.MultiHeadAttention, MultiHeadAttentionRule())
     for cls in _keras.OPERATION_CLASSES:
         register_rule(cls, OperationRule())
     # Keras 3's layers are operations too: a layer without a rule is an

@@ -1,4 +1,5 @@
-"""`RBPWrapper`: an `RBPNoise` on the pre-activation of a prunable layer."""
+"""`RBPWrapper`: an `RBPNoise` on the pre-activation of a prunable layer;
+`RBPHeadWrapper`: one on the heads of a MultiHeadAttention layer."""
 
 from keras_rbp import _keras
 from keras_rbp import rules
@@ -55,7 +56,7 @@ class RBPWrapper(keras.layers.Wrapper):
             layer.activation = keras.activations.get("linear")
         self.activation = keras.activations.get(activation)
         if isinstance(noise, dict):
-            noise = dict(noise, axis=rules.channel_axis(layer))
+            noise = dict(noise, axis=rules.rule_for(layer).noise_axis(layer))
             noise.setdefault("name", f"{layer.name}_rbp_noise")
             noise = RBPNoise(**noise)
         self.noise = noise
@@ -86,3 +87,56 @@ class RBPWrapper(keras.layers.Wrapper):
         config = dict(config)
         layer = keras.layers.deserialize(config.pop("layer"), custom_objects=custom_objects)
         return cls(layer, **config)
+
+
+@register_serializable(package="keras_rbp")
+class RBPHeadWrapper(RBPWrapper):
+    """Puts an `RBPNoise` on the heads of a MultiHeadAttention layer.
+
+    The noise multiplies each head's attention output before the output
+    projection, one channel per head; the layer's own `call` runs
+    otherwise unchanged, so a subclass that overrides it (KerasHub's
+    `CachedMultiHeadAttention`) keeps its behaviour.
+
+    Call arguments: those of the wrapped layer.
+    """
+
+    def build(self, query_shape, value_shape=None, key_shape=None):
+        if not self.layer.built and _keras.IS_KERAS_3:  # tf_keras builds it on its first call
+            self.layer.build(query_shape, value_shape or query_shape, key_shape)
+        config = self.layer.get_config()
+        value_dim = config.get("value_dim") or config["key_dim"]
+        self.noise.build(tuple(query_shape[:-1]) + (config["num_heads"], value_dim))
+        self._install_noise()
+        self.built = True
+
+    def _install_noise(self):
+        """Makes the layer's `_compute_attention` (of Keras, tf_keras and
+        their subclasses) scale its output by the noise."""
+        compute_attention = type(self.layer)._compute_attention.__get__(self.layer)
+
+        def noisy(*args, **kwargs):
+            outputs, scores = compute_attention(*args, **kwargs)
+            return self.noise(outputs, training=self._training), scores
+
+        object.__setattr__(self.layer, "_compute_attention", noisy)  # not tracked as an attribute
+
+    def call(self, query, value, key=None, training=None, **kwargs):
+        object.__setattr__(self, "_training", training)
+        if key is not None:
+            kwargs["key"] = key
+        return self.layer(query, value, training=training, **kwargs)
+
+    def compute_output_shape(self, query_shape, value_shape=None, key_shape=None):
+        return self.layer.compute_output_shape(query_shape, value_shape or query_shape, key_shape)
+
+    def compute_output_spec(self, *args, **kwargs):
+        kwargs.pop("training", None)
+        return self.layer.compute_output_spec(*args, **kwargs)
+
+
+def wrap(layer, noise):
+    """An `RBPWrapper` (or `RBPHeadWrapper` for an attention layer) of
+    `layer` with `noise` (an `RBPNoise` config)."""
+    attention = isinstance(layer, keras.layers.MultiHeadAttention)
+    return (RBPHeadWrapper if attention else RBPWrapper)(layer, noise)

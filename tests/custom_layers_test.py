@@ -281,10 +281,11 @@ def test_a_layer_without_a_rule_that_acts_on_each_channel_passes_them_through(ma
 
 def test_a_layer_without_a_rule_that_mixes_channels_is_a_boundary():
     model = _conv_through(ChannelCentering(name="custom"))
-    pruned = rbp.prune(model, dataset_size=100)
-    masks = _freeze_random(pruned, keep=0.5)
     with pytest.warns(UserWarning, match="ChannelCentering layer 'custom' has no rule and does not act on each"):
-        small = rbp.shrink(pruned)
+        pruned = rbp.prune(model, dataset_size=100)
+    assert list(rbp.pruning_groups(pruned)) == ["conv2"]  # conv1's channels cannot be removed
+    masks = _freeze_random(pruned, keep=0.5)
+    small = rbp.shrink(pruned)
     assert_same_outputs(pruned, small, np.random.RandomState(0).rand(4, 8, 8, 3).astype("float32") - 0.5)
     assert small.get_layer("conv1").filters == 10
     assert small.get_layer("conv2").filters == int(masks["conv2"].sum()) < 6
@@ -307,6 +308,30 @@ def test_a_nested_model_with_a_dict_of_outputs_is_read_in_keras_order():
     assert_same_outputs(pruned, small, np.random.RandomState(0).rand(4, 8, 8, 3).astype("float32"))
     assert _width(small, "wide") == int(masks["wide"].sum()) < 12
     assert _width(small, "narrow") == int(masks["narrow"].sum()) < 4
+
+
+class TwoHeads(keras.Model):
+    """A user's Functional subclass with a dict of outputs."""
+
+    def __init__(self, **kwargs):
+        inputs = keras.Input((8, 8, 3))
+        x = L.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inputs)
+        x = L.GlobalAveragePooling2D()(x)
+        outputs = {"label": L.Dense(3, name="label")(x), "box": L.Dense(4, name="box")(x)}
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+
+
+def test_a_functional_subclass_with_a_dict_of_outputs_keeps_its_dict():
+    pruned = rbp.prune(TwoHeads(), dataset_size=100)
+    masks = _freeze_random(pruned, keep=0.5)
+    small = rbp.shrink(pruned)
+    x = np.random.RandomState(0).rand(4, 8, 8, 3).astype("float32")
+    expected, actual = pruned(x), small(x)
+    assert type(expected) is dict and type(actual) is dict
+    assert sorted(actual) == ["box", "label"]
+    for key in actual:
+        np.testing.assert_allclose(np.asarray(actual[key]), np.asarray(expected[key]), rtol=1e-5, atol=1e-5)
+    assert small.get_layer("conv").filters == int(masks["conv"].sum()) < 8
 
 
 def _two_encoders():

@@ -359,8 +359,14 @@ def _boundary_model():
     return keras.Model(inputs, L.Dense(2)(x))
 
 
+def test_prune_puts_no_noise_where_every_channel_reaches_a_boundary():
+    with pytest.warns(UserWarning, match="no noise on 1 layer.*'conv': LayerNormalization layer 'norm'"):
+        pruned = rbp.prune(_boundary_model(), dataset_size=100)
+    assert rbp.pruning_groups(pruned) == {}
+
+
 def test_boundary_keeps_channels_with_warning():
-    pruned = rbp.prune(_boundary_model(), dataset_size=100)
+    pruned = rbp.prune(_boundary_model(), dataset_size=100, layers=["conv"])  # named: wrapped all the same
     _freeze_random(pruned)
     with pytest.warns(UserWarning, match="LayerNormalization layer 'norm'"):
         small = rbp.shrink(pruned)
@@ -369,7 +375,7 @@ def test_boundary_keeps_channels_with_warning():
 
 
 def test_boundary_raises_for_strict_group():
-    pruned = rbp.prune(_boundary_model(), dataset_size=100)
+    pruned = rbp.prune(_boundary_model(), dataset_size=100, layers=["conv"])
     _freeze_random(pruned)
     with pytest.raises(rbp.ShrinkError, match="group 'conv'.*'norm'"):
         rbp.shrink(pruned, strict=["conv"])
@@ -443,7 +449,7 @@ def test_unknown_operation_is_a_boundary():
     x = tf.math.cumsum(x, axis=-1) if not hasattr(keras, "ops") else keras.ops.cumsum(x, axis=-1)
     model = keras.Model(inputs, _conv_head(L.Conv2D(4, 1, name="c2")(x)))
     with pytest.warns(UserWarning, match="group 'c1'.*'cumsum'"):
-        _, small, k = _shrink(model, _images(4, 4, 3))
+        _, small, k = _shrink(model, _images(4, 4, 3), layers=["c1", "c2"])
     assert small.get_layer("c1").filters == 6
     assert small.get_layer("c2").filters == k["c2"]
 
