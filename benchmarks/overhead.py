@@ -1,12 +1,17 @@
 """Training-speed overhead of the RBP wrapper: plain versus pruned models.
 
-Times training steps of LeNet-5-Caffe and LeNet-300-100, plain and wrapped by
-`keras_rbp.prune`, in the same process. The pruned model is timed with each
-of its groups in turn set as in a stage of `RecursivePruning`: that group
-active and trainable, the others off and not trainable. For LeNet-300-100 it
-also times the floor of pruning input pixels: the plain model with a
-trainable, noise-free scale per pixel, which alone adds the gradient with
-respect to the input (a matrix product as large as the first layer's).
+Times training steps of LeNet-5-Caffe and LeNet-300-100 (MNIST), and of
+MobileNetV2 and EfficientNetB0 (weights=None, --image_size images of 3
+channels, random data), plain and wrapped by `keras_rbp.prune`, in the same
+process. A LeNet's pruned model is timed with each of its groups in turn set
+as in a stage of `RecursivePruning`: that group active and trainable, the
+others off and not trainable. A deep net's (coupled groups, the Activation
+layers they bring) is timed with its first group, its middle group and its
+last group active that way, and with every group active and trainable, as
+all at once. For LeNet-300-100 it also times the floor of pruning input
+pixels: the plain model with a trainable, noise-free scale per pixel, which
+alone adds the gradient with respect to the input (a matrix product as large
+as the first layer's).
 
 Every variant is its own compiled model, warmed up (traced) before timing.
 The timing runs --rounds rounds; a round calls each variant's train function
@@ -14,14 +19,15 @@ for --chunk steps, in an order reversed every other round, and records the
 wall time of every step. Interleaving in short chunks makes the variants
 share the machine's slow and fast phases (on a shared or virtual machine
 whole seconds run at half speed). The figure per variant is the median step
-time, and the ratio pruned / plain per group (target <= 1.10).
+time, and the ratio pruned / plain (target <= 1.15).
 
 Run from the repository root, under Keras 3 and under tf_keras:
 
     python -m benchmarks.overhead --data_dir ../shared/data
     TF_USE_LEGACY_KERAS=1 python -m benchmarks.overhead --data_dir ../shared/data
 
-Writes overhead_<keras mode>.json and .md to --output_dir.
+Writes overhead_<keras mode>.json and .md to --output_dir (with the --models
+named in the file name when they are not all of them).
 """
 
 import os
@@ -38,17 +44,30 @@ from keras_rbp import datasets, models
 from keras_rbp import noise as noise_lib
 from keras_rbp._keras import keras
 
+def _application(name):
+    def build():
+        return getattr(keras.applications, name)(
+            input_shape=(FLAGS.image_size, FLAGS.image_size, 3), weights=None, classes=10)
+    return build
+
+
 MODELS = {
     # name: (builder, prune options of the literature's set-up, whether to
-    # time the floor of pruning the input pixels)
-    "lenet5_caffe": (models.lenet5_caffe, {"flatten_features": True}, False),
-    "lenet_300_100": (models.lenet_300_100, {"flatten_features": True}, True),
+    # time the floor of pruning the input pixels, whether its data is MNIST)
+    "lenet5_caffe": (models.lenet5_caffe, {"flatten_features": True}, False, True),
+    "lenet_300_100": (models.lenet_300_100, {"flatten_features": True}, True, True),
+    "mobilenet_v2": (_application("MobileNetV2"), {}, False, False),
+    "efficientnet_b0": (_application("EfficientNetB0"), {}, False, False),
 }
+ALL_AT_ONCE = "every group (all at once)"
+TARGET_RATIO = 1.15
 INPUT_GATE = "input gate (floor)"
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", list(MODELS), f"Models to time, of {list(MODELS)}.")
-flags.DEFINE_integer("batch_size", 128, "Training batch size.")
+flags.DEFINE_integer("batch_size", 128, "Training batch size of the LeNets.")
+flags.DEFINE_integer("deep_batch_size", 32, "Training batch size of MobileNetV2 and EfficientNetB0.")
+flags.DEFINE_integer("image_size", 64, "Input height and width of MobileNetV2 and EfficientNetB0.")
 flags.DEFINE_integer("rounds", 40, "Timed rounds; each runs every variant once.")
 flags.DEFINE_integer("chunk", 5, "Training steps of a variant in a round.")
 results_io.define_data_dir()
@@ -64,18 +83,29 @@ MEASURED = (
 )
 
 
-def _training_data():
-    """MNIST's training images and labels, or random ones; and the source's name."""
-    if not FLAGS.random_data:
-        try:
-            (x, y), _ = datasets.load_mnist(FLAGS.data_dir)
-            return x, y, "mnist"
-        except datasets.DatasetNotFoundError as error:
-            logging.warning("%s; timing on random data", error)
+def _training_data(mnist):
+    """Training images and labels: MNIST's (or random MNIST-shaped ones when
+    it is missing), or random --image_size colour images; and the source."""
     rng = np.random.default_rng(0)
-    x = rng.random((60000, 28, 28, 1), dtype=np.float32)
-    y = rng.integers(0, 10, 60000).astype("int64")
-    return x, y, "random"
+    if mnist:
+        if not FLAGS.random_data:
+            try:
+                (x, y), _ = datasets.load_mnist(FLAGS.data_dir)
+                return x, y, "mnist"
+            except datasets.DatasetNotFoundError as error:
+                logging.warning("%s; timing on random data", error)
+        return rng.random((60000, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 60000), "random"
+    x = rng.random((2048, FLAGS.image_size, FLAGS.image_size, 3), dtype=np.float32)
+    return x, rng.integers(0, 10, len(x)), "random"
+
+
+def _dataset(x, y, batch_size):
+    return (
+        tf.data.Dataset.from_tensor_slices((x, y.astype("int64")))
+        .repeat()
+        .batch(batch_size, drop_remainder=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
 def _compiled(model, dataset):
@@ -112,14 +142,23 @@ def _with_input_gate(model):
 
 
 def _pruned_for_stage(builder, options, dataset_size, active):
-    """A pruned model with group `active` set as in its stage of
+    """A pruned model with the groups of `active` set as in a stage of
     RecursivePruning (active, trainable) and the others off, not trainable."""
     keras.utils.set_random_seed(0)
     pruned = rbp.prune(builder(), dataset_size=dataset_size, **options)
     for group, noise in rbp.pruning_groups(pruned).items():
-        noise.mode = "active" if group == active else "off"
-        noise.trainable = group == active
+        noise.mode = "active" if group in active else "off"
+        noise.trainable = group in active
     return pruned
+
+
+def _stages(groups, every_group):
+    """The variants timed: each group alone, or for a deep net its first,
+    middle and last group and all of them at once."""
+    if every_group:
+        return {group: [group] for group in groups}
+    chosen = dict.fromkeys([groups[0], groups[len(groups) // 2], groups[-1]])
+    return {**{group: [group] for group in chosen}, ALL_AT_ONCE: list(groups)}
 
 
 def _time_variants(variants, dataset):
@@ -139,7 +178,7 @@ def _time_variants(variants, dataset):
     return times
 
 
-def _draw_seconds(channels, calls=20, repetitions=15):
+def _draw_seconds(channels, batch_size, calls=20, repetitions=15):
     """Median seconds of one draw of batch x channels normals as RBPNoise
     makes them (`noise.standard_normal`), each summed to keep it: the part of
     an active group's cost that no other change to the layer can remove."""
@@ -148,7 +187,7 @@ def _draw_seconds(channels, calls=20, repetitions=15):
     def draws(seed):
         return tf.add_n(
             [
-                tf.reduce_sum(noise_lib.standard_normal([FLAGS.batch_size, channels], seed + i))
+                tf.reduce_sum(noise_lib.standard_normal([batch_size, channels], seed + i))
                 for i in range(calls)
             ]
         )
@@ -163,35 +202,43 @@ def _draw_seconds(channels, calls=20, repetitions=15):
     return statistics.median(times)
 
 
-def _time_model(name, dataset, dataset_size):
-    """Times plain `name`, pruned `name` with each group active, and the
-    input-gate floor where asked; returns a dict of plain data."""
-    builder, options, input_gate = MODELS[name]
+def _time_model(name):
+    """Times plain `name`, pruned `name` with each stage of `_stages`
+    active, and the input-gate floor where asked; returns a dict of plain
+    data."""
+    builder, options, input_gate, mnist = MODELS[name]
+    x, y, source = _training_data(mnist)
+    batch_size = FLAGS.batch_size if mnist else FLAGS.deep_batch_size
+    dataset = _dataset(x, y, batch_size)
     keras.utils.set_random_seed(0)
     variants = {"plain": _compiled(builder(), dataset)}
     if input_gate:
         keras.utils.set_random_seed(0)
         variants[INPUT_GATE] = _compiled(_with_input_gate(builder()), dataset)
     keras.utils.set_random_seed(0)
-    noises = rbp.pruning_groups(rbp.prune(builder(), dataset_size=dataset_size, **options))
-    groups = list(noises)
-    for group in groups:
-        variants[group] = _compiled(_pruned_for_stage(builder, options, dataset_size, group), dataset)
+    noises = rbp.pruning_groups(rbp.prune(builder(), dataset_size=len(x), **options))
+    stages = _stages(list(noises), every_group=mnist)
+    for variant, active in stages.items():
+        variants[variant] = _compiled(_pruned_for_stage(builder, options, len(x), set(active)), dataset)
     times = _time_variants(variants, dataset)
 
     medians = {variant: statistics.median(t) for variant, t in times.items()}
     ratios = {
         variant: medians[variant] / medians["plain"] for variant in variants if variant != "plain"
     }
-    group_ratios = [ratios[group] for group in groups]
-    draws = {group: _draw_seconds(noise.channels) for group, noise in noises.items()}
+    stage_ratios = [ratios[variant] for variant in stages]
+    draws = {group: _draw_seconds(noises[group].channels, batch_size) for group in stages if group in noises}
     result = {
-        "groups": groups,
+        "data": source,
+        "batch_size": batch_size,
+        "input_shape": list(x.shape[1:]),
+        "groups": list(noises),
+        "stages_timed": stages,
         "median_seconds_per_step": medians,
         "steps_per_second": {variant: 1.0 / t for variant, t in medians.items()},
         "ratio_to_plain": ratios,
-        "mean_ratio": statistics.mean(group_ratios),
-        "worst_ratio": max(group_ratios),
+        "mean_ratio": statistics.mean(stage_ratios),
+        "worst_ratio": max(stage_ratios),
         "steps_timed_per_variant": FLAGS.rounds * FLAGS.chunk,
         "normal_draw_seconds": draws,
         "normal_draw_to_plain_step": {g: t / medians["plain"] for g, t in draws.items()},
@@ -205,32 +252,23 @@ def main(argv):
     unknown = set(FLAGS.models) - set(MODELS)
     if unknown:
         raise app.UsageError(f"--models: unknown {sorted(unknown)}; known: {list(MODELS)}")
-    x, y, source = _training_data()
-    dataset = (
-        tf.data.Dataset.from_tensor_slices((x, y))
-        .repeat()
-        .batch(FLAGS.batch_size, drop_remainder=True)
-        .prefetch(tf.data.AUTOTUNE)
-    )
     provenance = results_io.provenance()
-    keras_mode = provenance["keras"]
     load_before = provenance["machine"]["load_average_at_start"]
-    results = {name: _time_model(name, dataset, len(x)) for name in FLAGS.models}
+    results = {name: _time_model(name) for name in FLAGS.models}
     result = {
         "benchmark": "overhead",
         **provenance,
         "measured": MEASURED,
-        "data": source,
-        "batch_size": FLAGS.batch_size,
         "rounds": FLAGS.rounds,
         "chunk": FLAGS.chunk,
         "load_average_after": list(os.getloadavg()),
-        "target_ratio": 1.10,
+        "target_ratio": TARGET_RATIO,
         "models": results,
     }
     rows = [
         [
             name,
+            f"{r['data']}, {'x'.join(map(str, r['input_shape']))}, batch {r['batch_size']}",
             variant,
             f"{r['steps_per_second']['plain']:.1f}",
             f"{r['steps_per_second'][variant]:.1f}",
@@ -244,18 +282,19 @@ def main(argv):
     ]
     markdown = (
         f"{results_io.title(f'RBP wrapper overhead, TensorFlow {tf.__version__}', provenance)}\n\n"
-        f"Training steps per second at batch {FLAGS.batch_size} on {source} data, "
-        f"{FLAGS.rounds} rounds x {FLAGS.chunk} steps a variant, "
+        f"Training steps per second, {FLAGS.rounds} rounds x {FLAGS.chunk} steps a variant, "
         f"{os.cpu_count()} CPUs, load average {load_before[0]:.1f} at start. "
-        f"Measured: {MEASURED}. Target ratio <= 1.10. Each pruned variant has "
-        "one group active and trainable and the others off and not trainable, as in "
-        f"a stage of RecursivePruning; \"{INPUT_GATE}\" is the plain model with a "
+        f"Measured: {MEASURED}. Target ratio <= {TARGET_RATIO}. A pruned variant named after a group has "
+        "that group active and trainable and the others off and not trainable, as in "
+        f"a stage of RecursivePruning; \"{ALL_AT_ONCE}\" has every group active and trainable; "
+        f"\"{INPUT_GATE}\" is the plain model with a "
         "trainable scale per input pixel, the least that pruning input pixels adds. "
         "The last column is the time of the group's batch x channels normal draws "
         "alone, timed apart, over the plain step.\n\n"
         + results_io.markdown_table(
             [
                 "model",
+                "data",
                 "variant",
                 "plain steps/s",
                 "variant steps/s",
@@ -265,7 +304,8 @@ def main(argv):
             rows,
         )
     )
-    for path in results_io.write_results(FLAGS.output_dir, f"overhead_{keras_mode}", result, markdown):
+    name = f"overhead_{provenance['keras']}" + ("" if FLAGS.models == list(MODELS) else "_" + "_".join(FLAGS.models))
+    for path in results_io.write_results(FLAGS.output_dir, name, result, markdown):
         print(path)
     print(markdown)
 

@@ -39,7 +39,7 @@ def is_composite(layer):
         return False
     if type(layer).__module__.split(".")[0] in ("keras", "keras_rbp"):
         return False
-    if rules.rule_for(layer) is not rules.UNKNOWN:
+    if not rules.is_unknown(layer):
         return False
     return bool(layer._flatten_layers(include_self=False, recursive=False))
 
