@@ -5,11 +5,11 @@ import logging
 import math
 import warnings
 
-import numpy as np
 import tensorflow as tf
 
 from keras_rbp import _keras
 from keras_rbp import magnitude
+from keras_rbp import stage_end
 from keras_rbp._keras import keras
 from keras_rbp.budget import Budget
 from keras_rbp.distribute import is_chief
@@ -144,18 +144,7 @@ class RecursivePruning(keras.callbacks.Callback):
         super().__init__()
         Plan.of([], groups_per_stage, epochs_per_stage=epochs_per_stage, finetune_epochs=finetune_epochs,
                 plan_epochs=plan_epochs, plan_steps=plan_steps)  # checks the arguments
-        check_int("min_channels", min_channels, 1)
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"RecursivePruning: threshold must be in (0, 1), received: {threshold!r}")
-        if not 0.0 < collapse_tolerance < 0.5:
-            raise ValueError(
-                "RecursivePruning: collapse_tolerance must be in (0, 0.5), "
-                f"received: {collapse_tolerance!r}"
-            )
-        if not max_noise_scale >= 1.0:
-            raise ValueError(
-                f"RecursivePruning: max_noise_scale must be >= 1, received: {max_noise_scale!r}"
-            )
+        _check_settings(threshold, min_channels, collapse_tolerance, max_noise_scale, round_to, widths)
         self.epochs_per_stage = epochs_per_stage
         self.finetune_epochs = finetune_epochs
         self.groups_per_stage = groups_per_stage
@@ -165,10 +154,7 @@ class RecursivePruning(keras.callbacks.Callback):
         self.max_noise_scale = max_noise_scale
         self.finetune_learning_rate = finetune_learning_rate
         self.target = _check_target(target_macs, target_params, target_latency_ms)
-        check_int("round_to", round_to, 1)
         self.round_to = round_to
-        if widths not in WIDTHS:
-            raise ValueError(f"RecursivePruning: widths must be one of {WIDTHS}, received: {widths!r}")
         self.widths = widths
         self.plan_epochs = plan_epochs
         self.plan_steps = plan_steps
@@ -353,17 +339,17 @@ class RecursivePruning(keras.callbacks.Callback):
             logs["rbp_kl"] = sum(noise.kl_loss() for noise in groups.values())
         if not self.in_steps:
             self._advance(logs)
-        elif current is not None and all(self._collapsed(groups[name]) for name in stages[current]):
+        elif current is not None and all(stage_end.collapsed(groups[name], self.collapse_tolerance) for name in stages[current]):
             self._end_stage(current, logs)
             self._enter()
         if logs is not None:
             for name, noise in groups.items():
-                logs[f"rbp_kept/{name}"] = _kept_channels(noise, self.threshold)
+                logs[f"rbp_kept/{name}"] = stage_end.kept_channels(noise, self.threshold)
             if self.budget is not None:
                 metric = self.budget.metric
                 logs[f"rbp_target_{metric}"] = float(self.budget.target)
                 logs[f"rbp_expected_{metric}"] = float(self.budget.expected(
-                    _frozen_masks(groups),
+                    stage_end.frozen_masks(groups),
                     {name: noise.keep_probability() for name, noise in groups.items() if noise.mode == "active"},
                 ))
                 if self.budget.costs.latency is not None:
@@ -383,7 +369,7 @@ class RecursivePruning(keras.callbacks.Callback):
             if self._done(groups, clock) >= finetune_length:
                 self.model.stop_training = True
         elif self._done(groups, clock) >= stage_length or (
-            not self.in_steps and all(self._collapsed(groups[name]) for name in clock)
+            not self.in_steps and all(stage_end.collapsed(groups[name], self.collapse_tolerance) for name in clock)
         ):
             self._end_stage(current, logs)
             if self.in_steps:
@@ -391,82 +377,53 @@ class RecursivePruning(keras.callbacks.Callback):
         elif self.in_steps:
             self._ramp_noise(clock)
 
-    def _collapsed(self, noise):
-        """Whether a Dirac-like noise has decided every channel; the peer
-        methods' noises do not collapse, and their stages run their length."""
-        if not noise.collapses:
-            return False
-        pi = noise.keep_probability()
-        return bool(np.all(np.minimum(pi, 1.0 - pi) <= self.collapse_tolerance))
-
     def _end_stage(self, index, logs):
         groups, stages = self._noises, self._stages
         names, count = stages[index], len(stages)
-        pis = [groups[name].keep_probability() for name in names if groups[name].collapses]
-        undecided = sum(int(np.sum(np.minimum(pi, 1.0 - pi) > self.collapse_tolerance)) for pi in pis)
+        undecided, channels = stage_end.undecided([groups[name] for name in names], self.collapse_tolerance)
+        decided_by = "by the budget" if self.budget is not None else f"at threshold {self.threshold}"
+        undecided_pi = f"pi within ({self.collapse_tolerance}, {1 - self.collapse_tolerance})"
         # With verbose, the stage's line says it (once); else a warning does.
         if undecided and not self.verbose:
             unit = "steps" if self.in_steps else "epochs"
             warnings.warn(
-                f"RecursivePruning: stage {index + 1}/{count} ({', '.join(names)}) reached "
-                f"its length ({self._lengths[0]} {unit}) with {undecided} of "
-                f"{sum(pi.size for pi in pis)} channels undecided (pi within "
-                f"({self.collapse_tolerance}, {1 - self.collapse_tolerance})); they are decided "
-                + ("by the budget" if self.budget is not None else f"at threshold {self.threshold}")
-                + "; a longer stage or a larger kl_weight lets the noise collapse",
+                f"RecursivePruning: stage {index + 1}/{count} ({', '.join(names)}) reached its length "
+                f"({self._lengths[0]} {unit}) with {undecided} of {channels} channels undecided "
+                f"({undecided_pi}); they are decided {decided_by}; a longer stage or a larger "
+                "kl_weight lets the noise collapse",
                 stacklevel=2,
             )
-        budget_masks = {}
-        if self.budget is not None:
-            later = [name for stage in stages[index + 1 :] for name in stage]
-            ranked = [name for name in names if groups[name].ranks_by_weights]
-            scores = {name: groups[name].keep_logit() for name in names}
-            scores.update(magnitude.channel_importance(self.model, ranked) if ranked else {})
-            most = {name: int((groups[name].keep_probability() >= self.threshold).sum())
-                    for name in names if self.widths == "posterior" and name not in ranked}
-            budget_masks = self.budget.stage_masks(_frozen_masks(groups), scores, later, most)
+        later = [name for stage in stages[index + 1 :] for name in stage]
+        masks = stage_end.stage_masks(self.model, groups, names, later, self.budget, self.threshold,
+                                      self.min_channels, self.widths)
         for name in names:
-            noise = groups[name]
-            pi = noise.keep_probability()
-            mask = budget_masks.get(name)
-            if mask is None:
-                mask = keep_mask(pi, self.threshold, self.min_channels)
-            if name not in budget_masks and mask.sum() > (pi >= self.threshold).sum():
-                warnings.warn(
-                    f"RecursivePruning: group {name!r} would keep "
-                    f"{int((pi >= self.threshold).sum())} of {pi.size} channels; keeping "
-                    f"the {int(mask.sum())} with the largest pi (min_channels={self.min_channels})",
-                    stacklevel=2,
-                )
-            noise.freeze(mask, pi * mask)
+            noise, mask = groups[name], masks[name]
+            noise.freeze(mask, noise.keep_probability() * mask)
             noise.noise_scale.assign(1.0)
             if self.verbose:
-                metric = _validation_metric(logs)
                 print(
                     f"RecursivePruning: stage {index + 1}/{count} done: {name} keeps "
-                    f"{int(mask.sum())}/{mask.size}{metric}"
-                    + (f", {undecided} channels undecided (pi within ({self.collapse_tolerance}, "
-                       f"{1 - self.collapse_tolerance}), decided "
-                       + ("by the budget)" if self.budget is not None else f"at threshold {self.threshold})")
+                    f"{int(mask.sum())}/{mask.size}{_validation_metric(logs)}"
+                    + (f", {undecided} channels undecided ({undecided_pi}, decided {decided_by})"
                        if undecided else "")
                 )
         if index + 1 == count and self._lengths[1] == 0:
             self.model.stop_training = True
 
 
-def keep_mask(pi, threshold, min_channels):
-    """Channels with pi >= threshold, and at least the `min_channels` with
-    the largest pi."""
-    mask = pi >= threshold
-    floor = min(min_channels, pi.size)
-    if mask.sum() < floor:
-        mask = np.zeros(pi.size, bool)
-        mask[np.argsort(-pi, kind="stable")[:floor]] = True
-    return mask
-
-
-def _frozen_masks(groups):
-    return {name: noise.mask.numpy() > 0 for name, noise in groups.items() if noise.mode == "frozen"}
+def _check_settings(threshold, min_channels, collapse_tolerance, max_noise_scale, round_to, widths):
+    check_int("min_channels", min_channels, 1)
+    check_int("round_to", round_to, 1)
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"RecursivePruning: threshold must be in (0, 1), received: {threshold!r}")
+    if not 0.0 < collapse_tolerance < 0.5:
+        raise ValueError(
+            f"RecursivePruning: collapse_tolerance must be in (0, 0.5), received: {collapse_tolerance!r}"
+        )
+    if not max_noise_scale >= 1.0:
+        raise ValueError(f"RecursivePruning: max_noise_scale must be >= 1, received: {max_noise_scale!r}")
+    if widths not in WIDTHS:
+        raise ValueError(f"RecursivePruning: widths must be one of {WIDTHS}, received: {widths!r}")
 
 
 def _check_target(target_macs, target_params, target_latency_ms):
@@ -489,16 +446,6 @@ def _check_target(target_macs, target_params, target_latency_ms):
             f"model or a number of {metric} above 1, received: {value!r}"
         )
     return given[0]
-
-
-def _kept_channels(noise, threshold):
-    """Channels a group keeps now: its mask when frozen, pi >= threshold when
-    active, all of them when off."""
-    if noise.mode == "frozen":
-        return int(noise.mask.numpy().sum())
-    if noise.mode == "active":
-        return int((noise.keep_probability() >= threshold).sum())
-    return noise.channels
 
 
 def _set_trainable(model, groups, trainable):
@@ -559,7 +506,7 @@ class PruningSummaries(keras.callbacks.Callback):
         with self._writer.as_default(step=epoch):
             for name, noise in _groups(self.model).items():
                 pi = noise.keep_probability()
-                tf.summary.scalar(f"rbp/kept_channels/{name}", _kept_channels(noise, self.threshold))
+                tf.summary.scalar(f"rbp/kept_channels/{name}", stage_end.kept_channels(noise, self.threshold))
                 tf.summary.scalar(f"rbp/mean_pi/{name}", float(pi.mean()))
                 tf.summary.scalar(f"rbp/kl/{name}", noise.kl_loss())
                 tf.summary.histogram(f"rbp/pi/{name}", pi)

@@ -1,0 +1,82 @@
+"""What a stage of `RecursivePruning` keeps when it ends: each group's mask,
+by threshold on pi or by a budget's share, and how many channels the noise
+left undecided."""
+
+import warnings
+
+import numpy as np
+
+from keras_rbp import magnitude
+
+
+def undecided(noises, tolerance):
+    """(undecided, channels): the channels of the Dirac-like `noises` whose
+    pi is within (tolerance, 1 - tolerance), and all their channels."""
+    pis = [noise.keep_probability() for noise in noises if noise.collapses]
+    count = sum(int(np.sum(np.minimum(pi, 1.0 - pi) > tolerance)) for pi in pis)
+    return count, sum(pi.size for pi in pis)
+
+
+def collapsed(noise, tolerance):
+    """Whether a Dirac-like noise has decided every channel (pi within
+    `tolerance` of 0 or 1); the peer methods' noises never collapse, and
+    their stages run their length."""
+    if not noise.collapses:
+        return False
+    pi = noise.keep_probability()
+    return bool(np.all(np.minimum(pi, 1.0 - pi) <= tolerance))
+
+
+def stage_masks(model, groups, names, later, budget, threshold, min_channels, widths):
+    """The masks of the stage's groups `names`: with `budget`, those that
+    meet its share (`budget.Budget.stage_masks`), ranked by keep logit or
+    weight magnitude; else pi >= `threshold`, at least `min_channels`, with
+    a warning where that floor keeps more than the threshold."""
+    budget_masks = {}
+    if budget is not None:
+        ranked = [name for name in names if groups[name].ranks_by_weights]
+        scores = {name: groups[name].keep_logit() for name in names}
+        scores.update(magnitude.channel_importance(model, ranked) if ranked else {})
+        most = {name: int((groups[name].keep_probability() >= threshold).sum())
+                for name in names if widths == "posterior" and name not in ranked}
+        budget_masks = budget.stage_masks(frozen_masks(groups), scores, later, most)
+    masks = {}
+    for name in names:
+        pi = groups[name].keep_probability()
+        masks[name] = budget_masks.get(name)
+        if masks[name] is None:
+            masks[name] = keep_mask(pi, threshold, min_channels)
+            if masks[name].sum() > (pi >= threshold).sum():
+                warnings.warn(
+                    f"RecursivePruning: group {name!r} would keep {int((pi >= threshold).sum())} of "
+                    f"{pi.size} channels; keeping the {int(masks[name].sum())} with the largest pi "
+                    f"(min_channels={min_channels})",
+                    stacklevel=3,
+                )
+    return masks
+
+
+def keep_mask(pi, threshold, min_channels):
+    """Channels with pi >= threshold, and at least the `min_channels` with
+    the largest pi."""
+    mask = pi >= threshold
+    floor = min(min_channels, pi.size)
+    if mask.sum() < floor:
+        mask = np.zeros(pi.size, bool)
+        mask[np.argsort(-pi, kind="stable")[:floor]] = True
+    return mask
+
+
+def frozen_masks(groups):
+    """The masks of the frozen groups of `groups` (name to noise)."""
+    return {name: noise.mask.numpy() > 0 for name, noise in groups.items() if noise.mode == "frozen"}
+
+
+def kept_channels(noise, threshold):
+    """Channels a group keeps now: its mask when frozen, pi >= threshold when
+    active, all of them when off."""
+    if noise.mode == "frozen":
+        return int(noise.mask.numpy().sum())
+    if noise.mode == "active":
+        return int((noise.keep_probability() >= threshold).sum())
+    return noise.channels
