@@ -8,10 +8,12 @@ as in a stage of `RecursivePruning`: that group active and trainable, the
 others off and not trainable. A deep net's (coupled groups, the Activation
 layers they bring) is timed with its first group, its middle group and its
 last group active that way, and with every group active and trainable, as
-all at once. For LeNet-300-100 it also times the floor of pruning input
-pixels: the plain model with a trainable, noise-free scale per pixel, which
-alone adds the gradient with respect to the input (a matrix product as large
-as the first layer's).
+all at once. Each model is also timed with its first group active and
+`keras_rbp.distilled` from a plain copy (the teacher's forward pass and the
+distillation loss added to a step). For LeNet-300-100 it also times the
+floor of pruning input pixels: the plain model with a trainable, noise-free
+scale per pixel, which alone adds the gradient with respect to the input (a
+matrix product as large as the first layer's).
 
 Every variant is its own compiled model, warmed up (traced) before timing.
 The timing runs --rounds rounds; a round calls each variant's train function
@@ -60,6 +62,7 @@ MODELS = {
     "efficientnet_b0": (_application("EfficientNetB0"), {}, False, False),
 }
 ALL_AT_ONCE = "every group (all at once)"
+DISTILLED = "distillation"
 TARGET_RATIO = 1.15
 INPUT_GATE = "input gate (floor)"
 
@@ -220,6 +223,11 @@ def _time_model(name):
     stages = _stages(list(noises), every_group=mnist)
     for variant, active in stages.items():
         variants[variant] = _compiled(_pruned_for_stage(builder, options, len(x), set(active)), dataset)
+    first = next(iter(noises))
+    keras.utils.set_random_seed(0)
+    teacher = builder()
+    student = _pruned_for_stage(builder, options, len(x), {first})
+    variants[f"{first} + {DISTILLED}"] = _compiled(rbp.distilled(student, teacher), dataset)
     times = _time_variants(variants, dataset)
 
     medians = {variant: statistics.median(t) for variant, t in times.items()}
@@ -287,6 +295,7 @@ def main(argv):
         f"Measured: {MEASURED}. Target ratio <= {TARGET_RATIO}. A pruned variant named after a group has "
         "that group active and trainable and the others off and not trainable, as in "
         f"a stage of RecursivePruning; \"{ALL_AT_ONCE}\" has every group active and trainable; "
+        f"\"+ {DISTILLED}\" adds distillation from a plain copy (`keras_rbp.distilled`); "
         f"\"{INPUT_GATE}\" is the plain model with a "
         "trainable scale per input pixel, the least that pruning input pixels adds. "
         "The last column is the time of the group's batch x channels normal draws "

@@ -17,6 +17,7 @@ from keras_rbp import datasets, models, rules
 from keras_rbp.distribute import check_strategy, is_chief
 from keras_rbp.exporting import ExportCheckError, export
 from keras_rbp.latency import benchmark_tflite
+from keras_rbp.distillation import distilled
 from keras_rbp.layers import RBPNoise
 from keras_rbp.metrics import Report, report
 from keras_rbp.quantize import quantize_aware
@@ -44,6 +45,7 @@ __all__ = [
     "ShrinkError",
     "benchmark_tflite",
     "check_strategy",
+    "distilled",
     "export",
     "freeze",
     "is_chief",

@@ -121,6 +121,9 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_float("kl_weight", 10.0, "prune: how hard pruning pushes; larger removes more channels.")
 flags.DEFINE_bool("cost_aware", True, "prune: price each channel by the MACs it carries.")
+flags.DEFINE_float("distillation_weight", 0.0,
+                   "prune: weight of the distillation loss from the unpruned model (0: none; 1 is usual).")
+flags.DEFINE_float("distillation_temperature", 4.0, "prune: the distillation's softmax temperature.")
 flags.DEFINE_bool("flatten_features", False, "prune: also prune the features after each Flatten layer.")
 flags.DEFINE_integer("batch_size", 32, "prune: examples a training step.")
 flags.DEFINE_float("learning_rate", 1e-3, "prune: Adam's learning rate while pruning.")
@@ -348,6 +351,8 @@ def _prune():
         method=FLAGS.method,
         kl_weight=FLAGS.kl_weight,
         cost_aware=FLAGS.cost_aware,
+        distillation_weight=FLAGS.distillation_weight,
+        distillation_temperature=FLAGS.distillation_temperature,
         flatten_features=FLAGS.flatten_features,
         target_macs=_number(FLAGS.target_macs),
         target_params=_number(FLAGS.target_params),

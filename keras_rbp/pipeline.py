@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rbp import datasets, models
+from keras_rbp.distillation import distilled
 from keras_rbp._keras import keras
 from keras_rbp.exporting import export
 from keras_rbp.latency import model_latency
@@ -53,6 +54,8 @@ class Recipe:
     input_features: bool = False  # the small model then takes the kept features
     flatten_features: bool = False
     cost_aware: bool = False
+    distillation_weight: float = 0.0  # the distillation loss's weight (0: none); see keras_rbp.distillation
+    distillation_temperature: float = 4.0
     # RecursivePruning
     epochs_per_stage: int = 5
     finetune_epochs: int = 5
@@ -112,11 +115,12 @@ def run(recipe, verbose=1):
         seed=recipe.seed,
         method=recipe.method,
     )
-    _compile(pruned, recipe.learning_rate)
+    trained = _with_distillation(pruned, baseline, recipe.distillation_weight, recipe.distillation_temperature)
+    _compile(trained, recipe.learning_rate)
     schedule = _schedule(dataclasses.asdict(recipe), verbose, max_noise_scale=recipe.max_noise_scale)
-    history = pruned.fit(x_train, y_train, batch_size=recipe.batch_size,
-                         epochs=schedule.total_epochs(pruned), callbacks=[schedule],
-                         validation_split=recipe.validation_split, verbose=2 if verbose else 0)
+    history = trained.fit(x_train, y_train, batch_size=recipe.batch_size,
+                          epochs=schedule.total_epochs(pruned), callbacks=[schedule],
+                          validation_split=recipe.validation_split, verbose=2 if verbose else 0)
     clock.lap("prune")
 
     # With input features pruned, the small model takes only the kept ones.
@@ -229,6 +233,11 @@ def _baseline(recipe, x_train, y_train, fit_size, verbose):
 
 def _masks(pruned):
     return {name: noise.mask.numpy() > 0 for name, noise in pruning_groups(pruned).items()}
+
+
+def _with_distillation(pruned, teacher, weight, temperature):
+    """The model to fit: `pruned`, or with a weight, `pruned` distilled from `teacher`."""
+    return distilled(pruned, teacher, temperature, weight) if weight else pruned
 
 
 def _compile(model, learning_rate, weight_decay=0.0):
@@ -360,6 +369,8 @@ def prune_and_export(
     method="rbp",
     kl_weight=10.0,
     cost_aware=True,
+    distillation_weight=0.0,
+    distillation_temperature=4.0,
     flatten_features=False,
     target_macs=None,
     target_params=None,
@@ -419,6 +430,10 @@ def prune_and_export(
         batch_size: examples a step, for arrays and image folders.
         learning_rate: Adam's learning rate while pruning.
         method, kl_weight, cost_aware, flatten_features: as in `prune`.
+        distillation_weight: above 0, the pruned model also learns from
+            `model`'s outputs: the loss adds this weight times the
+            distillation loss (`keras_rbp.distillation`); 0, none.
+        distillation_temperature: the distillation's softmax temperature.
         target_macs, target_params, target_latency_ms, round_to, widths,
             plan_epochs, epochs_per_stage, finetune_epochs,
             groups_per_stage, finetune_learning_rate: as in
@@ -454,6 +469,7 @@ def prune_and_export(
         "model": model.name, "params": int(model.count_params()), "train_examples": train.size,
         "loss": getattr(loss, "name", str(loss)), "batch_size": batch_size, "learning_rate": learning_rate,
         "method": method, "kl_weight": kl_weight, "cost_aware": cost_aware, "flatten_features": flatten_features,
+        "distillation_weight": distillation_weight, "distillation_temperature": distillation_temperature,
         "target_macs": target_macs, "target_params": target_params, "target_latency_ms": target_latency_ms,
         "round_to": round_to, "widths": widths, "plan_epochs": plan_epochs, "epochs_per_stage": epochs_per_stage,
         "finetune_epochs": finetune_epochs, "groups_per_stage": groups_per_stage,
@@ -462,7 +478,8 @@ def prune_and_export(
 
     pruned = prune(model, dataset_size=train.size if train.size else train.dataset, kl_weight=kl_weight,
                    cost_aware=cost_aware, flatten_features=flatten_features, seed=seed, method=method)
-    pruned.compile(keras.optimizers.Adam(learning_rate), loss, metrics=measure.keras_metrics)
+    trained = _with_distillation(pruned, model, distillation_weight, distillation_temperature)
+    trained.compile(keras.optimizers.Adam(learning_rate), loss, metrics=measure.keras_metrics)
     schedule = _checked_schedule(pruned, train, settings, verbose)
     _check_budget(pruned, target_macs, target_params, round_to)
 
@@ -476,8 +493,8 @@ def prune_and_export(
     try:
         if verbose and resumed:
             print(f"prune_and_export: resuming the plan backed up in {work_dir}")
-        pruned.fit(
-            train.training_dataset(pruned.optimizer, seed), epochs=schedule.total_epochs(pruned, train.steps),
+        trained.fit(
+            train.training_dataset(trained.optimizer, seed), epochs=schedule.total_epochs(pruned, train.steps),
             validation_data=validation.dataset if validation is not None else None, callbacks=callbacks,
             shuffle=False, verbose=2 if verbose else 0,
         )

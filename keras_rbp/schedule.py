@@ -8,6 +8,7 @@ import warnings
 import tensorflow as tf
 
 from keras_rbp import _keras
+from keras_rbp import distillation
 from keras_rbp import magnitude
 from keras_rbp import stage_end
 from keras_rbp._keras import keras
@@ -76,6 +77,9 @@ class RecursivePruning(keras.callbacks.Callback):
     non-trainable for the stage (they then cost a multiply, see `RBPNoise`),
     and the model's train and test functions are rebuilt when that changes,
     once a stage. Every group is trainable again when fit ends.
+
+    To distill from the unpruned model, fit `distillation.distilled(pruned,
+    model)` with this callback: budgets count the pruned model it trains.
 
     All progress lives in the noises' variables (modes, masks, frozen values,
     epochs and steps in the current mode), so a model saved by
@@ -237,7 +241,8 @@ class RecursivePruning(keras.callbacks.Callback):
         _set_trainable(self.model, groups, {name: True for name in groups})
         if self.target is not None:
             metric, target = self.target
-            self.budget = Budget(self.model, metric, target, self.min_channels, self.round_to)
+            self.budget = Budget(distillation.student(self.model), metric, target, self.min_channels,
+                                 self.round_to)
         ranked = [name for name, noise in groups.items() if noise.ranks_by_weights]
         if ranked and self.budget is None:
             raise ValueError(
@@ -246,7 +251,7 @@ class RecursivePruning(keras.callbacks.Callback):
                 "target_params or target_latency_ms"
             )
         if ranked:
-            magnitude.channel_importance(self.model, ranked)  # fails now, not after a stage
+            magnitude.channel_importance(distillation.student(self.model), ranked)  # fails now, not later
         # The optimiser must know every group's logits before a stage leaves
         # some out; it would otherwise be built at the first step, on the
         # first stage's. (tf_keras' legacy optimisers have no build.)
@@ -394,8 +399,8 @@ class RecursivePruning(keras.callbacks.Callback):
                 stacklevel=2,
             )
         later = [name for stage in stages[index + 1 :] for name in stage]
-        masks = stage_end.stage_masks(self.model, groups, names, later, self.budget, self.threshold,
-                                      self.min_channels, self.widths)
+        masks = stage_end.stage_masks(distillation.student(self.model), groups, names, later, self.budget,
+                                      self.threshold, self.min_channels, self.widths)
         for name in names:
             noise, mask = groups[name], masks[name]
             noise.freeze(mask, noise.keep_probability() * mask)
