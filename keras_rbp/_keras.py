@@ -6,6 +6,7 @@ does. Every other module imports Keras from here.
 """
 
 import contextlib
+import inspect
 import os
 import re
 
@@ -144,12 +145,16 @@ def first_call_shapes(layer):
     return tuple(first(inputs).shape), tuple(first(outputs).shape)
 
 
-def first_call_input_shapes(layer):
-    """The shapes of every input tensor of the first call of `layer`, in
-    the order of its call's arguments."""
+def first_call_argument_shapes(layer):
+    """The shapes of the tensor arguments of the first call of `layer`, by
+    the name of its `call`'s parameter: a dict, in the call's order."""
     node = layer._inbound_nodes[0]
-    inputs = node.input_tensors if IS_KERAS_3 else node.keras_inputs
-    return [tuple(tensor.shape) for tensor in tf.nest.flatten(inputs)]
+    args, kwargs = (node.arguments.args, node.arguments.kwargs) if IS_KERAS_3 else (node.call_args, node.call_kwargs)
+    try:
+        bound = inspect.signature(layer.call).bind_partial(*args, **kwargs).arguments
+    except TypeError:  # a call recorded with arguments its signature does not name
+        return {}
+    return {name: tuple(value.shape) for name, value in bound.items() if hasattr(value, "shape")}
 
 
 def operation_name(operation):
@@ -178,7 +183,7 @@ __all__ = [
     "custom_objects",
     "constructor_arguments",
     "first_call_shapes",
-    "first_call_input_shapes",
+    "first_call_argument_shapes",
     "functional_view",
     "is_functional",
     "is_plain_model",
@@ -232,6 +237,8 @@ def input_names(model):
 def output_names(model):
     """The names of a model's outputs in its SavedModel signature, in order."""
     if IS_KERAS_3:
+        if isinstance(model.output, dict):  # named by key, in flatten order
+            return sorted(model.output)
         return [f"output_{i}" for i in range(len(model.outputs))]
     return list(model.output_names)
 

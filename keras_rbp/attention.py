@@ -25,6 +25,7 @@ class MultiHeadAttentionRule(LayerRule):
 
     prunable = True
     noise_on_outputs = False
+    keeps_inputs = True
     width_key = "num_heads"
 
     def noise_axis(self, layer):
@@ -66,10 +67,9 @@ class MultiHeadAttentionRule(LayerRule):
     def call_alone(self, layer, inputs):
         return layer(inputs, inputs)  # self-attention
 
-    def call_macs(self, layer, input_shapes, output_shape):
-        query_shape = input_shapes[0]
-        value_shape = input_shapes[1] if len(input_shapes) > 1 else query_shape
-        return attention_macs(layer, query_shape, value_shape, layer_heads(layer))
+    def call_macs(self, layer, argument_shapes, output_shape):
+        query_shape = argument_shapes["query"]
+        return attention_macs(layer, query_shape, argument_shapes.get("value", query_shape), layer_heads(layer))
 
     def scaled_cost(self, layer, macs, in_ratio, out_ratio):
         """MACs and parameters with `out_ratio` of the heads kept: all but

@@ -185,7 +185,7 @@ class ChannelPlan:
                 continue
             op = self._op(path, node, layer, call_index, in_keys)
             self.ops.append(op)
-            if any(tensor.unknown for tensor in self.ins(op)):
+            if not op.rule.keeps_inputs and any(tensor.unknown for tensor in self.ins(op)):
                 self.boundary(op, "reads a tensor whose number of channels is unknown")
             else:
                 op.rule.forward(self, op)

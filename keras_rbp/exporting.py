@@ -242,9 +242,16 @@ def _check_quantize(quantize, representative_data, check_data):
 
 
 def _as_inputs(data, model, arg):
-    """`data` as a list of float32 arrays, one per model input."""
+    """`data` (an array, a list of them, or a dict by input name) as a list
+    of arrays, one per model input in order, each of its input's dtype."""
+    if isinstance(data, dict):
+        names = _keras.input_names(model)
+        if set(data) != set(names):
+            raise ValueError(f"export: {arg} has inputs {sorted(data)}; model {model.name!r} has {names}")
+        data = [data[name] for name in names]
     arrays = list(data) if isinstance(data, (list, tuple)) else [data]
-    arrays = [np.asarray(x, dtype="float32") for x in arrays]
+    arrays = [np.asarray(x, dtype=_numpy_dtype(spec.dtype)) for x, spec in zip(arrays, model.inputs)] + arrays[
+        len(model.inputs):]
     if len(arrays) != len(model.inputs):
         raise ValueError(
             f"export: {arg} holds {len(arrays)} arrays; model {model.name!r} has "
@@ -267,6 +274,10 @@ def _as_inputs(data, model, arg):
     return arrays
 
 
+def _numpy_dtype(dtype):
+    return np.dtype(getattr(dtype, "as_numpy_dtype", dtype))
+
+
 def _random_inputs(model):
     rng = np.random.default_rng(0)
     inputs = []
@@ -283,9 +294,8 @@ def _random_inputs(model):
 def _keras_outputs(model, inputs):
     batches = []
     for start in range(0, len(inputs[0]), BATCH_SIZE):
-        batch = [x[start : start + BATCH_SIZE] for x in inputs]
-        outputs = model(batch if len(batch) > 1 else batch[0], training=False)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        batch = tf.nest.pack_sequence_as(model.input, [x[start : start + BATCH_SIZE] for x in inputs])
+        outputs = tf.nest.flatten(model(batch, training=False))
         batches.append([np.asarray(y) for y in outputs])
     return [np.concatenate(ys) for ys in zip(*batches)]
 
@@ -310,17 +320,17 @@ def _ordered(outputs, output_names):
 
 
 def _quantize(x, detail):
-    if not np.issubdtype(detail["dtype"], np.integer):
-        return np.asarray(x, dtype=detail["dtype"])
     scale, zero_point = detail["quantization"]
+    if not np.issubdtype(detail["dtype"], np.integer) or scale == 0:  # float, or integers such as token ids
+        return np.asarray(x, dtype=detail["dtype"])
     info = np.iinfo(detail["dtype"])
     return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(detail["dtype"])
 
 
 def _dequantize(y, detail):
-    if not np.issubdtype(detail["dtype"], np.integer):
-        return y
     scale, zero_point = detail["quantization"]
+    if not np.issubdtype(detail["dtype"], np.integer) or scale == 0:
+        return y
     return (y.astype("float32") - zero_point) * scale
 
 

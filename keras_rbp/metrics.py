@@ -15,7 +15,7 @@ import numpy as np
 
 from keras_rbp import composite
 from keras_rbp import graph as graph_lib
-from keras_rbp._keras import first_call_input_shapes, first_call_shapes, keras
+from keras_rbp._keras import first_call_argument_shapes, first_call_shapes, keras
 from keras_rbp.layers import RBPNoise
 from keras_rbp.rules import SELECTION_SUFFIX, channel_axis, rule_for
 from keras_rbp.wrapper import RBPHeadWrapper, RBPWrapper
@@ -57,13 +57,14 @@ def _counted(layer):
 def _stats(layer):
     """The `LayerStats` of `layer`'s first call."""
     inner = layer.layer if isinstance(layer, RBPWrapper) else layer
-    input_shapes, output_shape = first_call_input_shapes(layer), first_call_shapes(layer)[1]
+    input_shape, output_shape = first_call_shapes(layer)
+    argument_shapes = first_call_argument_shapes(layer) or {"inputs": input_shape}
     return LayerStats(
         name=layer.name,
         kind="selection" if is_selection(inner) else type(inner).__name__,
         channels=int(output_shape[channel_axis(inner)] or 0),
         params=int(sum(np.prod(w.shape) for w in inner.weights)),
-        macs=_macs(inner, input_shapes, output_shape),
+        macs=_macs(inner, argument_shapes, output_shape),
     )
 
 
@@ -204,19 +205,21 @@ def _output_producers(model):
     return {ref.layer for ref in graph_lib.graph_of(model).outputs}
 
 
-def _macs(layer, input_shapes, output_shape):
-    """The MACs of one call of `layer`, as its rule counts them."""
+def _macs(layer, argument_shapes, output_shape):
+    """The MACs of one call of `layer`, as its rule counts them, from the
+    shapes of its call's tensor arguments (by parameter name)."""
     if is_selection(layer):
         return 0
     try:
-        return int(rule_for(layer).call_macs(layer, input_shapes, output_shape))
+        return int(rule_for(layer).call_macs(layer, argument_shapes, output_shape))
     except TypeError as error:
-        if None not in (*[size for shape in input_shapes for size in shape[1:]], *output_shape[1:]):
+        sizes = [size for shape in (*argument_shapes.values(), output_shape) for size in shape[1:]]
+        if None not in sizes:
             raise
         raise ValueError(
             f"keras_rbp: the MACs of layer {layer.name!r} depend on sizes its input shape "
-            f"{tuple(input_shapes[0])} leaves unknown; build the model with a fixed input shape "
-            "(for example keras.Input((224, 224, 3)), or a KerasHub backbone's image_shape)"
+            f"{tuple(next(iter(argument_shapes.values())))} leaves unknown; build the model with a fixed input "
+            "shape (for example keras.Input((224, 224, 3)), or a KerasHub backbone's image_shape)"
         ) from error
 
 

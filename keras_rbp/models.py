@@ -1,8 +1,22 @@
 """The reference networks of the pruning literature, as Keras models."""
 
-from keras_rbp._keras import keras
+from keras_rbp._keras import keras, register_serializable
 
 layers = keras.layers
+
+
+@register_serializable(package="keras_rbp")
+class PositionEmbedding(layers.Layer):
+    """Adds a learned vector to each position of a (batch, positions,
+    channels) sequence: where each patch of a ViT sits."""
+
+    def build(self, input_shape):
+        self.embedding = self.add_weight(
+            name="embedding", shape=tuple(input_shape[1:]), initializer=keras.initializers.RandomNormal(stddev=0.02)
+        )
+
+    def call(self, inputs):
+        return inputs + self.embedding
 
 
 def lenet_300_100(input_shape=(28, 28, 1), classes=10):
@@ -83,7 +97,8 @@ def vgg16_cifar10(input_shape=(32, 32, 3), classes=10):
 def small_vit(input_shape=(28, 28, 1), classes=10, patch_size=4, dim=64, blocks=2, heads=4, mlp_dim=128,
               conv_stem=0):
     """A small Vision Transformer, written as in the Keras examples: patches
-    embedded by a strided Conv2D, `blocks` pre-norm transformer blocks
+    embedded by a strided Conv2D, a learned position embedding, `blocks`
+    pre-norm transformer blocks
     (LayerNormalization, MultiHeadAttention of `heads` heads, a residual
     Add, LayerNormalization, a gelu Dense of `mlp_dim` and a Dense back to
     `dim`, a residual Add), a LayerNormalization, average pooling over the
@@ -99,6 +114,7 @@ def small_vit(input_shape=(28, 28, 1), classes=10, patch_size=4, dim=64, blocks=
     x = layers.Conv2D(dim, patch_size, strides=patch_size, name="patches")(x)
     grid = (input_shape[0] // patch_size) * (input_shape[1] // patch_size)
     x = layers.Reshape((grid, dim), name="tokens")(x)
+    x = PositionEmbedding(name="positions")(x)
     for block in range(1, blocks + 1):
         y = layers.LayerNormalization(epsilon=1e-6, name=f"block{block}_norm1")(x)
         y = layers.MultiHeadAttention(heads, dim // heads, name=f"block{block}_attention")(y, y)

@@ -48,6 +48,9 @@ class LayerRule:
     # Whether a prunable layer's noise scales its output channels (else
     # channels inside the layer: an attention's heads).
     noise_on_outputs = True
+    # Whether the layer keeps every channel of its inputs, so that it may
+    # read tensors of unknown width (an attention mask of any length).
+    keeps_inputs = False
     # Whether the layer holds nothing sized by its channels, so that each
     # call of a shared layer keeps the channels of its own inputs (a Dropout
     # called on tensors of different widths); otherwise every call keeps
@@ -104,10 +107,11 @@ class LayerRule:
         latency table times it."""
         return layer(inputs)
 
-    def call_macs(self, layer, input_shapes, output_shape):
-        """`macs` for a call with the shapes of all its input tensors; a
-        layer of several inputs (attention) overrides this one instead."""
-        return self.macs(layer, input_shapes[0], output_shape)
+    def call_macs(self, layer, argument_shapes, output_shape):
+        """`macs` for a call whose tensor arguments have `argument_shapes`
+        (a dict by the name of the call's parameter, in its order); a layer
+        of several inputs (attention) overrides this one instead."""
+        return self.macs(layer, next(iter(argument_shapes.values())), output_shape)
 
     def rebuild(self, build, op, ins):
         """Returns the physical channels (indices into each output's channels)

@@ -64,9 +64,9 @@ def test_a_head_whose_theta_is_zero_contributes_nothing():
 
 
 def test_attention_macs_count_projections_and_products_per_head():
-    query, value = keras.Input((5, 12)), keras.Input((7, 10))
+    query, value, mask = keras.Input((5, 12)), keras.Input((7, 10)), keras.Input((5, 7), dtype="bool")
     attention = L.MultiHeadAttention(3, 4, value_dim=6, name="cross")
-    model = keras.Model([query, value], attention(query, value))
+    model = keras.Model([query, value, mask], attention(attention_mask=mask, value=value, query=query))
     (stats,) = rbp.metrics.layer_stats(model)
     heads, queries, keys, key_dim, value_dim = 3, 5, 7, 4, 6
     expected = heads * (
@@ -110,7 +110,7 @@ def test_a_mac_budget_spends_across_convolution_channels_heads_and_mlp_widths():
 
 
 @pytest.mark.skipif(not IS_KERAS_3, reason="KerasHub needs Keras 3")
-@pytest.mark.parametrize("name", ["TransformerEncoderModel", "ViTBackbone"])
+@pytest.mark.parametrize("name", ["TransformerEncoderModel", "ViTBackbone", "BertBackbone"])
 def test_kerashub_transformers_prune_heads_and_mlp_widths(name, tmp_path):
     from benchmarks import hub_models
 
