@@ -59,7 +59,9 @@ class MultiHeadAttentionRule(LayerRule):
         layer = op.inner
         for key, physical in zip(op.inputs, ins):
             if len(physical) != build.plan.tensors[key].channels:
-                raise ShrinkError(f"shrink: MultiHeadAttention layer {op.name!r} reads a tensor whose channels were removed")
+                raise ShrinkError(
+                    f"shrink: MultiHeadAttention layer {op.name!r} reads a tensor whose channels were removed"
+                )
         kept = build.plan.kept(op.state["theta_key"])
         build.set_layer(op, _sliced_weights(layer, kept, op.theta[kept]), {self.width_key: len(kept)})
         return [np.arange(build.plan.tensors[key].channels) for key in op.outputs]
@@ -121,7 +123,9 @@ def _positions(shape):
 
 def _projection_weights(layer):
     """The weights of each projection of a built MultiHeadAttention layer,
-    by role ("query", "key", "value", "gate", "output"), kernel first."""
+    by role ("query", "key", "value", "gate", "output"), kernel first:
+    the EinsumDense sublayers that Keras 3 and tf_keras both name
+    ``_<role>_dense`` (Keras 3 has no public name for the gate's)."""
     found = {}
     for role in ("query", "key", "value", "gate", "output"):
         sublayer = getattr(layer, f"_{role}_dense", None)

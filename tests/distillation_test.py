@@ -37,6 +37,15 @@ def _mnist(count):
     return x[:count], y[:count], x_test[:1000], y_test[:1000]
 
 
+def _trained_lenet(x, y):
+    """LeNet-5-Caffe trained one epoch, seeded."""
+    keras.utils.set_random_seed(0)
+    model = rbp.models.lenet5_caffe()
+    model.compile(keras.optimizers.Adam(1e-3), LOSS)
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    return model
+
+
 def test_a_distilled_fit_trains_the_pruned_model_and_leaves_the_teacher_untouched():
     x, y, _, _ = _mnist(512)
     keras.utils.set_random_seed(0)
@@ -59,10 +68,7 @@ def test_a_distilled_fit_trains_the_pruned_model_and_leaves_the_teacher_untouche
 
 def test_a_budgeted_plan_on_a_distilled_model_meets_its_target_on_the_pruned_model():
     x, y, x_test, y_test = _mnist(3000)
-    keras.utils.set_random_seed(0)
-    teacher = rbp.models.lenet5_caffe()
-    teacher.compile(keras.optimizers.Adam(1e-3), LOSS)
-    teacher.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    teacher = _trained_lenet(x, y)
     pruned = rbp.prune(teacher, dataset_size=len(x), cost_aware=True)
     model = distilled(pruned, teacher)
     model.compile(keras.optimizers.Adam(1e-3), LOSS)
@@ -77,10 +83,7 @@ def test_a_budgeted_plan_on_a_distilled_model_meets_its_target_on_the_pruned_mod
 
 def test_prune_and_export_distils_from_the_users_model():
     x, y, x_test, y_test = _mnist(2000)
-    keras.utils.set_random_seed(0)
-    model = rbp.models.lenet5_caffe()
-    model.compile(keras.optimizers.Adam(1e-3), LOSS)
-    model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    model = _trained_lenet(x, y)
     weights = [w.copy() for w in model.get_weights()]
     result = rbp.prune_and_export(model, (x, y), (x_test, y_test), target_macs=0.5, plan_epochs=1,
                                   distillation_weight=1.0, verbose=0)

@@ -14,7 +14,7 @@ import pytest
 import keras_rbp as rbp
 from keras_rbp._keras import IS_KERAS_3, keras
 from tests.conftest import mnist_dir
-from tests.surgery_test import _freeze_random
+from tests.surgery_test import _freeze_random, assert_same_outputs
 
 pytestmark = pytest.mark.skipif(not IS_KERAS_3, reason="KerasHub needs Keras 3")
 
@@ -49,13 +49,7 @@ def test_hub_model_shrinks_exactly(name):
     assert groups, name
     _freeze_random(pruned, keep=0.7)
     small = rbp.shrink(pruned)
-    inputs = hub_models.example_inputs(name)
-    expected = keras.tree.flatten(pruned(inputs, training=False))
-    actual = keras.tree.flatten(small(inputs, training=False))
-    for a, b in zip(expected, actual):
-        a, b = np.asarray(a), np.asarray(b)
-        assert a.shape == b.shape
-        assert np.abs(a - b).max() <= 1e-4 * max(1.0, np.abs(a).max())
+    assert_same_outputs(pruned, small, hub_models.example_inputs(name), tolerance=1e-4)
     assert model.count_params() / small.count_params() >= SHRINKS[name]
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
