@@ -241,13 +241,14 @@ def _functional_graph(config):
 
 
 def _refs(value):
-    """Reads [name, node, tensor], or a list or dict of them; a dict's in
-    the order Keras flattens it (by key), which numbers a model's outputs."""
+    """Reads [name, node, tensor], or any nesting of lists and dicts of
+    them, in the order Keras flattens it (a dict by key), which numbers a
+    model's inputs and outputs."""
     if isinstance(value, dict):
-        value = [value[key] for key in sorted(value)]
+        return [ref for key in sorted(value) for ref in _refs(value[key])]
     if value and isinstance(value[0], str):
         return [TensorRef(*value[:3])]
-    return [TensorRef(*item[:3]) for item in value]
+    return [ref for item in value for ref in _refs(item)]
 
 
 NUMPY_CONSTANTS = ("__numpy__", "__tensor__")

@@ -334,6 +334,25 @@ def test_a_functional_subclass_with_a_dict_of_outputs_keeps_its_dict():
     assert small.get_layer("conv").filters == int(masks["conv"].sum()) < 8
 
 
+def test_a_functional_subclass_with_nested_outputs_keeps_their_structure():
+    class Pyramid(keras.Model):
+        def __init__(self, **kwargs):
+            inputs = keras.Input((8, 8, 3))
+            x = L.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inputs)
+            y = L.Conv2D(6, 3, strides=2, padding="same", activation="relu", name="down")(x)
+            outputs = {"levels": [L.Conv2D(4, 1, name="p1")(x), L.Conv2D(4, 1, name="p2")(y)], "deep": y}
+            super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+
+    pruned = rbp.prune(Pyramid(), dataset_size=100)
+    masks = _freeze_random(pruned, keep=0.5)
+    small = rbp.shrink(pruned)
+    x = np.random.RandomState(0).rand(2, 8, 8, 3).astype("float32")
+    assert_same_outputs(pruned, small, x)
+    outputs = small(x)
+    assert sorted(outputs) == ["deep", "levels"] and len(outputs["levels"]) == 2
+    assert small.get_layer("conv").filters == int(masks["conv"].sum()) < 8
+
+
 def _two_encoders():
     encoders = []
     for name, width in (("text", 6), ("image", 5)):
