@@ -39,6 +39,8 @@ HELP = {
     "input_features": "also prune the input pixels (the small model then takes only the kept ones)",
     "flatten_features": "also prune the features after each Flatten layer",
     "cost_aware": "price each channel by the MACs it carries, so that expensive channels go first",
+    "distillation_weight": "weight of the distillation loss from the unpruned model (0: none)",
+    "distillation_temperature": "softmax temperature of the distillation loss",
     "epochs_per_stage": "the most epochs each stage trains before its channels are decided",
     "finetune_epochs": "epochs that train the pruned model after the last stage",
     "groups_per_stage": "layers pruned together in one stage; 0 prunes all of them at once",
