@@ -250,13 +250,12 @@ def _as_inputs(data, model, arg):
             raise ValueError(f"export: {arg} has inputs {sorted(data)}; model {model.name!r} has {names}")
         data = [data[name] for name in names]
     arrays = list(data) if isinstance(data, (list, tuple)) else [data]
-    arrays = [np.asarray(x, dtype=_numpy_dtype(spec.dtype)) for x, spec in zip(arrays, model.inputs)] + arrays[
-        len(model.inputs):]
     if len(arrays) != len(model.inputs):
         raise ValueError(
             f"export: {arg} holds {len(arrays)} arrays; model {model.name!r} has "
             f"{len(model.inputs)} inputs"
         )
+    arrays = [np.asarray(x, dtype=_numpy_dtype(spec.dtype)) for x, spec in zip(arrays, model.inputs)]
     for x, spec in zip(arrays, model.inputs):
         expected = tuple(spec.shape[1:])
         if x.ndim != len(expected) + 1 or any(

@@ -344,7 +344,7 @@ class RecursivePruning(keras.callbacks.Callback):
             logs["rbp_kl"] = sum(noise.kl_loss() for noise in groups.values())
         if not self.in_steps:
             self._advance(logs)
-        elif current is not None and all(stage_end.collapsed(groups[name], self.collapse_tolerance) for name in stages[current]):
+        elif current is not None and self._collapsed(stages[current]):
             self._end_stage(current, logs)
             self._enter()
         if logs is not None:
@@ -374,13 +374,17 @@ class RecursivePruning(keras.callbacks.Callback):
             if self._done(groups, clock) >= finetune_length:
                 self.model.stop_training = True
         elif self._done(groups, clock) >= stage_length or (
-            not self.in_steps and all(stage_end.collapsed(groups[name], self.collapse_tolerance) for name in clock)
+            not self.in_steps and self._collapsed(clock)
         ):
             self._end_stage(current, logs)
             if self.in_steps:
                 self._enter()
         elif self.in_steps:
             self._ramp_noise(clock)
+
+    def _collapsed(self, names):
+        """Whether the noises of groups `names` have all collapsed."""
+        return all(stage_end.collapsed(self._noises[name], self.collapse_tolerance) for name in names)
 
     def _end_stage(self, index, logs):
         groups, stages = self._noises, self._stages

@@ -9,22 +9,24 @@ import numpy as np
 from keras_rbp import magnitude
 
 
+def _undecided(noise, tolerance):
+    """Per channel of a noise, whether pi is within (tolerance, 1 - tolerance)."""
+    pi = noise.keep_probability()
+    return np.minimum(pi, 1.0 - pi) > tolerance
+
+
 def undecided(noises, tolerance):
     """(undecided, channels): the channels of the Dirac-like `noises` whose
     pi is within (tolerance, 1 - tolerance), and all their channels."""
-    pis = [noise.keep_probability() for noise in noises if noise.collapses]
-    count = sum(int(np.sum(np.minimum(pi, 1.0 - pi) > tolerance)) for pi in pis)
-    return count, sum(pi.size for pi in pis)
+    flags = [_undecided(noise, tolerance) for noise in noises if noise.collapses]
+    return sum(int(flag.sum()) for flag in flags), sum(flag.size for flag in flags)
 
 
 def collapsed(noise, tolerance):
     """Whether a Dirac-like noise has decided every channel (pi within
     `tolerance` of 0 or 1); the peer methods' noises never collapse, and
     their stages run their length."""
-    if not noise.collapses:
-        return False
-    pi = noise.keep_probability()
-    return bool(np.all(np.minimum(pi, 1.0 - pi) <= tolerance))
+    return noise.collapses and not _undecided(noise, tolerance).any()
 
 
 def stage_masks(model, groups, names, later, budget, threshold, min_channels, widths):
