@@ -66,6 +66,7 @@ def test_a_distilled_fit_trains_the_pruned_model_and_leaves_the_teacher_untouche
     assert any(not np.array_equal(a, b) for a, b in zip(before, pruned.get_weights()))
 
 
+@pytest.mark.heavy  # prune_and_export's distillation test runs the same budgeted plan by default
 def test_a_budgeted_plan_on_a_distilled_model_meets_its_target_on_the_pruned_model():
     x, y, x_test, y_test = _mnist(3000)
     teacher = _trained_lenet(x, y)
