@@ -64,7 +64,7 @@ def test_a_hub_image_classifier_trained_on_mnist_prunes_to_half_its_macs_and_run
     import keras_hub
 
     (x_train, y_train), (x_test, y_test) = rbp.datasets.load_mnist(mnist_dir())
-    x, y, x_val, y_val = _rgb32(x_train[:6000]), y_train[:6000], _rgb32(x_test[:1000]), y_test[:1000]
+    x, y, x_val, y_val = _rgb32(x_train[:3000]), y_train[:3000], _rgb32(x_test[:1000]), y_test[:1000]
     keras.utils.set_random_seed(0)
     backbone = keras_hub.models.ResNetBackbone(
         input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 32],

@@ -5,6 +5,7 @@ import warnings
 
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 import numpy as np
+import pytest
 
 import keras_rbp as rbp
 from keras_rbp._keras import keras
@@ -104,15 +105,23 @@ def _channel_layer(group):
     return group[: -len("_rbp_noise")] if group.endswith("_rbp_noise") else group
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(
+RANDOM_GRAPHS = given(
     kinds=st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=4),
     widths=st.lists(st.integers(1, 6), min_size=5, max_size=5),
     keep=st.floats(0.0, 1.0),
     seed=st.integers(0, 1000),
 )
+
+
+# The default run draws 50 graphs; `-m heavy`, 250.
+@pytest.mark.parametrize("examples", [50, pytest.param(250, marks=pytest.mark.heavy)])
+def test_random_graphs_shrink_exactly(examples):
+    check = RANDOM_GRAPHS(_a_random_graph_shrinks_exactly)
+    settings(max_examples=examples, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))(check)()
+
+
 @example(kinds=["depthwise", "depthwise"], widths=[1, 1, 1, 1, 1], keep=0.5, seed=653)  # a chain of depthwise
-def test_random_graphs_shrink_exactly(kinds, widths, keep, seed):
+def _a_random_graph_shrinks_exactly(kinds, widths, keep, seed):
     model = _model(kinds, widths)
     pruned = rbp.prune(model, dataset_size=100)
     masks = _freeze_random(pruned, keep=keep, seed=seed)
