@@ -70,8 +70,9 @@ KL_WEIGHTS = {
 MAX_NOISE_SCALE = {"rbp": 3.0, "rbp_relaxed": 3.0, "sbp": 1.0, "vib": 1.0, "l0": 1.0, "magnitude": 1.0}
 WIDTHS_TEXT = {
     "share": "each group keeps its share of the budget (about the same fraction of every layer)",
-    "posterior": "each group keeps at most what its posterior keeps (pi >= 0.5; magnitude: its share), "
-                 "the later groups the rest, and the last group fills what remains",
+    "posterior": "each group keeps at most what its posterior keeps (pi >= 0.5; magnitude: its share) and at "
+                 "most the fraction of its channels that fits, alike for the groups of a stage; the later "
+                 "stages get the rest, and the last stage fills what remains",
 }
 
 
@@ -117,6 +118,10 @@ def _run(model, method, schedule, target, seed, kl_weight):
         "pruning_epochs": results["epochs"]["pruning"],
         "seconds": sum(results["seconds"].values()),
         "validation_error": 100 * results["validation_error"],
+        # Each stage's channels its noise left undecided when it ended (a
+        # Dirac-like noise's; the peers' never collapse), in %.
+        "undecided": [100 * end["undecided"] / end["channels"] for end in results["stage_ends"]
+                      if end["channels"]],
     }
     print(f"{model} {method} {schedule} target {target:,}: seed {seed}, kl_weight {kl_weight:g}: "
           f"{run['architecture']}, validation error {run['validation_error']:.2f} %, test error "
@@ -178,15 +183,17 @@ def _row(cell, kl_weight, trials, entries):
 
 def _markdown(rows, provenance):
     header = ["model", "MAC target", "method", "schedule", "kl_weight", "test error % (mean ± std)",
-              "MACs (mean ± std)", "architectures (each seed)", "pruning epochs", "unpruned error % (each seed)", "CPU"]
+              "MACs (mean ± std)", "architectures (each seed)", "pruning epochs", "unpruned error % (each seed)",
+              "undecided at stage ends % (seed 0)", "CPU"]
     lines = [[row["model"], f"{row['target_macs']:,}", row["method"], row["schedule"],
               f"{row['kl_weight']:g}" + (" (validation)" if row["validation_error_by_kl_weight"] else ""),
               f"{row['error']:.2f} ± {row['error_std']:.2f}", f"{row['macs']:,.0f} ± {row['macs_std']:,.0f}",
               ", ".join(run["architecture"] for run in row["runs"]),
               ", ".join(str(run["pruning_epochs"]) for run in row["runs"]),
-              ", ".join(f"{run['baseline_error']:.2f}" for run in row["runs"]), ", ".join(row["cpus"])]
+              ", ".join(f"{run['baseline_error']:.2f}" for run in row["runs"]),
+              ", ".join(f"{value:.0f}" for value in row["runs"][0].get("undecided", [])), ", ".join(row["cpus"])]
              for row in rows]
-    published = [[model, "", name, "published", "", f"{error:.2f}", f"{macs(model, arch):,}", arch, "", "", ""]
+    published = [[model, "", name, "published", "", f"{error:.2f}", f"{macs(model, arch):,}", arch, "", "", "", ""]
                  for model in dict.fromkeys(row["model"] for row in rows) for name, arch, error, _, _ in PUBLISHED[model]]
     return (
         f"{results_io.title('Methods at equal MACs and epochs', provenance)}\n\n"

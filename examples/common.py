@@ -53,7 +53,7 @@ HELP = {
                          "in milliseconds (a per-layer table is timed first)",
     "round_to": "with a target, keep channel counts that are multiples of this",
     "widths": "with a target: 'share' (every layer keeps about the same fraction) or 'posterior' "
-              "(a layer keeps at most what its posterior keeps; later layers get the rest)",
+              "(a layer keeps at most what its posterior keeps; the other layers get the rest)",
     "plan_epochs": "the length of the whole pruning plan in epochs (may be fractional); its "
                    "stages then end at any step; unset: epochs_per_stage a stage and finetune_epochs",
 }

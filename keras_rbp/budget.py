@@ -221,9 +221,9 @@ class Budget:
         """The frozen masks, and the `later` groups keeping the fraction of
         their channels that meets the target if the `stage` groups (names)
         kept it too: the rest of the model a stage's share is measured with."""
-        scores = {name: np.zeros(self.costs.groups[name].channels) for name in list(stage) + list(later)}
-        fraction = _largest(lambda f: self.cost({**frozen, **self._at_fraction(scores, f)}) <= self.target, 0.0, 1.0)
-        return {**frozen, **self._at_fraction({name: scores[name] for name in later}, fraction)}
+        fraction = self._share_fraction(frozen, stage, later)
+        scores = {name: np.zeros(self.costs.groups[name].channels) for name in later}
+        return {**frozen, **self._at_fraction(scores, fraction)}
 
     def _at_fraction(self, scores, fraction):
         """Each group keeping `fraction` of its channels, those of largest score."""
@@ -232,10 +232,14 @@ class Budget:
             for name, score in scores.items()
         }
 
-    def stage_masks(self, frozen, stage, later, most=None):
-        """Masks for the groups of a stage that meet their share: one group
-        after the other, in topological order, each as if it were a stage
-        of its own and the stage's next groups were later ones.
+    def stage_masks(self, frozen, stage, later, posterior=None):
+        """Masks for the groups of a stage that meet their share.
+
+        Without `posterior`, one group after the other, in topological
+        order, each as if it were a stage of its own and the stage's next
+        groups were later ones: every group keeps about the same fraction
+        of its channels. With `posterior`, the stage's groups are allocated
+        together (`_allocated`).
 
         Args:
             frozen: dict from group name to the mask of each frozen group.
@@ -243,17 +247,59 @@ class Budget:
                 of the stage: the higher, the sooner kept (a method's keep
                 logit, or the weights' magnitude).
             later: names of the groups of later stages.
-            most: dict from group name to the most channels the group may
-                keep (what its posterior keeps), for any of the stage's
-                groups but the model's last, which fills what remains.
+            posterior: dict from group name to the number of channels each
+                group's posterior keeps (pi >= threshold): the stage's groups
+                then share the budget by `_allocated`.
         """
+        if posterior is not None:
+            return self._allocated(frozen, stage, later, posterior)
         masks, names = {}, list(stage)
         for index, name in enumerate(names):
-            masks[name] = self._group_mask({**frozen, **masks}, name, stage[name], names[index + 1 :] + list(later),
-                                           (most or {}).get(name))
+            masks[name] = self._group_mask({**frozen, **masks}, name, stage[name], names[index + 1 :] + list(later))
         return masks
 
-    def _group_mask(self, frozen, name, score, later, most=None):
+    def _allocated(self, frozen, stage, later, posterior):
+        """The stage's masks from its posterior: each group keeps the
+        channels of largest score, at most what its posterior keeps and at
+        most the fraction f of its channels, f the largest that meets the
+        target (water-filling), so a group whose posterior keeps few
+        channels leaves its budget to the others. A stage with later ones
+        spends at most its share (the later groups at the share fraction,
+        `share_masks`) and leaves what it does not spend to the later
+        stages; the model's last stage fills what remains, past the
+        posterior where it keeps less than the target allows.
+        """
+        names = list(stage)
+        zeros = {name: np.zeros(self.costs.groups[name].channels) for name in later}
+        share = self._at_fraction({**stage, **zeros}, self._share_fraction(frozen, names, later))
+        rest = {**frozen, **{name: share[name] for name in later}}
+        caps = {name: min(posterior[name], stage[name].size) for name in names}
+
+        def masks(fraction, past_posterior=False):
+            counts = {name: mask.sum() for name, mask in self._at_fraction(stage, fraction).items()}
+            bound = max if past_posterior else min
+            return {name: _top(stage[name], max(self._floor(stage[name].size),
+                                                self._rounded(bound(caps[name], counts[name]), stage[name].size)))
+                    for name in names}
+
+        def fits(fraction, past_posterior=False):
+            return self.cost({**rest, **masks(fraction, past_posterior)}) <= self.target
+
+        result = masks(_largest(fits, 0.0, 1.0))
+        if not later and fits(1.0):  # the posterior keeps less than the budget allows
+            result = masks(_largest(lambda f: fits(f, True), 0.0, 1.0), True)
+        if self.costs.latency is not None and not later:  # the final model: measured
+            last = names[-1]
+            result[last] = self._measured_fill({**rest, **result}, last, stage[last])
+        return result
+
+    def _share_fraction(self, frozen, stage, later):
+        """The fraction of their channels that the `stage` and `later`
+        groups (names) keep, all alike, to meet the target."""
+        scores = {name: np.zeros(self.costs.groups[name].channels) for name in list(stage) + list(later)}
+        return _largest(lambda f: self.cost({**frozen, **self._at_fraction(scores, f)}) <= self.target, 0.0, 1.0)
+
+    def _group_mask(self, frozen, name, score, later):
         """The mask of group `name` that meets its share.
 
         For a latency target, the model this mask and the share make is
@@ -263,15 +309,13 @@ class Budget:
         times: a layer's latency jumps with its channel count (vector
         widths) in ways no table fit follows. The last group (no `later`
         ones) makes the final model, so it is chosen by measurement alone
-        (`_measured_fill`). With `most`, the group keeps at most that many
-        channels, and leaves the rest of its share to the later groups.
+        (`_measured_fill`).
         """
         rest = self.share_masks(frozen, [name], later)
         table = self.costs.latency
         if table is not None and not later:
             return self._measured_fill(rest, name, score)
-        most = most if later else None  # the last group fills what remains
-        mask = self._fill(rest, name, score, most)
+        mask = self._fill(rest, name, score)
         for _ in range(MEASURED_ROUNDS if table is not None else 0):
             proposal = {**rest, name: mask}
             predicted = self.cost(proposal)
@@ -281,7 +325,7 @@ class Budget:
             self._ratios.append(measured / (predicted / table.correction))
             table.correction = float(np.median(self._ratios))
             rest = self.share_masks(frozen, [name], later)
-            mask = self._fill(rest, name, score, most)
+            mask = self._fill(rest, name, score)
         return mask
 
     def _measure(self, name, masks, predicted):
@@ -319,20 +363,17 @@ class Budget:
         table.correction *= measured[chosen] / self.cost({**rest, name: mask(chosen)})
         return mask(chosen)
 
-    def _fill(self, rest, name, score, most=None):
+    def _fill(self, rest, name, score):
         """Group `name` keeps its channels in order of score, as many as fit
-        beside `rest` (a group's channels all cost the same) and at most
-        `most` (rounded up to round_to); with round_to, a multiple of it,
-        rounded up where the budget allows, else down."""
+        beside `rest` (a group's channels all cost the same); with round_to,
+        a multiple of it, rounded up where the budget allows, else down."""
         floor = self._floor(score.size)
-        highest = score.size if most is None else min(score.size,
-                                                      max(floor, -(-most // self.round_to) * self.round_to))
         count = int(_largest(lambda n: self.cost({**rest, name: _top(score, max(floor, int(n)))}) <= self.target,
-                             0, highest, integer=True))
+                             0, score.size, integer=True))
         count = max(floor, count)
         if self.round_to == 1:
             return _top(score, count)
-        up = _top(score, min(highest, -(-count // self.round_to) * self.round_to))
+        up = _top(score, min(score.size, -(-count // self.round_to) * self.round_to))
         if self.cost({**rest, name: up}) <= self.target:
             return up
         return _top(score, max(floor, self._rounded(count, score.size)))

@@ -141,6 +141,7 @@ def run(recipe, verbose=1):
         "final_error": _error(small, small_x_test, y_test),
         "epochs": {"pretrain": recipe.pretrain_epochs, "pruning": len(history.epoch)},
         "kept": {name: int(mask.sum()) for name, mask in _masks(pruned).items()},
+        "stage_ends": schedule.stage_ends,
         "report": summary.to_dict(),
         **results_features,
     }
@@ -513,6 +514,7 @@ def prune_and_export(
             "validation_examples": validation.size if validation is not None else None,
             "curve": curve.points,
             "stages": curve.stages,
+            "stage_ends": schedule.stage_ends,  # the stages this call ended, and their undecided channels
             "steps_per_epoch": train.steps,
         }
         summary = {"report": summary_report.to_dict(), "pruning": pruning}

@@ -112,10 +112,11 @@ class RecursivePruning(keras.callbacks.Callback):
             round_to channels a group.
         widths: with a budget, "share" (each group keeps its share, so
             every group keeps about the same fraction of its channels) or
-            "posterior" (a group keeps at most the channels of pi >=
-            threshold, and leaves the rest of its share to later groups;
-            the model's last group fills what remains). Groups ranked by
-            weight magnitude always keep their share.
+            "posterior" (each group of a stage keeps at most its channels
+            of pi >= threshold, and the budget they leave goes to the
+            stage's other groups and to later stages; the last stage fills
+            what remains). Groups ranked by weight magnitude always keep
+            their share.
         plan_epochs: the length of the whole plan (stages and fine-tune) in
             epochs, a number that need not be whole; None counts the plan
             in `epochs_per_stage` and `finetune_epochs`.
@@ -166,6 +167,9 @@ class RecursivePruning(keras.callbacks.Callback):
         self.verbose = verbose
         self._last_good_weights = None
         self.budget = None  # the `budget.Budget` of the target, once fit starts
+        # One dict a stage ended in this callback's fits: its groups, the
+        # channels its noise left undecided and all its channels.
+        self.stage_ends = []
 
     # The plan.
 
@@ -402,6 +406,8 @@ class RecursivePruning(keras.callbacks.Callback):
                 "kl_weight lets the noise collapse",
                 stacklevel=2,
             )
+        self.stage_ends.append({"stage": index + 1, "groups": list(names), "undecided": undecided,
+                                "channels": channels})
         later = [name for stage in stages[index + 1 :] for name in stage]
         masks = stage_end.stage_masks(distillation.student(self.model), groups, names, later, self.budget,
                                       self.threshold, self.min_channels, self.widths)

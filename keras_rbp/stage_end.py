@@ -32,16 +32,18 @@ def collapsed(noise, tolerance):
 def stage_masks(model, groups, names, later, budget, threshold, min_channels, widths):
     """The masks of the stage's groups `names`: with `budget`, those that
     meet its share (`budget.Budget.stage_masks`), ranked by keep logit or
-    weight magnitude; else pi >= `threshold`, at least `min_channels`, with
-    a warning where that floor keeps more than the threshold."""
+    weight magnitude, with `widths` "posterior" at most what each group's
+    posterior keeps (a stage ranked by weight magnitude keeps its share);
+    else pi >= `threshold`, at least `min_channels`, with a warning where
+    that floor keeps more than the threshold."""
     budget_masks = {}
     if budget is not None:
         ranked = [name for name in names if groups[name].ranks_by_weights]
         scores = {name: groups[name].keep_logit() for name in names}
         scores.update(magnitude.channel_importance(model, ranked) if ranked else {})
-        most = {name: int((groups[name].keep_probability() >= threshold).sum())
-                for name in names if widths == "posterior" and name not in ranked}
-        budget_masks = budget.stage_masks(frozen_masks(groups), scores, later, most)
+        posterior = {name: int((groups[name].keep_probability() >= threshold).sum()) for name in names}
+        allocated = widths == "posterior" and not ranked
+        budget_masks = budget.stage_masks(frozen_masks(groups), scores, later, posterior if allocated else None)
     masks = {}
     for name in names:
         pi = groups[name].keep_probability()

@@ -112,23 +112,66 @@ def test_unreachable_and_bad_targets_are_refused():
         rbp.RecursivePruning(target_macs=0.5, round_to=0)
 
 
-def test_a_group_capped_by_its_posterior_leaves_its_share_to_later_groups():
+def _two_branches():
+    """Two Dense branches of one input, concatenated: their units cost the same."""
+    inputs = keras.Input((16,))
+    x = keras.layers.Concatenate()([keras.layers.Dense(32, activation="relu", name=name)(inputs) for name in "ab"])
+    return keras.Model(inputs, keras.layers.Dense(4, name="out")(x))
+
+
+def test_posterior_widths_spend_the_budget_on_the_group_whose_posterior_keeps_more():
+    pruned = rbp.prune(_two_branches(), dataset_size=100)
+    budget = Budget(pruned, "macs", 0.5)
+    rng = np.random.RandomState(0)
+    logits = {"a": rng.uniform(0.5, 3.0, 32), "b": rng.uniform(-2.0, 1.0, 32)}
+    posterior = {name: int((logit > 0).sum()) for name, logit in logits.items()}  # pi >= 0.5
+    share = budget.stage_masks({}, logits, [])
+    allocated = budget.stage_masks({}, logits, [], posterior=posterior)
+    assert share["a"].sum() == share["b"].sum()  # the same fraction of every group
+    assert posterior["b"] < 16 and allocated["b"].sum() == posterior["b"]
+    assert allocated["a"].sum() > allocated["b"].sum() + 8  # equal cost: the budget b's posterior leaves goes to a
+    for masks in (share, allocated):
+        assert 0.95 * budget.target <= budget.cost(masks) <= budget.target
+        for name, mask in masks.items():  # each group keeps its channels of largest logit
+            assert logits[name][mask].min() > logits[name][~mask].max()
+
+
+def test_posterior_widths_fill_the_budget_all_at_once_past_what_the_posteriors_keep():
     pruned, budget = _budget(0.2)
     groups = rbp.pruning_groups(pruned)
-    pis = {name: np.random.RandomState(1).rand(noise.channels) for name, noise in groups.items()}
+    logits = {name: np.random.RandomState(1).randn(noise.channels) for name, noise in groups.items()}
+    share = budget.stage_masks({}, logits, [])
+    posterior = {name: noise.channels for name, noise in groups.items()}
+    posterior["conv1"] = int(share["conv1"].sum()) // 2  # conv1's posterior keeps half its share
+    masks = budget.stage_masks({}, logits, [], posterior=posterior)  # one stage: every group, all at once
+    assert 0.95 * budget.target <= budget.cost(masks) <= budget.target
+    assert masks["conv1"].sum() == posterior["conv1"]
+    for name in ("conv2", "fc1"):  # what conv1 leaves goes to the others
+        assert masks[name].sum() > share[name].sum(), name
+    # Posteriors that keep too little: every group past its posterior, alike.
+    tiny = budget.stage_masks({}, logits, [], posterior={name: 1 for name in groups})
+    assert 0.95 * budget.target <= budget.cost(tiny) <= budget.target
+    rounded = Budget(pruned, "macs", 0.2, round_to=4).stage_masks({}, logits, [], posterior=posterior)
+    assert all(mask.sum() % 4 == 0 for mask in rounded.values())
+
+
+def test_a_stage_keeps_only_what_its_posterior_keeps_and_leaves_the_rest_to_later_stages():
+    pruned, budget = _budget(0.2)
+    groups = rbp.pruning_groups(pruned)
+    logits = {name: np.random.RandomState(1).randn(noise.channels) for name, noise in groups.items()}
     later = ["conv2", "flatten_rbp_noise", "fc1"]
-    share = budget.stage_masks({}, {"conv1": pis["conv1"]}, later)["conv1"]
-    capped = budget.stage_masks({}, {"conv1": pis["conv1"]}, later, most={"conv1": 3})["conv1"]
-    assert share.sum() > 3 and capped.sum() == 3
-    np.testing.assert_array_equal(capped, _top(pis["conv1"], 3))
-    after_share = budget.stage_masks({"conv1": share}, {"conv2": pis["conv2"]}, later[1:])["conv2"]
-    after_capped = budget.stage_masks({"conv1": capped}, {"conv2": pis["conv2"]}, later[1:])["conv2"]
+    share = budget.stage_masks({}, {"conv1": logits["conv1"]}, later)["conv1"]
+    capped = budget.stage_masks({}, {"conv1": logits["conv1"]}, later, posterior={"conv1": 3})["conv1"]
+    roomy = budget.stage_masks({}, {"conv1": logits["conv1"]}, later, posterior={"conv1": 20})["conv1"]
+    assert share.sum() > 3 and capped.sum() == 3 and roomy.sum() == share.sum()  # at most its share
+    np.testing.assert_array_equal(capped, _top(logits["conv1"], 3))
+    after_share = budget.stage_masks({"conv1": share}, {"conv2": logits["conv2"]}, later[1:])["conv2"]
+    after_capped = budget.stage_masks({"conv1": capped}, {"conv2": logits["conv2"]}, later[1:])["conv2"]
     assert after_capped.sum() > after_share.sum()
-    # The model's last group fills what remains, whatever its posterior keeps
-    # (here every channel: the capped groups leave more than it can use).
-    all_at_once = budget.stage_masks({}, pis, [], most={name: 2 for name in pis})
-    assert [int(all_at_once[name].sum()) for name in ("conv1", "conv2", "flatten_rbp_noise")] == [2, 2, 2]
-    assert all_at_once["fc1"].all() and budget.cost(all_at_once) <= budget.target
+    # The last stage fills what remains, whatever its posterior keeps.
+    last = budget.stage_masks({"conv1": capped}, {name: logits[name] for name in later}, [],
+                              posterior={name: 2 for name in later})
+    assert 0.95 * budget.target <= budget.cost({"conv1": capped, **last}) <= budget.target
 
 
 @pytest.mark.parametrize("round_to", [1, 8])
@@ -234,13 +277,14 @@ def test_mnist_lenet5_meets_a_mac_target_in_one_fit(groups_per_stage):
 
 
 @KERAS_3_ONLY
-@pytest.mark.parametrize("target, groups_per_stage", [
-    pytest.param(10_000, 1, id="10000-recursive"),
-    pytest.param(10_000, None, id="10000-all_at_once", marks=pytest.mark.heavy),
-    pytest.param(20_000, 1, id="20000-recursive", marks=pytest.mark.heavy),
-    pytest.param(20_000, None, id="20000-all_at_once", marks=pytest.mark.heavy),
+@pytest.mark.parametrize("target, groups_per_stage, widths", [
+    pytest.param(10_000, 1, "share", id="10000-recursive"),
+    pytest.param(10_000, None, "posterior", id="10000-all_at_once-posterior"),
+    pytest.param(10_000, None, "share", id="10000-all_at_once", marks=pytest.mark.heavy),
+    pytest.param(20_000, 1, "posterior", id="20000-recursive-posterior", marks=pytest.mark.heavy),
+    pytest.param(20_000, None, "share", id="20000-all_at_once", marks=pytest.mark.heavy),
 ])
-def test_mnist_lenet_300_100_with_input_pixels_meets_a_mac_target(target, groups_per_stage):
+def test_mnist_lenet_300_100_with_input_pixels_meets_a_mac_target(target, groups_per_stage, widths):
     (x_train, y_train), _ = rbp.datasets.load_mnist(mnist_dir())
     x_train, y_train = x_train[:6000].reshape(6000, -1), y_train[:6000]
     keras.utils.set_random_seed(0)
@@ -250,7 +294,7 @@ def test_mnist_lenet_300_100_with_input_pixels_meets_a_mac_target(target, groups
     pruned = rbp.prune(model, dataset_size=len(x_train), input_features=True, kl_weight=10.0)
     pruned.compile(keras.optimizers.Adam(1e-3), LOSS)
     schedule = rbp.RecursivePruning(epochs_per_stage=2, finetune_epochs=1, groups_per_stage=groups_per_stage,
-                                    target_macs=target, verbose=0)
+                                    target_macs=target, widths=widths, verbose=0)
     pruned.fit(x_train, y_train, batch_size=128, epochs=schedule.total_epochs(pruned), callbacks=[schedule],
                verbose=0)
     macs = rbp.report(model, rbp.shrink(pruned, keep_input_shape=False)).totals["macs_after"]
@@ -301,6 +345,7 @@ def test_mnist_lenet5_meets_a_latency_target_measured_in_litert():
 
 
 @KERAS_3_ONLY
+@pytest.mark.heavy
 def test_vgg16_on_generated_cifar10_shapes_meets_a_fraction_of_its_macs():
     rng = np.random.RandomState(0)
     x = rng.rand(128, 32, 32, 3).astype("float32")

@@ -169,6 +169,8 @@ def test_a_stage_ending_undecided_says_how_many_channels_were_undecided():
     messages = [str(w.message) for w in caught]
     assert any("stage 1/3 (h1) reached its length (1 epochs) with 10 of 12 channels undecided" in m
                for m in messages), messages
+    assert schedule.stage_ends[0] == {"stage": 1, "groups": ["h1"], "undecided": 10, "channels": 12}
+    assert [end["stage"] for end in schedule.stage_ends] == [1, 2, 3]
 
 
 def test_all_at_once_schedule():
