@@ -44,6 +44,10 @@ flags.DEFINE_integer("train_examples", None, "A subset of MNIST's training set (
 flags.DEFINE_float("epoch_scale", 1.0, "Multiplies the baseline and plan epochs (a smaller budget: < 1).")
 flags.DEFINE_enum("widths", "share", ["share", "posterior"], "How the budget sets each group's width "
                   "(RecursivePruning's widths); 'posterior' runs and tables are kept apart from 'share' ones.")
+flags.DEFINE_float("rbp_max_noise_scale", 3.0, "RBP's noise scale at a stage's end (its ramp's top; the "
+                   "peers run at 1): a knob of RBP's collapse; a value other than 3 is kept apart in the run cache.")
+flags.DEFINE_float("prior_keep_prob", 0.01, "pi_0 of RBP's prior: a value other than 0.01 is kept apart in the "
+                   "run cache.")
 flags.DEFINE_bool("table_only", False, "Rebuild the table from the runs file without running anything.")
 flags.DEFINE_list("tune_models", [], "Models whose kl_weights are chosen by the validation error first: "
                   "each method's and schedule's default times each --tune_factors, at the smallest MAC "
@@ -100,10 +104,20 @@ def _recipe(model, method, schedule, target, seed, kl_weight):
         model=model, dataset="mnist", data_dir=FLAGS.data_dir, seed=seed, train_examples=FLAGS.train_examples,
         baseline_dir=FLAGS.baseline_dir or os.path.join(FLAGS.output_dir, BASELINES_FOLDER),
         validation_split=VALIDATION_SPLIT, method=method, kl_weight=kl_weight,
-        max_noise_scale=MAX_NOISE_SCALE[method],
+        max_noise_scale=_max_noise_scale(method), prior_keep_prob=FLAGS.prior_keep_prob,
         groups_per_stage=1 if schedule == "recursive" else 0, target_macs=target,
         plan_epochs=_plan_epochs(model), widths=FLAGS.widths, **{k: v for k, v in budget.items() if k != "quantize"},
     )
+
+
+def _max_noise_scale(method):
+    return FLAGS.rbp_max_noise_scale if method in ("rbp", "rbp_relaxed") else MAX_NOISE_SCALE[method]
+
+
+def _knobs():
+    """The key suffix of RBP's knobs set away from their defaults."""
+    return ((f"/noise{FLAGS.rbp_max_noise_scale:g}" if FLAGS.rbp_max_noise_scale != 3.0 else "")
+            + (f"/prior{FLAGS.prior_keep_prob:g}" if FLAGS.prior_keep_prob != 0.01 else ""))
 
 
 def _run(model, method, schedule, target, seed, kl_weight):
@@ -131,7 +145,8 @@ def _run(model, method, schedule, target, seed, kl_weight):
 
 def _key(model, method, schedule, target, seed, kl_weight):
     return (f"{model}/{method}/{schedule}/{target}/{seed}/x{FLAGS.epoch_scale:g}/{FLAGS.train_examples}/"
-            f"pre{_pretrain_epochs(model)}/kl{kl_weight:g}" + ("" if FLAGS.widths == "share" else f"/{FLAGS.widths}"))
+            f"pre{_pretrain_epochs(model)}/kl{kl_weight:g}" + ("" if FLAGS.widths == "share" else f"/{FLAGS.widths}")
+            + _knobs())
 
 
 def _tune_factors():
@@ -203,7 +218,8 @@ def _markdown(rows, provenance):
         + "); every cell's plan (stages and fine-tune) has the same length, and every "
         "method of a seed starts from the same baseline weights, those of --baseline_dir (a baseline "
         "trained again on another CPU differs: each row gives its seeds' unpruned errors and the CPU of its "
-        f"runs). Widths: {WIDTHS_TEXT[FLAGS.widths]}. "
+        f"runs). Widths: {WIDTHS_TEXT[FLAGS.widths]}. RBP's noise scale rises to {FLAGS.rbp_max_noise_scale:g} "
+        f"in a stage, its prior keep probability is {FLAGS.prior_keep_prob:g}. "
         f"kl_weight: the defaults {KL_WEIGHTS}, or "
         f"for {', '.join(FLAGS.tune_models) or 'no model'} chosen among the default times "
         f"{', '.join(FLAGS.tune_factors)} by the validation error (seed 0, the smallest MAC "
@@ -243,7 +259,7 @@ def _table_name():
     name = "method_comparison"
     if FLAGS.epoch_scale != 1 or FLAGS.train_examples is not None:
         name += f"_x{FLAGS.epoch_scale:g}_{FLAGS.train_examples or 'all'}"
-    return name + ("" if FLAGS.widths == "share" else f"_{FLAGS.widths}")
+    return name + ("" if FLAGS.widths == "share" else f"_{FLAGS.widths}") + _knobs().replace("/", "_")
 
 
 def main(argv):
@@ -265,7 +281,9 @@ def main(argv):
               "epoch_scale": FLAGS.epoch_scale, "train_examples": FLAGS.train_examples,
               "pretrain_epochs": {model: _pretrain_epochs(model) for model in FLAGS.models},
               "widths": FLAGS.widths, "tune_factors": FLAGS.tune_factors, "kl_weights": KL_WEIGHTS,
-              "max_noise_scale": MAX_NOISE_SCALE, "rows": rows}
+              "max_noise_scale": {**MAX_NOISE_SCALE, "rbp": _max_noise_scale("rbp"),
+                                  "rbp_relaxed": _max_noise_scale("rbp_relaxed")},
+              "prior_keep_prob": FLAGS.prior_keep_prob, "rows": rows}
     markdown = _markdown(rows, provenance)
     paths = results_io.write_results(FLAGS.output_dir, _table_name(), result, markdown)
     if rows:
