@@ -48,6 +48,8 @@ flags.DEFINE_float("rbp_max_noise_scale", 3.0, "RBP's noise scale at a stage's e
                    "peers run at 1): a knob of RBP's collapse; a value other than 3 is kept apart in the run cache.")
 flags.DEFINE_float("prior_keep_prob", 0.01, "pi_0 of RBP's prior: a value other than 0.01 is kept apart in the "
                    "run cache.")
+flags.DEFINE_float("distillation_weight", 0.0, "Above 0, every run also learns from its unpruned baseline "
+                   "(keras_rbp.distilled, temperature 4): kept apart in the run cache and the table names.")
 flags.DEFINE_bool("table_only", False, "Rebuild the table from the runs file without running anything.")
 flags.DEFINE_list("tune_models", [], "Models whose kl_weights are chosen by the validation error first: "
                   "each method's and schedule's default times each --tune_factors, at the smallest MAC "
@@ -105,6 +107,7 @@ def _recipe(model, method, schedule, target, seed, kl_weight):
         baseline_dir=FLAGS.baseline_dir or os.path.join(FLAGS.output_dir, BASELINES_FOLDER),
         validation_split=VALIDATION_SPLIT, method=method, kl_weight=kl_weight,
         max_noise_scale=_max_noise_scale(method), prior_keep_prob=FLAGS.prior_keep_prob,
+        distillation_weight=FLAGS.distillation_weight,
         groups_per_stage=1 if schedule == "recursive" else 0, target_macs=target,
         plan_epochs=_plan_epochs(model), widths=FLAGS.widths, **{k: v for k, v in budget.items() if k != "quantize"},
     )
@@ -115,9 +118,10 @@ def _max_noise_scale(method):
 
 
 def _knobs():
-    """The key suffix of RBP's knobs set away from their defaults."""
+    """The key suffix of the knobs set away from their defaults."""
     return ((f"/noise{FLAGS.rbp_max_noise_scale:g}" if FLAGS.rbp_max_noise_scale != 3.0 else "")
-            + (f"/prior{FLAGS.prior_keep_prob:g}" if FLAGS.prior_keep_prob != 0.01 else ""))
+            + (f"/prior{FLAGS.prior_keep_prob:g}" if FLAGS.prior_keep_prob != 0.01 else "")
+            + (f"/distill{FLAGS.distillation_weight:g}" if FLAGS.distillation_weight else ""))
 
 
 def _run(model, method, schedule, target, seed, kl_weight):
@@ -219,7 +223,8 @@ def _markdown(rows, provenance):
         "method of a seed starts from the same baseline weights, those of --baseline_dir (a baseline "
         "trained again on another CPU differs: each row gives its seeds' unpruned errors and the CPU of its "
         f"runs). Widths: {WIDTHS_TEXT[FLAGS.widths]}. RBP's noise scale rises to {FLAGS.rbp_max_noise_scale:g} "
-        f"in a stage, its prior keep probability is {FLAGS.prior_keep_prob:g}. "
+        f"in a stage, its prior keep probability is {FLAGS.prior_keep_prob:g}. Distillation from the unpruned "
+        f"baseline: {f'weight {FLAGS.distillation_weight:g}, temperature 4' if FLAGS.distillation_weight else 'none'}. "
         f"kl_weight: the defaults {KL_WEIGHTS}, or "
         f"for {', '.join(FLAGS.tune_models) or 'no model'} chosen among the default times "
         f"{', '.join(FLAGS.tune_factors)} by the validation error (seed 0, the smallest MAC "
@@ -283,7 +288,8 @@ def main(argv):
               "widths": FLAGS.widths, "tune_factors": FLAGS.tune_factors, "kl_weights": KL_WEIGHTS,
               "max_noise_scale": {**MAX_NOISE_SCALE, "rbp": _max_noise_scale("rbp"),
                                   "rbp_relaxed": _max_noise_scale("rbp_relaxed")},
-              "prior_keep_prob": FLAGS.prior_keep_prob, "rows": rows}
+              "prior_keep_prob": FLAGS.prior_keep_prob, "distillation_weight": FLAGS.distillation_weight,
+              "rows": rows}
     markdown = _markdown(rows, provenance)
     paths = results_io.write_results(FLAGS.output_dir, _table_name(), result, markdown)
     if rows:
