@@ -48,6 +48,25 @@ def test_noise_multiplies_in_the_compute_dtype_and_keeps_float32_parameters_and_
     assert gradient.dtype == tf.float32 and np.all(np.isfinite(gradient.numpy()))
 
 
+def test_a_distilled_fit_runs_in_the_compute_dtype_with_a_float32_loss(policy):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((10,)), L.Dense(16, activation="relu"), L.Dense(3)])
+    teacher_weights = [w.copy() for w in model.get_weights()]
+    pruned = rbp.prune(model, dataset_size=64, seed=1)
+    trained = rbp.distilled(pruned, model)
+    trained.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.RandomState(0)
+    x, y = rng.normal(size=(64, 10)).astype("float32"), rng.randint(0, 3, 64)
+    trained(x[:8], training=True)
+    (distillation,) = trained.get_layer("distillation").losses
+    assert distillation.dtype == tf.float32 and float(distillation) >= 0
+    assert trained(x[:8]).dtype == POLICIES[policy]
+    history = trained.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    for before, after in zip(teacher_weights, model.get_weights()):
+        np.testing.assert_array_equal(before, after)
+
+
 # bfloat16 by default; float16, slower on a CPU, is marked heavy.
 @pytest.mark.parametrize("policy", [pytest.param("mixed_float16", marks=pytest.mark.heavy), "mixed_bfloat16"],
                          indirect=True)
