@@ -45,11 +45,12 @@ flags.DEFINE_float("epoch_scale", 1.0, "Multiplies the baseline and plan epochs 
 flags.DEFINE_enum("widths", "share", ["share", "posterior"], "How the budget sets each group's width "
                   "(RecursivePruning's widths); 'posterior' runs and tables are kept apart from 'share' ones.")
 flags.DEFINE_float("rbp_max_noise_scale", 3.0, "RBP's noise scale at a stage's end (its ramp's top; the "
-                   "peers run at 1): a knob of RBP's collapse; a value other than 3 is kept apart in the run cache.")
-flags.DEFINE_float("prior_keep_prob", 0.01, "pi_0 of RBP's prior: a value other than 0.01 is kept apart in the "
-                   "run cache.")
+                   "peers run at 1), a knob of RBP's collapse.")
+flags.DEFINE_float("prior_keep_prob", pipeline.Recipe.prior_keep_prob, "pi_0 of RBP's prior.")
 flags.DEFINE_float("distillation_weight", 0.0, "Above 0, every run also learns from its unpruned baseline "
-                   "(keras_rbp.distilled, temperature 4): kept apart in the run cache and the table names.")
+                   f"(keras_rbp.distilled, temperature {pipeline.Recipe.distillation_temperature:g}).")
+# Runs with these knobs away from their defaults are kept apart in the run
+# cache and the table names (`_knobs`).
 flags.DEFINE_bool("table_only", False, "Rebuild the table from the runs file without running anything.")
 flags.DEFINE_list("tune_models", [], "Models whose kl_weights are chosen by the validation error first: "
                   "each method's and schedule's default times each --tune_factors, at the smallest MAC "
@@ -119,9 +120,15 @@ def _max_noise_scale(method):
 
 def _knobs():
     """The key suffix of the knobs set away from their defaults."""
-    return ((f"/noise{FLAGS.rbp_max_noise_scale:g}" if FLAGS.rbp_max_noise_scale != 3.0 else "")
-            + (f"/prior{FLAGS.prior_keep_prob:g}" if FLAGS.prior_keep_prob != 0.01 else "")
-            + (f"/distill{FLAGS.distillation_weight:g}" if FLAGS.distillation_weight else ""))
+    knobs = {"rbp_max_noise_scale": "noise", "prior_keep_prob": "prior", "distillation_weight": "distill"}
+    return "".join(f"/{short}{FLAGS[flag].value:g}" for flag, short in knobs.items()
+                   if FLAGS[flag].value != FLAGS[flag].default)
+
+
+def _distillation_text():
+    if not FLAGS.distillation_weight:
+        return "none"
+    return f"weight {FLAGS.distillation_weight:g}, temperature {pipeline.Recipe.distillation_temperature:g}"
 
 
 def _run(model, method, schedule, target, seed, kl_weight):
@@ -224,7 +231,7 @@ def _markdown(rows, provenance):
         "trained again on another CPU differs: each row gives its seeds' unpruned errors and the CPU of its "
         f"runs). Widths: {WIDTHS_TEXT[FLAGS.widths]}. RBP's noise scale rises to {FLAGS.rbp_max_noise_scale:g} "
         f"in a stage, its prior keep probability is {FLAGS.prior_keep_prob:g}. Distillation from the unpruned "
-        f"baseline: {f'weight {FLAGS.distillation_weight:g}, temperature 4' if FLAGS.distillation_weight else 'none'}. "
+        f"baseline: {_distillation_text()}. "
         f"kl_weight: the defaults {KL_WEIGHTS}, or "
         f"for {', '.join(FLAGS.tune_models) or 'no model'} chosen among the default times "
         f"{', '.join(FLAGS.tune_factors)} by the validation error (seed 0, the smallest MAC "

@@ -221,9 +221,9 @@ class Budget:
         """The frozen masks, and the `later` groups keeping the fraction of
         their channels that meets the target if the `stage` groups (names)
         kept it too: the rest of the model a stage's share is measured with."""
-        fraction = self._share_fraction(frozen, stage, later)
-        scores = {name: np.zeros(self.costs.groups[name].channels) for name in later}
-        return {**frozen, **self._at_fraction(scores, fraction)}
+        scores = {name: np.zeros(self.costs.groups[name].channels) for name in list(stage) + list(later)}
+        fraction = _largest(lambda f: self.cost({**frozen, **self._at_fraction(scores, f)}) <= self.target, 0.0, 1.0)
+        return {**frozen, **self._at_fraction({name: scores[name] for name in later}, fraction)}
 
     def _at_fraction(self, scores, fraction):
         """Each group keeping `fraction` of its channels, those of largest score."""
@@ -270,17 +270,14 @@ class Budget:
         posterior where it keeps less than the target allows.
         """
         names = list(stage)
-        zeros = {name: np.zeros(self.costs.groups[name].channels) for name in later}
-        share = self._at_fraction({**stage, **zeros}, self._share_fraction(frozen, names, later))
-        rest = {**frozen, **{name: share[name] for name in later}}
+        rest = self.share_masks(frozen, names, later)
         caps = {name: min(posterior[name], stage[name].size) for name in names}
 
         def masks(fraction, past_posterior=False):
-            counts = {name: mask.sum() for name, mask in self._at_fraction(stage, fraction).items()}
             bound = max if past_posterior else min
-            return {name: _top(stage[name], max(self._floor(stage[name].size),
-                                                self._rounded(bound(caps[name], counts[name]), stage[name].size)))
-                    for name in names}
+            return {name: _top(score, max(self._floor(score.size),
+                                          self._rounded(bound(caps[name], score.size * fraction), score.size)))
+                    for name, score in stage.items()}
 
         def fits(fraction, past_posterior=False):
             return self.cost({**rest, **masks(fraction, past_posterior)}) <= self.target
@@ -292,12 +289,6 @@ class Budget:
             last = names[-1]
             result[last] = self._measured_fill({**rest, **result}, last, stage[last])
         return result
-
-    def _share_fraction(self, frozen, stage, later):
-        """The fraction of their channels that the `stage` and `later`
-        groups (names) keep, all alike, to meet the target."""
-        scores = {name: np.zeros(self.costs.groups[name].channels) for name in list(stage) + list(later)}
-        return _largest(lambda f: self.cost({**frozen, **self._at_fraction(scores, f)}) <= self.target, 0.0, 1.0)
 
     def _group_mask(self, frozen, name, score, later):
         """The mask of group `name` that meets its share.

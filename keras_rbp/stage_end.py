@@ -41,9 +41,10 @@ def stage_masks(model, groups, names, later, budget, threshold, min_channels, wi
         ranked = [name for name in names if groups[name].ranks_by_weights]
         scores = {name: groups[name].keep_logit() for name in names}
         scores.update(magnitude.channel_importance(model, ranked) if ranked else {})
-        posterior = {name: int((groups[name].keep_probability() >= threshold).sum()) for name in names}
-        allocated = widths == "posterior" and not ranked
-        budget_masks = budget.stage_masks(frozen_masks(groups), scores, later, posterior if allocated else None)
+        posterior = None  # the posterior's widths, where they set the stage's
+        if widths == "posterior" and not ranked:
+            posterior = {name: int((groups[name].keep_probability() >= threshold).sum()) for name in names}
+        budget_masks = budget.stage_masks(frozen_masks(groups), scores, later, posterior)
     masks = {}
     for name in names:
         pi = groups[name].keep_probability()
