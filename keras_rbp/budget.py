@@ -150,6 +150,11 @@ def _weight_ratio(shape, in_full, in_ratio, out_full, out_ratio, groups):
     return ratio
 
 
+def _next_score(score, mask):
+    """The score of the channel `_top` keeps next after those of `mask`."""
+    return np.sort(score)[::-1][int(mask.sum())]
+
+
 def _top(score, count):
     """A mask of the `count` channels of largest score."""
     mask = np.zeros(score.size, bool)
@@ -267,7 +272,9 @@ class Budget:
         spends at most its share (the later groups at the share fraction,
         `share_masks`) and leaves what it does not spend to the later
         stages; the model's last stage fills what remains, past the
-        posterior where it keeps less than the target allows.
+        posterior where it keeps less than the target allows. What the
+        common fraction leaves unspent then goes to the groups whose next
+        channels score highest (`_topped_up`).
         """
         names = list(stage)
         rest = self.share_masks(frozen, names, later)
@@ -283,12 +290,34 @@ class Budget:
             return self.cost({**rest, **masks(fraction, past_posterior)}) <= self.target
 
         result = masks(_largest(fits, 0.0, 1.0))
+        bounds = caps
         if not later and fits(1.0):  # the posterior keeps less than the budget allows
             result = masks(_largest(lambda f: fits(f, True), 0.0, 1.0), True)
+            bounds = {name: score.size for name, score in stage.items()}
+        result = self._topped_up(rest, result, stage, bounds)
         if self.costs.latency is not None and not later:  # the final model: measured
             last = names[-1]
             result[last] = self._measured_fill({**rest, **result}, last, stage[last])
         return result
+
+    def _topped_up(self, rest, masks, stage, bounds):
+        """`masks` with what the common fraction leaves unspent given out:
+        round_to more channels at a time to the group whose next channel
+        scores highest, among those under their bound (a count of channels)
+        whose step still fits beside `rest`, until no step fits."""
+        masks = dict(masks)
+        while True:
+            steps = {}
+            for name, score in stage.items():
+                count = int(masks[name].sum())
+                if count + self.round_to <= bounds[name]:
+                    steps[name] = _top(score, count + self.round_to)
+            for name in sorted(steps, key=lambda name: -_next_score(stage[name], masks[name])):
+                if self.cost({**rest, **masks, name: steps[name]}) <= self.target:
+                    masks[name] = steps[name]
+                    break
+            else:
+                return masks
 
     def _group_mask(self, frozen, name, score, later):
         """The mask of group `name` that meets its share.

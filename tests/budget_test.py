@@ -148,9 +148,15 @@ def test_posterior_widths_fill_the_budget_all_at_once_past_what_the_posteriors_k
     assert masks["conv1"].sum() == posterior["conv1"]
     for name in ("conv2", "fc1"):  # what conv1 leaves goes to the others
         assert masks[name].sum() > share[name].sum(), name
-    # Posteriors that keep too little: every group past its posterior, alike.
+    # Posteriors that keep too little: every group past its posterior.
     tiny = budget.stage_masks({}, logits, [], posterior={name: 1 for name in groups})
     assert 0.95 * budget.target <= budget.cost(tiny) <= budget.target
+    # Nothing the budget allows is left unspent: one more channel of any
+    # group under its bound misses the target.
+    for kept, bounds in ((masks, posterior), (tiny, {name: noise.channels for name, noise in groups.items()})):
+        for name, mask in kept.items():
+            if mask.sum() < bounds[name]:
+                assert budget.cost({**kept, name: _top(logits[name], mask.sum() + 1)}) > budget.target, name
     rounded = Budget(pruned, "macs", 0.2, round_to=4).stage_masks({}, logits, [], posterior=posterior)
     assert all(mask.sum() % 4 == 0 for mask in rounded.values())
 
