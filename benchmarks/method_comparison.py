@@ -79,7 +79,8 @@ WIDTHS_TEXT = {
     "share": "each group keeps its share of the budget (about the same fraction of every layer)",
     "posterior": "each group keeps at most what its posterior keeps (pi >= 0.5; magnitude: its share) and at "
                  "most the fraction of its channels that fits, alike for the groups of a stage; the later "
-                 "stages get the rest, and the last stage fills what remains",
+                 "stages get the rest, and the last stage fills what remains; what the common fraction "
+                 "leaves goes a channel at a time to the groups whose next channel's keep logit is highest",
 }
 
 
