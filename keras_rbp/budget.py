@@ -226,6 +226,8 @@ class Budget:
         """The frozen masks, and the `later` groups keeping the fraction of
         their channels that meets the target if the `stage` groups (names)
         kept it too: the rest of the model a stage's share is measured with."""
+        if not later:  # the last stage: no fraction to find
+            return dict(frozen)
         scores = {name: np.zeros(self.costs.groups[name].channels) for name in list(stage) + list(later)}
         fraction = _largest(lambda f: self.cost({**frozen, **self._at_fraction(scores, f)}) <= self.target, 0.0, 1.0)
         return {**frozen, **self._at_fraction({name: scores[name] for name in later}, fraction)}
