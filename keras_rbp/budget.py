@@ -150,11 +150,6 @@ def _weight_ratio(shape, in_full, in_ratio, out_full, out_ratio, groups):
     return ratio
 
 
-def _next_score(score, mask):
-    """The score of the channel `_top` keeps next after those of `mask`."""
-    return np.sort(score)[::-1][int(mask.sum())]
-
-
 def _top(score, count):
     """A mask of the `count` channels of largest score."""
     mask = np.zeros(score.size, bool)
@@ -305,21 +300,39 @@ class Budget:
     def _topped_up(self, rest, masks, stage, bounds):
         """`masks` with what the common fraction leaves unspent given out:
         round_to more channels at a time to the group whose next channel
-        scores highest, among those under their bound (a count of channels)
-        whose step still fits beside `rest`, until no step fits."""
+        scores highest (the earlier group on a tie), among those under their
+        bound (a count of channels) whose step still fits beside `rest`,
+        until no step fits.
+
+        Costs only grow as channels are added, so a group whose step misses
+        the target is closed for good, and the leading group's steps are
+        taken in one bisection: as many as keep it ahead of the runner-up
+        and fit."""
         masks = dict(masks)
-        while True:
-            steps = {}
-            for name, score in stage.items():
-                count = int(masks[name].sum())
-                if count + self.round_to <= bounds[name]:
-                    steps[name] = _top(score, count + self.round_to)
-            for name in sorted(steps, key=lambda name: -_next_score(stage[name], masks[name])):
-                if self.cost({**rest, **masks, name: steps[name]}) <= self.target:
-                    masks[name] = steps[name]
-                    break
-            else:
-                return masks
+        order = {name: index for index, name in enumerate(stage)}
+        ranked = {name: np.sort(score)[::-1] for name, score in stage.items()}
+
+        def steps_open(name):
+            return (bounds[name] - int(masks[name].sum())) // self.round_to
+
+        def rank(name, step=0):  # sorts first: the highest next score, then the earlier group
+            return -ranked[name][int(masks[name].sum()) + step * self.round_to], order[name]
+
+        def grown(name, steps):
+            return {**rest, **masks, name: _top(stage[name], int(masks[name].sum()) + steps * self.round_to)}
+
+        open_groups = {name for name in stage if steps_open(name) > 0}
+        while open_groups:
+            leader, *others = sorted(open_groups, key=rank)
+            ahead = steps_open(leader)  # the steps the leader takes before the runner-up's turn
+            if others:
+                ahead = next((step for step in range(1, ahead) if rank(leader, step) > rank(others[0])), ahead)
+            steps = int(_largest(lambda n: n == 0 or self.cost(grown(leader, int(n))) <= self.target,
+                                 0, ahead, integer=True))
+            masks[leader] = grown(leader, steps)[leader]
+            if steps < ahead or steps_open(leader) == 0:
+                open_groups.discard(leader)  # its next step misses the target, or it is at its bound
+        return masks
 
     def _group_mask(self, frozen, name, score, later):
         """The mask of group `name` that meets its share.

@@ -161,6 +161,42 @@ def test_posterior_widths_fill_the_budget_all_at_once_past_what_the_posteriors_k
     assert all(mask.sum() % 4 == 0 for mask in rounded.values())
 
 
+def _topped_up_one_step_at_a_time(budget, masks, stage, bounds):
+    """The top-up's rule, one step per cost: the open group of highest next
+    score (the earlier on a tie) whose step fits."""
+    masks = dict(masks)
+    while True:
+        counts = {name: int(mask.sum()) for name, mask in masks.items()}
+        candidates = sorted((name for name in stage if counts[name] + budget.round_to <= bounds[name]),
+                            key=lambda name: -np.sort(stage[name])[::-1][counts[name]])
+        for name in candidates:
+            step = {**masks, name: _top(stage[name], counts[name] + budget.round_to)}
+            if budget.cost(step) <= budget.target:
+                masks = step
+                break
+        else:
+            return masks
+
+
+@pytest.mark.parametrize("round_to", [1, 2])
+def test_the_top_up_takes_the_channels_one_step_at_a_time_would(round_to):
+    """The top-up bisects over the leading group's run of steps; tied
+    scores (integer logits) and free channels (Flatten features of removed
+    conv2 filters) included, it ends where single steps end."""
+    pruned, budget = _budget(0.1, round_to=round_to)
+    groups = rbp.pruning_groups(pruned)
+    for seed in range(3):
+        rng = np.random.RandomState(seed)
+        logits = {name: rng.randint(0, 4, noise.channels).astype(float) for name, noise in groups.items()}
+        start = budget._at_fraction(logits, 0.02)
+        bounds = {name: int(rng.randint(start[name].sum(), noise.channels + 1)) for name, noise in groups.items()}
+        expected = _topped_up_one_step_at_a_time(budget, start, logits, bounds)
+        topped_up = budget._topped_up({}, start, logits, bounds)
+        assert {name: int(mask.sum()) for name, mask in topped_up.items()} == {
+            name: int(mask.sum()) for name, mask in expected.items()}, seed
+        for name in groups:
+            np.testing.assert_array_equal(topped_up[name], expected[name])
+
 def test_a_stage_keeps_only_what_its_posterior_keeps_and_leaves_the_rest_to_later_stages():
     pruned, budget = _budget(0.2)
     groups = rbp.pruning_groups(pruned)
