@@ -39,6 +39,7 @@ class CostModel:
         self.groups = pruning_groups(model)
         self.stats = {stats.name: stats for stats in layer_stats(model)}
         self.latency = latency
+        self._graphs = {}  # the model's graphs, read once for every plan
 
     def cost(self, masks):
         """{"macs": ..., "params": ...} (and "latency_ms") when each group in
@@ -93,7 +94,7 @@ class CostModel:
         channels of `masks` and the others all theirs."""
         thetas = {name: np.ones(noise.channels, np.float32) for name, noise in self.groups.items()}
         thetas.update({name: np.asarray(mask, np.float32) for name, mask in masks.items()})
-        plan = ChannelPlan(self.model, thetas=thetas)
+        plan = ChannelPlan(self.model, thetas=thetas, graphs=self._graphs)
         producers = {key: op for op in plan.ops for key in op.outputs}
         for op in plan.ops:
             if op.name not in self.stats or op.call_index or not op.inputs:

@@ -119,13 +119,17 @@ class Group:
 class ChannelPlan:
     """Which channels of which tensor `shrink` keeps, and why."""
 
-    def __init__(self, model, thetas=None):
+    def __init__(self, model, thetas=None, graphs=None):
         """`thetas`: a dict from group name to the theta to plan with
-        instead of the group's own (masks under consideration)."""
+        instead of the group's own (masks under consideration). `graphs`: a
+        dict that keeps the graphs read from `model` and its nested models
+        for later plans of the same model (`budget.CostModel` plans one
+        model for many masks)."""
         if not isinstance(model, keras.Model):
             raise TypeError(f"shrink: expected a Keras model, received {type(model).__name__}")
         self.model = model
         self.thetas = thetas or {}
+        self._graphs = {} if graphs is None else graphs
         self.sets = _UnionFind()
         self.tensors = {}
         self.aliases = {}
@@ -151,7 +155,7 @@ class ChannelPlan:
     def _collect(self, model, path, input_keys):
         """Appends the ops of `model`, each followed forward by its rule;
         returns the model's input and output keys."""
-        graph = graph_lib.graph_of(model)
+        graph, call_order = self._graph(model)
         layers = _keras.model_operations(model)
         inputs = []
         for index, ref in enumerate(graph.inputs):
@@ -169,7 +173,7 @@ class ChannelPlan:
                 self.aliases[key] = input_keys[index]
             inputs.append(self._resolve(key))
             self.input_layers.append((path, ref.layer, inputs[-1]))
-        for name, call_index in graph.call_order():
+        for name, call_index in call_order:
             node, layer = graph.layers[name], layers[name]
             refs = node.calls[call_index]
             in_keys = [self._resolve((path, ref.layer, ref.node_index, ref.tensor_index)) for ref in refs]
@@ -191,6 +195,13 @@ class ChannelPlan:
                 op.rule.forward(self, op)
         outputs = [self._resolve((path, ref.layer, ref.node_index, ref.tensor_index)) for ref in graph.outputs]
         return inputs, outputs
+
+    def _graph(self, model):
+        """The `graph.Graph` of `model` and its call order, read once."""
+        if id(model) not in self._graphs:
+            graph = graph_lib.graph_of(model)
+            self._graphs[id(model)] = graph, graph.call_order()
+        return self._graphs[id(model)]
 
     def _op(self, path, node, layer, call_index, in_keys):
         wrapped = isinstance(layer, RBPWrapper)
