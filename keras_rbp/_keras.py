@@ -82,7 +82,10 @@ def output_shapes(layer, input_shapes):
             outputs = layer.compute_output_spec(inputs[0] if len(inputs) == 1 else inputs)
             return [tuple(output.shape) for output in tf.nest.flatten(outputs)]
         return [tuple(shape) for shape in shapes] if isinstance(shapes[0], (list, tuple)) else [tuple(shapes)]
-    shapes = layer.compute_output_shape(input_shapes[0] if len(input_shapes) == 1 else input_shapes)
+    try:
+        shapes = layer.compute_output_shape(input_shapes[0] if len(input_shapes) == 1 else input_shapes)
+    except TypeError:  # a layer whose call takes its inputs as arguments (MultiHeadAttention's query, value)
+        shapes = layer.compute_output_shape(*input_shapes)
     return [tuple(shape) for shape in shapes] if isinstance(shapes[0], (list, tuple)) else [tuple(shapes)]
 
 

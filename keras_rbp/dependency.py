@@ -206,8 +206,8 @@ class ChannelPlan:
     def _op(self, path, node, layer, call_index, in_keys):
         wrapped = isinstance(layer, RBPWrapper)
         inner = layer.layer if wrapped else layer
-        shapes = _output_shapes(layer, call_index, [self.tensors[key].shape for key in in_keys])
         record = node.config["inbound_nodes"][call_index] if "inbound_nodes" in node.config else None
+        shapes = _output_shapes(layer, call_index, [self.tensors[key].shape for key in in_keys], record)
         op = Op(path, node.name, layer, inner, rule_for(inner), call_index, record, in_keys,
                 [(path, node.name, call_index, index) for index in range(len(shapes))], shapes)
         if wrapped or isinstance(layer, RBPNoise):
@@ -409,12 +409,19 @@ class ChannelPlan:
             warnings.warn(message, stacklevel=3)
 
 
-def _output_shapes(layer, call_index, input_shapes):
-    """The output shapes of call `call_index` of `layer`, as a list."""
+def _output_shapes(layer, call_index, input_shapes, record):
+    """The output shapes of call `call_index` of `layer`, as a list: the
+    first call's as Keras recorded them; a later call's from its input
+    shapes, in Keras 3 by a symbolic call with the arguments recorded (a
+    layer called on several tensors, as ALBERT's shared encoder calls its
+    attention on query and value, gets each where its call takes it)."""
     if call_index == 0:
         outputs = layer.output
         outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
         return [tuple(output.shape) for output in outputs]
+    if _keras.IS_KERAS_3 and record is not None:
+        args, kwargs = graph_lib.call_arguments(record, [keras.KerasTensor(shape) for shape in input_shapes])
+        return [tuple(output.shape) for output in keras.tree.flatten(layer.compute_output_spec(*args, **kwargs))]
     return _keras.output_shapes(layer, input_shapes)
 
 

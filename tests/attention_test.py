@@ -179,3 +179,27 @@ def test_a_users_transformer_block_is_traced_into_heads_and_mlp_width():
     assert_same_outputs(pruned, small, np.random.RandomState(0).rand(4, 10, 16).astype("float32"))
     assert _heads(small.get_layer("block2_attention")) == masks["block2_attention"].sum() < 4
     assert small.get_layer("mlp1").units == masks["mlp1"].sum() < 32
+
+
+def test_an_attention_layer_shared_across_blocks_prunes_and_shrinks_exactly():
+    """One MultiHeadAttention and one MLP called by two blocks, each call on
+    query and value (ALBERT shares its encoder across depth in this way):
+    each shared layer is one group, and its later call's shapes come from
+    its own arguments."""
+    attention = L.MultiHeadAttention(4, 4, name="attention")
+    mlp1, mlp2 = L.Dense(24, activation="relu", name="mlp1"), L.Dense(16, name="mlp2")
+    inputs = keras.Input((6, 16))
+    x = inputs
+    for _ in range(2):
+        x = L.Add()([x, attention(x, x)])
+        x = L.Add()([x, mlp2(mlp1(x))])
+    model = keras.Model(inputs, L.Dense(3, name="out")(L.GlobalAveragePooling1D()(x)))
+    pruned = rbp.prune(model, dataset_size=100)
+    groups = rbp.pruning_groups(pruned)
+    assert {name: noise.channels for name, noise in groups.items()} == {"attention": 4, "mlp1": 24}
+    masks = _random_masks(pruned, seed=4)
+    rbp.freeze(pruned, masks)
+    small = rbp.shrink(pruned)
+    assert_same_outputs(pruned, small, np.random.RandomState(0).rand(4, 6, 16).astype("float32"))
+    assert _heads(small.get_layer("attention")) == masks["attention"].sum() < 4
+    assert small.get_layer("mlp1").units == masks["mlp1"].sum() < 24
