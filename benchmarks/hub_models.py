@@ -980,6 +980,47 @@ def distil_bert():
     )
 
 
+@_register("AlbertBackbone", "text", _BERT_INPUTS)
+def albert():
+    """ALBERT: factorised embeddings, one encoder layer shared across
+    depth (called twice)."""
+    return models.AlbertBackbone(
+        vocabulary_size=TEXT_VOCABULARY,
+        num_layers=2,
+        num_heads=2,
+        embedding_dim=16,
+        hidden_dim=32,
+        intermediate_dim=64,
+        max_sequence_length=TEXT_LENGTH,
+    )
+
+
+@_register("GPT2Backbone", "text", _TOKENS)
+def gpt2():
+    """GPT-2: a decoder whose causal mask reads the sequence length."""
+    return models.GPT2Backbone(
+        vocabulary_size=TEXT_VOCABULARY,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        intermediate_dim=64,
+        max_sequence_length=TEXT_LENGTH,
+    )
+
+
+@_register("LlamaBackbone", "text", _TOKENS)
+def llama():
+    """Llama: rotary embeddings, grouped-query attention, a gated MLP."""
+    return models.LlamaBackbone(
+        vocabulary_size=TEXT_VOCABULARY,
+        num_layers=2,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=32,
+        intermediate_dim=64,
+    )
+
+
 @_register("TransformerEncoderModel", "text", ((TEXT_LENGTH, 32), "uniform"))
 def transformer_encoder_model():
     """Two `keras_hub.layers.TransformerEncoder`s on a (16, 32) sequence,

@@ -172,12 +172,26 @@ def prune(
         if coupled_groups:
             rewriter.coupled = dependency.coupled_layers(plan, rewriter.targets(class_name, config))
         rewriter.rewrite(class_name, config, input_features, flatten_features)
+        if not rewriter.count:
+            raise ValueError(_nothing_to_prune(view, by_name.values()))
         rewriter.copy_other_layers(config)
         pruned = cloning.model_from_config(graph_lib.keras_model_class(view), config, rewriter.made)
         _copy_weights(view, pruned)
     if cost_aware:
         _set_costs(pruned)
     return pruned
+
+
+def _nothing_to_prune(model, layers):
+    """prune's error for a model in which no layer gets a noise."""
+    opaque = [f"{layer.name!r} ({type(layer).__name__})" for layer in layers if composite.is_composite(layer)]
+    return (
+        f"prune: model {model.name!r} has no channels keras_rbp can prune: no layer of the classes it "
+        f"prunes ({supported_names(batch_normalization=False)}) whose channels shrink could remove, "
+        "outside the layers that make the model's outputs"
+        + (f"; these layers hold others but their calls could not be traced, so they stay whole "
+           f"(see the warnings): {', '.join(opaque)}" if opaque else "")
+    )
 
 
 def _always_kept(plan, targets):

@@ -435,3 +435,34 @@ def test_a_nested_model_with_a_dict_of_inputs_is_read_in_keras_order():
     assert_same_outputs(pruned, small, data)
     for key in ("z_wide", "a_narrow"):
         assert _width(small, f"{key}_dense") == int(masks[f"{key}_dense"].sum()) < 5
+
+
+def test_a_model_with_nothing_to_prune_is_refused_by_prune():
+    inputs = keras.Input((10,))
+    outputs = L.Dense(3, name="out")(L.Activation("relu")(inputs))  # only the classifier
+    with pytest.raises(ValueError, match="model 'only_a_classifier' has no channels keras_rbp can prune"):
+        rbp.prune(keras.Model(inputs, outputs, name="only_a_classifier"), dataset_size=100)
+
+
+class PositionScaled(L.Layer):
+    """A user's block whose call reads its input's length (as a decoder's
+    causal mask does): on symbolic inputs of unknown length it cannot be
+    traced."""
+
+    def __init__(self, hidden, width, **kwargs):
+        super().__init__(**kwargs)
+        self.expand = L.Dense(hidden, activation="relu", name="expand")
+        self.project = L.Dense(width, name="project")
+
+    def call(self, inputs):
+        positions = keras.ops.cast(keras.ops.arange(keras.ops.shape(inputs)[1]), inputs.dtype)
+        return self.project(self.expand(inputs)) * positions[None, :, None]
+
+
+@pytest.mark.skipif(not IS_KERAS_3, reason="tf_keras records no calls inside a layer: its blocks stay boundaries")
+def test_prune_names_the_blocks_it_could_not_trace_when_nothing_is_left_to_prune():
+    inputs = keras.Input((None, 8))
+    model = keras.Model(inputs, L.Dense(3, name="out")(PositionScaled(16, 8, name="block")(inputs)))
+    with pytest.warns(UserWarning, match="PositionScaled layer 'block' holds layers, but its call cannot be traced"):
+        with pytest.raises(ValueError, match=r"could not be traced.*'block' \(PositionScaled\)"):
+            rbp.prune(model, dataset_size=100)

@@ -30,6 +30,7 @@ SHRINKS = {
     "VGGBackbone": 1.3,
     "ViTBackbone": 1.05,
     "TransformerEncoderModel": 1.05,
+    "AlbertBackbone": 1.05,  # one encoder layer called at every depth
     "HGNetV2ImageClassifier": 1.5,  # learnable scalar affines, probed as per channel
     "DeepLabV3ImageSegmenter": 1.3,  # a dict of pyramid outputs from a nested model
     "DINOV2Backbone": 1.05,  # Identity layers without a config
