@@ -147,6 +147,11 @@ def prune(
 
     Returns:
         A new, uncompiled Keras model with `RBPWrapper` and `RBPNoise` layers.
+
+    Raises:
+        ValueError: for a model in which no layer would get a noise, naming
+            the blocks whose calls could not be traced (a decoder whose
+            causal mask reads the sequence length: GPT-2's, Llama's).
     """
     _check_model(model)
     _keras.check_strategy(tf.distribute.get_strategy(), "prune")
@@ -186,11 +191,11 @@ def _nothing_to_prune(model, layers):
     """prune's error for a model in which no layer gets a noise."""
     opaque = [f"{layer.name!r} ({type(layer).__name__})" for layer in layers if composite.is_composite(layer)]
     return (
-        f"prune: model {model.name!r} has no channels keras_rbp can prune: no layer of the classes it "
-        f"prunes ({supported_names(batch_normalization=False)}) whose channels shrink could remove, "
-        "outside the layers that make the model's outputs"
-        + (f"; these layers hold others but their calls could not be traced, so they stay whole "
-           f"(see the warnings): {', '.join(opaque)}" if opaque else "")
+        f"prune: model {model.name!r} has no channels keras_rbp can prune: "
+        + (f"layers {', '.join(opaque)} hold others, but their calls could not be traced (see the "
+           "warnings), so they stay whole; and no other " if opaque else "no ")
+        + f"layer of the classes it prunes ({supported_names(batch_normalization=False)}) has "
+        "channels that shrink could remove, outside the layers that make the model's outputs"
     )
 
 
