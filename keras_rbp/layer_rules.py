@@ -1,7 +1,8 @@
 """The rules of Keras's own layers (see `rules` for what a rule does):
 Dense and the convolutions, BatchNormalization and GroupNormalization,
-per-channel layers, activations, Concatenate, Flatten, Reshape, the RBP
-noise, and the probe that decides for a custom layer without a rule."""
+SimpleRNN, GRU and LSTM, per-channel layers, activations, Concatenate,
+Flatten, Reshape, the RBP noise, and the probe that decides for a custom
+layer without a rule."""
 
 import numpy as np
 
@@ -307,6 +308,41 @@ def _evaluate(op, array):
     return np.asarray(op.layer(*args, training=False, **kwargs), np.float64)
 
 
+class RecurrentRule(LayerRule):
+    """SimpleRNN, GRU and LSTM read each input channel through one row of
+    their input kernel, so a channel that is zero leaves with its row;
+    their units (the recurrent state) all stay. A call given initial
+    states, and a layer on channels_first input, stay boundaries."""
+
+    def forward(self, plan, op):
+        if len(op.inputs) > 1:
+            return plan.boundary(op, "is called with initial states")
+        if plan.input_on_axis(op, op.inputs[0], -1) is None:
+            return plan.boundary(op, "reads channels on another axis")
+        for index in range(len(op.outputs)):
+            plan.keep(plan.new(op, index).slots, f"{type(op.inner).__name__} layer {op.name!r} keeps its units")
+
+    def rebuild(self, build, op, ins):
+        weights = op.inner.get_weights()
+        weights[0] = weights[0][build.input_indices(op, -1)]
+        build.set_layer(op, weights, {})
+        return [np.arange(build.plan.tensors[key].channels) for key in op.outputs]
+
+    def macs(self, layer, input_shape, output_shape):
+        """Each step multiplies its input by the input kernel and its state
+        by the recurrent kernel."""
+        kernel, recurrent = layer.weights[:2]
+        return _positions(input_shape, -1) * (int(np.prod(kernel.shape)) + int(np.prod(recurrent.shape)))
+
+    def scaled_cost(self, layer, macs, in_ratio, out_ratio):
+        kernel, recurrent = (int(np.prod(weight.shape)) for weight in layer.weights[:2])
+        params = sum(int(np.prod(weight.shape)) for weight in layer.weights)
+        return macs * (kernel * in_ratio + recurrent) / (kernel + recurrent), params - kernel * (1 - in_ratio)
+
+    def input_norms(self, layer):
+        return _slice_norms(layer.get_weights()[0], 0)
+
+
 class ActivationRule(PerChannelRule):
     """Activation, ReLU, LeakyReLU, ELU, Softmax, Rescaling: per channel,
     except a softmax over the channels, which is a boundary."""
@@ -515,6 +551,8 @@ def register_builtins():
     register_rule(L.Reshape, ReshapeRule())
     register_rule(RBPNoise, NoiseRule())
     register_rule(L.MultiHeadAttention, MultiHeadAttentionRule())
+    for cls in _classes("SimpleRNN", "GRU", "LSTM"):
+        register_rule(cls, RecurrentRule())
     for cls in _keras.OPERATION_CLASSES:
         register_rule(cls, OperationRule())
     # Keras 3's layers are operations too: a layer without a rule is an

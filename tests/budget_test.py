@@ -41,12 +41,21 @@ def _grouped_per_channel():
     return keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x)))
 
 
+def _conv_lstm():
+    """A Conv1D read by an LSTM: its filters leave with the LSTM's kernel rows."""
+    inputs = keras.Input((12, 6))
+    x = keras.layers.Conv1D(16, 3, activation="relu", name="conv")(inputs)
+    x = keras.layers.LSTM(8, name="lstm")(x)
+    return keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(12, activation="relu")(x)))
+
+
 MODELS = {
     "lenet5_flatten_features": (rbp.models.lenet5_caffe, dict(flatten_features=True)),
     "lenet_300_100_input_features": (lambda: rbp.models.lenet_300_100(input_shape=(784,)),
                                      dict(input_features=True)),
     "small_resnet_coupled": (rbp.models.small_resnet, {}),
     "grouped_per_channel": (_grouped_per_channel, {}),
+    "conv_lstm": (_conv_lstm, {}),
     "mobilenet_v2": (lambda: keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None,
                                                            classes=10), {}),
 }
