@@ -941,17 +941,13 @@ def video_prism():
 # --- Text -----------------------------------------------------------------
 
 _BERT_INPUTS = {**_TOKENS, "segment_ids": ((TEXT_LENGTH,), "zeros")}
+# The size of every small text transformer (two layers of two heads).
+_TEXT_TRANSFORMER = dict(vocabulary_size=TEXT_VOCABULARY, num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64,
+                max_sequence_length=TEXT_LENGTH)
 
 
 def _bert():
-    return models.BertBackbone(
-        vocabulary_size=TEXT_VOCABULARY,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=32,
-        intermediate_dim=64,
-        max_sequence_length=TEXT_LENGTH,
-    )
+    return models.BertBackbone(**_TEXT_TRANSFORMER)
 
 
 @_register("BertBackbone", "text", _BERT_INPUTS)
@@ -970,42 +966,20 @@ def bert_text_classifier():
 @_register("DistilBertBackbone", "text", _TOKENS)
 def distil_bert():
     """DistilBERT: BERT without segment embeddings or pooler."""
-    return models.DistilBertBackbone(
-        vocabulary_size=TEXT_VOCABULARY,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=32,
-        intermediate_dim=64,
-        max_sequence_length=TEXT_LENGTH,
-    )
+    return models.DistilBertBackbone(**_TEXT_TRANSFORMER)
 
 
 @_register("AlbertBackbone", "text", _BERT_INPUTS)
 def albert():
     """ALBERT: factorised embeddings, one encoder layer shared across
     depth (called twice)."""
-    return models.AlbertBackbone(
-        vocabulary_size=TEXT_VOCABULARY,
-        num_layers=2,
-        num_heads=2,
-        embedding_dim=16,
-        hidden_dim=32,
-        intermediate_dim=64,
-        max_sequence_length=TEXT_LENGTH,
-    )
+    return models.AlbertBackbone(**_TEXT_TRANSFORMER, embedding_dim=16)
 
 
 @_register("GPT2Backbone", "text", _TOKENS)
 def gpt2():
     """GPT-2: a decoder whose causal mask reads the sequence length."""
-    return models.GPT2Backbone(
-        vocabulary_size=TEXT_VOCABULARY,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=32,
-        intermediate_dim=64,
-        max_sequence_length=TEXT_LENGTH,
-    )
+    return models.GPT2Backbone(**_TEXT_TRANSFORMER)
 
 
 @_register("LlamaBackbone", "text", _TOKENS)
