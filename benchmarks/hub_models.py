@@ -943,7 +943,7 @@ def video_prism():
 _BERT_INPUTS = {**_TOKENS, "segment_ids": ((TEXT_LENGTH,), "zeros")}
 # The size of every small text transformer (two layers of two heads).
 _TEXT_TRANSFORMER = dict(vocabulary_size=TEXT_VOCABULARY, num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64,
-                max_sequence_length=TEXT_LENGTH)
+                         max_sequence_length=TEXT_LENGTH)
 
 
 def _bert():
