@@ -309,12 +309,15 @@ def _evaluate(op, array):
 
 
 class RecurrentRule(LayerRule):
-    """SimpleRNN, GRU and LSTM read each input channel through one row of
-    their input kernel, so a channel that is zero leaves with its row;
-    their units (the recurrent state) all stay. A call given initial
-    states, and a layer on channels_first input, stay boundaries."""
+    """SimpleRNN, GRU and LSTM, alone or in a Bidirectional wrapper, read
+    each input channel through one row of their input kernel (one a
+    direction), so a channel that is zero leaves with its row; their units
+    (the recurrent state) all stay. A call given initial states, and a
+    layer on channels_first input, stay boundaries."""
 
     def forward(self, plan, op):
+        if isinstance(op.inner, L.Bidirectional) and not isinstance(op.inner.forward_layer, RECURRENT_CLASSES):
+            return plan.boundary(op, f"wraps a {type(op.inner.forward_layer).__name__}")
         if len(op.inputs) > 1:
             return plan.boundary(op, "is called with initial states")
         if plan.input_on_axis(op, op.inputs[0], -1) is None:
@@ -324,23 +327,43 @@ class RecurrentRule(LayerRule):
 
     def rebuild(self, build, op, ins):
         weights = op.inner.get_weights()
-        weights[0] = weights[0][build.input_indices(op, -1)]
-        build.set_layer(op, weights, {})
+        for index in _input_kernels(op.inner):
+            weights[index] = weights[index][build.input_indices(op, -1)]
+        changes = {}
+        if isinstance(op.inner, L.Bidirectional):  # Keras 3 builds its layers from their configs' input shape
+            config = op.inner.get_config()
+            changes = {key: {name: value for name, value in config[key].items() if name != "build_config"}
+                       for key in ("layer", "backward_layer") if isinstance(config.get(key), dict)}
+        build.set_layer(op, weights, changes)
         return [np.arange(build.plan.tensors[key].channels) for key in op.outputs]
 
     def macs(self, layer, input_shape, output_shape):
-        """Each step multiplies its input by the input kernel and its state
-        by the recurrent kernel."""
-        kernel, recurrent = layer.weights[:2]
-        return _positions(input_shape, -1) * (int(np.prod(kernel.shape)) + int(np.prod(recurrent.shape)))
+        """Each step multiplies its input by the input kernels and its state
+        by the recurrent kernels."""
+        kernels, recurrent = _kernel_sizes(layer)
+        return _positions(input_shape, -1) * (kernels + recurrent)
 
     def scaled_cost(self, layer, macs, in_ratio, out_ratio):
-        kernel, recurrent = (int(np.prod(weight.shape)) for weight in layer.weights[:2])
+        kernels, recurrent = _kernel_sizes(layer)
         params = sum(int(np.prod(weight.shape)) for weight in layer.weights)
-        return macs * (kernel * in_ratio + recurrent) / (kernel + recurrent), params - kernel * (1 - in_ratio)
+        return macs * (kernels * in_ratio + recurrent) / (kernels + recurrent), params - kernels * (1 - in_ratio)
 
     def input_norms(self, layer):
-        return _slice_norms(layer.get_weights()[0], 0)
+        weights = layer.get_weights()
+        return sum(_slice_norms(weights[index], 0) for index in _input_kernels(layer))
+
+
+def _input_kernels(layer):
+    """The indices in `layer.weights` of its input kernels: the first, and
+    in a Bidirectional wrapper the backward layer's first too."""
+    return [0, len(layer.weights) // 2] if isinstance(layer, L.Bidirectional) else [0]
+
+
+def _kernel_sizes(layer):
+    """The sizes of `layer`'s input kernels and of its recurrent kernels."""
+    sizes = [int(np.prod(weight.shape)) for weight in layer.weights]
+    kernels = _input_kernels(layer)
+    return sum(sizes[index] for index in kernels), sum(sizes[index + 1] for index in kernels)
 
 
 class ActivationRule(PerChannelRule):
@@ -513,6 +536,9 @@ def _classes(*names):
     return tuple(getattr(L, name) for name in names if hasattr(L, name))
 
 
+RECURRENT_CLASSES = _classes("SimpleRNN", "GRU", "LSTM")
+
+
 def register_builtins():
     """Registers the rules of Keras's layers and operations."""
     for cls in _classes("Dense", "Conv1D", "Conv2D", "Conv3D"):
@@ -551,7 +577,7 @@ def register_builtins():
     register_rule(L.Reshape, ReshapeRule())
     register_rule(RBPNoise, NoiseRule())
     register_rule(L.MultiHeadAttention, MultiHeadAttentionRule())
-    for cls in _classes("SimpleRNN", "GRU", "LSTM"):
+    for cls in RECURRENT_CLASSES + _classes("Bidirectional"):
         register_rule(cls, RecurrentRule())
     for cls in _keras.OPERATION_CLASSES:
         register_rule(cls, OperationRule())

@@ -41,11 +41,12 @@ def _grouped_per_channel():
     return keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x)))
 
 
-def _conv_lstm():
-    """A Conv1D read by an LSTM: its filters leave with the LSTM's kernel rows."""
+def _conv_recurrent(bidirectional):
+    """A Conv1D read by an LSTM (or a Bidirectional GRU): its filters leave
+    with the kernel rows that read them."""
     inputs = keras.Input((12, 6))
     x = keras.layers.Conv1D(16, 3, activation="relu", name="conv")(inputs)
-    x = keras.layers.LSTM(8, name="lstm")(x)
+    x = keras.layers.Bidirectional(keras.layers.GRU(8))(x) if bidirectional else keras.layers.LSTM(8)(x)
     return keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(12, activation="relu")(x)))
 
 
@@ -55,7 +56,8 @@ MODELS = {
                                      dict(input_features=True)),
     "small_resnet_coupled": (rbp.models.small_resnet, {}),
     "grouped_per_channel": (_grouped_per_channel, {}),
-    "conv_lstm": (_conv_lstm, {}),
+    "conv_lstm": (lambda: _conv_recurrent(False), {}),
+    "conv_bidirectional_gru": (lambda: _conv_recurrent(True), {}),
     "mobilenet_v2": (lambda: keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None,
                                                            classes=10), {}),
 }

@@ -94,20 +94,25 @@ def test_conv_chain():
     assert _counts(small) == (params, macs)
 
 
-@pytest.mark.parametrize("recurrent", ["SimpleRNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("recurrent", ["SimpleRNN", "GRU", "LSTM", "Bidirectional"])
 def test_a_recurrent_layer_drops_the_kernel_rows_of_removed_filters(recurrent):
     inputs = keras.Input((12, 6))
     x = L.Conv1D(16, 3, activation="relu", name="conv")(inputs)
-    x = getattr(L, recurrent)(8, return_sequences=True, name="rnn")(x)
+    if recurrent == "Bidirectional":
+        x = L.Bidirectional(L.GRU(8, return_sequences=True), name="rnn")(x)
+    else:
+        x = getattr(L, recurrent)(8, return_sequences=True, name="rnn")(x)
     x = L.GlobalMaxPooling1D()(L.Dense(12, activation="relu", name="hidden")(x))
     model = keras.Model(inputs, L.Dense(3)(x))
     pruned, small, k = _shrink(model, np.random.RandomState(1).rand(2, 12, 6).astype("float32"))
     assert set(k) == {"conv", "hidden"}
-    kernel, recurrent_kernel = small.get_layer("rnn").get_weights()[:2]
-    assert kernel.shape[0] == k["conv"] < 16 and recurrent_kernel.shape[0] == 8
-    steps = 10  # the convolution's output length
-    row = next(row for row in rbp.report(model, small).rows if row["layer"] == "rnn")
-    assert row["macs_after"] == steps * (kernel.size + recurrent_kernel.size)
+    weights = small.get_layer("rnn").get_weights()
+    directions = [weights[: len(weights) // 2], weights[len(weights) // 2 :]] if recurrent == "Bidirectional" else [weights]
+    macs = 0
+    for kernel, recurrent_kernel, *_ in directions:
+        assert kernel.shape[0] == k["conv"] < 16 and recurrent_kernel.shape[0] == 8
+        macs += 10 * (kernel.size + recurrent_kernel.size)  # 10 steps: the convolution's output length
+    assert next(row for row in rbp.report(model, small).rows if row["layer"] == "rnn")["macs_after"] == macs
 
 
 def test_conv_bn_relu():
