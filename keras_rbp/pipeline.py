@@ -51,6 +51,7 @@ class Recipe:
     kl_weight: float = 10.0
     prior_keep_prob: float = 0.01
     initial_keep_prob: float = 0.9
+    logit_scale: float = 10.0  # the noise parameters move this many times faster than the weights
     input_features: bool = False  # the small model then takes the kept features
     flatten_features: bool = False
     cost_aware: bool = False
@@ -109,6 +110,7 @@ def run(recipe, verbose=1):
         kl_weight=recipe.kl_weight,
         prior_keep_prob=recipe.prior_keep_prob,
         initial_keep_prob=recipe.initial_keep_prob,
+        logit_scale=recipe.logit_scale,
         input_features=recipe.input_features,
         flatten_features=recipe.flatten_features,
         cost_aware=recipe.cost_aware,
