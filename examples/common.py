@@ -36,6 +36,7 @@ HELP = {
     "kl_weight": "how hard pruning pushes: larger removes more channels",
     "prior_keep_prob": "the prior probability that a channel is kept (pi_0)",
     "initial_keep_prob": "every channel's keep probability when pruning starts",
+    "logit_scale": "how many times faster than the weights the noise parameters (the logits) move",
     "input_features": "also prune the input pixels (the small model then takes only the kept ones)",
     "flatten_features": "also prune the features after each Flatten layer",
     "cost_aware": "price each channel by the MACs it carries, so that expensive channels go first",
