@@ -34,6 +34,7 @@ TFLITE_FILES = {
 REPORT = "report.json"
 RANDOM_CHECK_SAMPLES = 32
 BATCH_SIZE = 256
+TENSOR_LIST_ERROR = "Lowering tensor list ops is failed"
 
 
 class ExportCheckError(RuntimeError):
@@ -160,6 +161,10 @@ def save_model(model, path):
 def convert(model, saved_model, kind="float32", representative_data=None):
     """The TFLite flatbuffer of `model`, as bytes.
 
+    The converter lowers a loop over tensor lists (a recurrent layer's) only
+    where their shapes are known; such a file is converted for one example
+    at a time, as a device runs it, and larger batches fail in LiteRT.
+
     Args:
         model: the Keras model, which names the inputs.
         saved_model: the SavedModel folder `save_model` wrote from `model`.
@@ -168,8 +173,18 @@ def convert(model, saved_model, kind="float32", representative_data=None):
             `representative_data`).
         representative_data: a list of arrays, one per model input.
     """
+    try:
+        return _convert(model, saved_model, kind, representative_data, single_batch_loops=False)
+    except Exception as error:  # the converter's ConverterError is private
+        if TENSOR_LIST_ERROR not in str(error):
+            raise
+    return _convert(model, saved_model, kind, representative_data, single_batch_loops=True)
+
+
+def _convert(model, saved_model, kind, representative_data, single_batch_loops):
     input_names = _keras.input_names(model)
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+    converter._experimental_default_to_single_batch_in_tensor_list_ops = single_batch_loops
     if kind != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if kind == "int8":
@@ -203,14 +218,21 @@ def tflite_outputs(path, model, inputs):
         outputs; quantised inputs and outputs are converted with the file's
         scale and zero point.
     """
+    try:
+        return _run_tflite(path, model, inputs, BATCH_SIZE)
+    except RuntimeError:  # a file for one example at a time (see `convert`)
+        return _run_tflite(path, model, inputs, 1)
+
+
+def _run_tflite(path, model, inputs, batch_size):
     input_names, output_names = _keras.input_names(model), _keras.output_names(model)
     runner = Interpreter(model_path=path).get_signature_runner()
     input_details = runner.get_input_details()
     output_details = runner.get_output_details()
     batches = []
-    for start in range(0, len(inputs[0]), BATCH_SIZE):
+    for start in range(0, len(inputs[0]), batch_size):
         feed = {
-            name: _quantize(x[start : start + BATCH_SIZE], input_details[name])
+            name: _quantize(x[start : start + batch_size], input_details[name])
             for name, x in zip(input_names, inputs)
         }
         # LiteRT's "Created TensorFlow Lite XNNPACK delegate" line comes with

@@ -162,6 +162,25 @@ def test_multi_input_multi_output_model(tmp_path):
     assert report["files"]["model.tflite"]["check"]["value"] <= 1e-5
 
 
+def test_a_shrunk_recurrent_model_exports_for_one_example_at_a_time(tmp_path):
+    inputs = keras.Input((12, 6))
+    x = L.Conv1D(16, 3, activation="relu", name="conv")(inputs)
+    x = L.Bidirectional(L.LSTM(8), name="lstm")(x)
+    model = keras.Model(inputs, L.Dense(3)(x))
+    pruned = rbp.prune(model, dataset_size=100)
+    rbp.freeze(pruned, {"conv": np.arange(16) % 3 > 0})
+    small = rbp.shrink(pruned)
+    assert small.get_layer("lstm").get_weights()[0].shape[0] == 10  # the kept filters
+    data = np.random.default_rng(0).random((20, 12, 6), dtype=np.float32)
+    report = rbp.export(small, tmp_path / "out", check_data=data, benchmark=False)
+    assert report["files"]["model.tflite"]["check"]["value"] <= 1e-5
+    path = str(tmp_path / "out" / "model.tflite")
+    np.testing.assert_allclose(export_lib.tflite_outputs(path, small, [data])[0], small(data), atol=1e-5)
+    runner = Interpreter(model_path=path).get_signature_runner()
+    with pytest.raises(RuntimeError):  # the loops' tensor lists hold one example
+        runner(**{name: data for name in runner.get_input_details()})
+
+
 def test_existing_out_dir_is_refused_unless_overwrite(tmp_path, small_lenet):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
