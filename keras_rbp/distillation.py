@@ -3,7 +3,8 @@
 `distilled(pruned, teacher)` is a model to compile and fit in place of a
 pruned one: the same inputs, layers and outputs, and a loss that adds,
 beside the labels' loss, the temperature-softened KL divergence from the
-teacher's outputs to the pruned model's. The teacher (the model given to
+teacher's outputs to the pruned model's: logits, or the probabilities of
+a softmax or sigmoid output layer. The teacher (the model given to
 `prune`) runs in inference and never trains; it is not part of the
 distilled model's weights, so it is neither updated nor saved with it.
 Every method, schedule and budget of `RecursivePruning` works on the
@@ -16,16 +17,57 @@ from keras_rbp._keras import keras
 
 TEMPERATURE = 4.0
 WEIGHT = 1.0
+EPSILON = 1e-7  # probabilities are clipped to [EPSILON, 1 - EPSILON] before their logarithm
 
 
-def distillation_loss(student_logits, teacher_logits, temperature=TEMPERATURE):
-    """``T**2 * KL(softmax(teacher / T) || softmax(student / T))``, the KL
-    summed over the last axis and averaged over the rest, in float32. The
-    T**2 keeps its gradients' scale as T changes."""
-    teacher = tf.cast(teacher_logits, tf.float32) / temperature
-    student = tf.cast(student_logits, tf.float32) / temperature
+def distillation_loss(student, teacher, temperature=TEMPERATURE, probabilities=False, binary=False):
+    """``T**2 * KL(teacher_T || student_T)``, the KL summed over the last
+    axis and averaged over the rest, in float32. The T**2 keeps its
+    gradients' scale as T changes.
+
+    Args:
+        student, teacher: the two models' outputs: logits, or with
+            `probabilities` the softmax's (the sigmoid's, where `binary`)
+            probabilities, whose logarithms are logits up to a constant.
+        temperature: T, which divides both models' logits.
+        probabilities: whether the outputs are probabilities.
+        binary: whether each unit is a class of its own (a sigmoid output,
+            or a single logit), softened as a two-class softmax of (z, 0).
+    """
+    teacher = _logits(teacher, probabilities, binary) / temperature
+    student = _logits(student, probabilities, binary) / temperature
+    if binary:
+        teacher, student = (tf.stack([z, tf.zeros_like(z)], -1) for z in (teacher, student))
     kl = tf.reduce_sum(tf.nn.softmax(teacher) * (tf.nn.log_softmax(teacher) - tf.nn.log_softmax(student)), -1)
+    if binary:
+        kl = tf.reduce_sum(kl, -1)
     return temperature**2 * tf.reduce_mean(kl)
+
+
+def _logits(outputs, probabilities, binary):
+    outputs = tf.cast(outputs, tf.float32)
+    if not probabilities:
+        return outputs
+    p = tf.clip_by_value(outputs, EPSILON, 1.0 - EPSILON)
+    return tf.math.log(p) - tf.math.log1p(-p) if binary else tf.math.log(p)
+
+
+def output_kinds(model):
+    """(probabilities, binary) for each output of `model`, as
+    `distillation_loss` takes them: probabilities where the layer that
+    writes the output ends in a softmax or a sigmoid, binary for a sigmoid
+    or a single unit."""
+    kinds = []
+    for tensor in model.outputs:
+        layer, _, index = tensor._keras_history
+        while isinstance(layer, keras.Model):  # the nested model's own output layer
+            layer, _, index = layer.outputs[index]._keras_history
+        activation = getattr(getattr(layer, "activation", None), "__name__", "")
+        if isinstance(layer, keras.layers.Softmax):
+            activation = "softmax"
+        probabilities = activation in ("softmax", "sigmoid")
+        kinds.append((probabilities, activation == "sigmoid" or (not probabilities and tensor.shape[-1] == 1)))
+    return kinds
 
 
 class Distillation(keras.layers.Layer):
@@ -38,13 +80,14 @@ class Distillation(keras.layers.Layer):
     def __init__(self, teacher, temperature=TEMPERATURE, weight=WEIGHT, **kwargs):
         super().__init__(**kwargs)
         object.__setattr__(self, "_teacher", teacher)
+        object.__setattr__(self, "_kinds", output_kinds(teacher))
         self.temperature = float(temperature)
         self.weight = float(weight)
 
     def call(self, inputs, outputs):
         teacher = self._teacher(inputs, training=False)
-        terms = [distillation_loss(student, target, self.temperature)
-                 for student, target in zip(tf.nest.flatten(outputs), tf.nest.flatten(teacher))]
+        terms = [distillation_loss(student, target, self.temperature, *kind)
+                 for student, target, kind in zip(tf.nest.flatten(outputs), tf.nest.flatten(teacher), self._kinds)]
         self.add_loss(self.weight * tf.add_n(terms))
         return tf.nest.map_structure(tf.identity, outputs)
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import keras_rbp as rbp
 from keras_rbp._keras import keras
-from keras_rbp.distillation import distillation_loss, distilled
+from keras_rbp.distillation import distillation_loss, distilled, output_kinds
 from tests.conftest import mnist_dir
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -30,6 +30,43 @@ def test_the_distillation_loss_is_the_softened_kl_times_t_squared(temperature):
     actual = float(distillation_loss(tf.constant(student, tf.float32), tf.constant(teacher, tf.float32), temperature))
     np.testing.assert_allclose(actual, _numpy_loss(student, teacher, temperature), rtol=1e-5)
     assert float(distillation_loss(tf.constant(teacher), tf.constant(teacher), temperature)) == pytest.approx(0, abs=1e-6)
+
+
+def _sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def _softmax(z):
+    return np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_probabilities_are_distilled_as_their_logits(binary):
+    rng = np.random.RandomState(1)
+    student, teacher = rng.randn(8, 3) * 3, rng.randn(8, 3) * 3
+    if binary:  # each unit two classes, of logits (z, 0)
+        pair = lambda z: np.stack([z, np.zeros_like(z)], -1)
+        expected = sum(_numpy_loss(pair(student[:, i]), pair(teacher[:, i]), 4.0) for i in range(3))
+        to_probabilities = _sigmoid
+    else:
+        expected = _numpy_loss(student, teacher, 4.0)
+        to_probabilities = _softmax
+    cases = [(student, teacher, False), (to_probabilities(student), to_probabilities(teacher), True)]
+    for s, t, probabilities in cases:
+        actual = distillation_loss(tf.constant(s, tf.float32), tf.constant(t, tf.float32), 4.0, probabilities, binary)
+        np.testing.assert_allclose(float(actual), expected, rtol=1e-4)
+
+
+def test_output_kinds_follow_the_output_layers_activation():
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(5)(inputs)
+    outputs = [keras.layers.Dense(3)(hidden), keras.layers.Dense(3, activation="softmax")(hidden),
+               keras.layers.Softmax()(hidden), keras.layers.Dense(2, activation="sigmoid")(hidden),
+               keras.layers.Dense(1)(hidden)]
+    model = keras.Model(inputs, outputs)
+    wrapped = keras.Model(inputs, model(inputs)[1])  # a nested model's output layer
+    assert output_kinds(model) == [(False, False), (True, False), (True, False), (True, True), (False, True)]
+    assert output_kinds(wrapped) == [(True, False)]
 
 
 def _mnist(count):
