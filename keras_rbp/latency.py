@@ -83,9 +83,11 @@ def median_latency(interpreter, warmup, runs, batches=1):
     rng = np.random.default_rng(0)
     for detail in interpreter.get_input_details():
         shape = [max(1, int(d)) for d in detail["shape"]]
-        if np.issubdtype(detail["dtype"], np.integer):
+        if detail["dtype"] in (np.int8, np.uint8):  # quantised values: any in range
             info = np.iinfo(detail["dtype"])
             value = rng.integers(info.min, info.max, size=shape, endpoint=True)
+        elif np.issubdtype(detail["dtype"], np.integer):  # ids or masks: 0 and 1 are valid in any
+            value = rng.integers(0, 1, size=shape, endpoint=True)
         else:
             value = rng.random(shape)
         interpreter.set_tensor(detail["index"], value.astype(detail["dtype"]))

@@ -181,6 +181,14 @@ def test_a_shrunk_recurrent_model_exports_for_one_example_at_a_time(tmp_path):
         runner(**{name: data for name in runner.get_input_details()})
 
 
+def test_a_model_of_token_ids_is_timed_on_ids_its_embedding_holds(tmp_path):
+    inputs = keras.Input((20,), dtype="int32")
+    model = keras.Model(inputs, L.Dense(2)(L.GlobalAveragePooling1D()(L.Embedding(50, 8)(inputs))))
+    ids = np.random.default_rng(0).integers(0, 50, (16, 20)).astype("int32")
+    report = rbp.export(model, tmp_path / "out", check_data=ids)
+    assert report["files"]["model.tflite"]["latency_ms"]["single_thread"] > 0
+
+
 def test_existing_out_dir_is_refused_unless_overwrite(tmp_path, small_lenet):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
