@@ -49,6 +49,8 @@ flags.DEFINE_float("rbp_max_noise_scale", 3.0, "RBP's noise scale at a stage's e
 flags.DEFINE_float("prior_keep_prob", pipeline.Recipe.prior_keep_prob, "pi_0 of RBP's prior.")
 flags.DEFINE_float("logit_scale", pipeline.Recipe.logit_scale, "How many times faster than the weights every "
                    "method's noise parameters (RBP's logits) move.")
+flags.DEFINE_float("finetune_learning_rate", pipeline.Recipe.finetune_learning_rate, "Adam's learning rate in "
+                   "the fine-tune after the last stage.")
 flags.DEFINE_float("distillation_weight", 0.0, "Above 0, every run also learns from its unpruned baseline "
                    f"(keras_rbp.distilled, temperature {pipeline.Recipe.distillation_temperature:g}).")
 # Runs with these knobs away from their defaults are kept apart in the run
@@ -111,7 +113,7 @@ def _recipe(model, method, schedule, target, seed, kl_weight):
         baseline_dir=FLAGS.baseline_dir or os.path.join(FLAGS.output_dir, BASELINES_FOLDER),
         validation_split=VALIDATION_SPLIT, method=method, kl_weight=kl_weight,
         max_noise_scale=_max_noise_scale(method), prior_keep_prob=FLAGS.prior_keep_prob,
-        logit_scale=FLAGS.logit_scale,
+        logit_scale=FLAGS.logit_scale, finetune_learning_rate=FLAGS.finetune_learning_rate,
         distillation_weight=FLAGS.distillation_weight,
         groups_per_stage=1 if schedule == "recursive" else 0, target_macs=target,
         plan_epochs=_plan_epochs(model), widths=FLAGS.widths, **{k: v for k, v in budget.items() if k != "quantize"},
@@ -125,7 +127,7 @@ def _max_noise_scale(method):
 def _knobs():
     """The key suffix of the knobs set away from their defaults."""
     knobs = {"rbp_max_noise_scale": "noise", "prior_keep_prob": "prior", "distillation_weight": "distill",
-             "logit_scale": "logit"}
+             "logit_scale": "logit", "finetune_learning_rate": "ft"}
     return "".join(f"/{short}{FLAGS[flag].value:g}" for flag, short in knobs.items()
                    if FLAGS[flag].value != FLAGS[flag].default)
 
@@ -236,7 +238,8 @@ def _markdown(rows, provenance):
         "trained again on another CPU differs: each row gives its seeds' unpruned errors and the CPU of its "
         f"runs). Widths: {WIDTHS_TEXT[FLAGS.widths]}. RBP's noise scale rises to {FLAGS.rbp_max_noise_scale:g} "
         f"in a stage, its prior keep probability is {FLAGS.prior_keep_prob:g}; the noise parameters move "
-        f"{FLAGS.logit_scale:g} times faster than the weights. Distillation from the unpruned "
+        f"{FLAGS.logit_scale:g} times faster than the weights; the fine-tune's learning rate is "
+        f"{FLAGS.finetune_learning_rate:g}. Distillation from the unpruned "
         f"baseline: {_distillation_text()}. "
         f"kl_weight: the defaults {KL_WEIGHTS}, or "
         f"for {', '.join(FLAGS.tune_models) or 'no model'} chosen among the default times "
@@ -302,6 +305,7 @@ def main(argv):
               "max_noise_scale": {**MAX_NOISE_SCALE, "rbp": _max_noise_scale("rbp"),
                                   "rbp_relaxed": _max_noise_scale("rbp_relaxed")},
               "prior_keep_prob": FLAGS.prior_keep_prob, "logit_scale": FLAGS.logit_scale,
+              "finetune_learning_rate": FLAGS.finetune_learning_rate,
               "distillation_weight": FLAGS.distillation_weight,
               "rows": rows}
     markdown = _markdown(rows, provenance)
