@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rbp import datasets, models
-from keras_rbp.distillation import distilled
+from keras_rbp.distillation import distilled, output_kinds
 from keras_rbp._keras import keras
 from keras_rbp.exporting import export
 from keras_rbp.latency import model_latency
@@ -781,8 +781,7 @@ def _loss_and_measure(model, loss, from_logits, train, validation):
         if source is not None:
             _check_labels(name, source, outputs, arg)
     if from_logits is None:
-        activation = getattr(model.layers[-1], "activation", None)
-        from_logits = getattr(activation, "__name__", "") not in ("softmax", "sigmoid")
+        from_logits = not output_kinds(model)[0][0]  # the first output is neither a softmax nor a sigmoid
     classes = {"sparse_categorical_crossentropy": keras.losses.SparseCategoricalCrossentropy,
                "categorical_crossentropy": keras.losses.CategoricalCrossentropy,
                "binary_crossentropy": keras.losses.BinaryCrossentropy}

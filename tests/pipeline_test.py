@@ -7,6 +7,7 @@ import pytest
 
 from conftest import mnist_dir
 from keras_rbp import models, pipeline
+from keras_rbp._keras import keras
 
 
 def _recipe(tmp_path, method):
@@ -94,3 +95,23 @@ def test_the_baselines_weight_decay_shrinks_its_weights_and_keeps_it_apart(tmp_p
         baseline.load_weights(str(path))
         norms.append(sum(np.abs(w).sum() for w in baseline.get_weights()))
     assert norms[1] < 0.95 * norms[0]  # 16 steps of 1 - 10 x (1e-3 decaying to 1e-4): about 0.91
+
+
+def _classifiers():
+    """Three 3-class models, by how their probabilities are written."""
+    inputs = keras.Input((4,))
+    softmax_layer = keras.Model(inputs, keras.layers.Softmax()(keras.layers.Dense(3)(inputs)))
+    nested = keras.Sequential([keras.Input((4,)), keras.Sequential([keras.layers.Dense(3, activation="softmax")])])
+    logits = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    return {"softmax layer": softmax_layer, "nested softmax": nested, "logits": logits}
+
+
+@pytest.mark.parametrize("kind", ["softmax layer", "nested softmax", "logits"])
+def test_a_loss_named_by_the_user_reads_probabilities_wherever_the_softmax_is(kind):
+    model = _classifiers()[kind]
+    x, y = np.random.default_rng(0).normal(size=(8, 4)).astype("float32"), np.arange(8) % 3
+    loss, _ = pipeline._loss_and_measure(model, "sparse_categorical_crossentropy", None, None, None)
+    outputs = np.asarray(model(x))
+    probabilities = outputs if kind != "logits" else np.exp(outputs) / np.exp(outputs).sum(-1, keepdims=True)
+    expected = -np.mean(np.log(probabilities[np.arange(8), y]))
+    np.testing.assert_allclose(float(loss(y, outputs)), expected, rtol=1e-5)
