@@ -129,10 +129,13 @@ def export(
         got = _saved_model_outputs(saved_model, model, check_data)
         check = _check(SAVED_MODEL, expected, got, float_atol, None)
         files[SAVED_MODEL] = _entry(saved_model, "float32", check)
+        single_batch_loops = None  # found by the first file's conversion, then kept
         for kind in ("float32",) + quantize:
             path = os.path.join(tmp_dir, TFLITE_FILES[kind])
+            flatbuffer, single_batch_loops = _convert_loops(model, saved_model, kind, representative_data,
+                                                            single_batch_loops)
             with open(path, "wb") as file:
-                file.write(convert(model, saved_model, kind, representative_data))
+                file.write(flatbuffer)
             got = tflite_outputs(path, model, check_data)
             agreement = None if kind == "float32" else min_agreement
             check = _check(TFLITE_FILES[kind], expected, got, float_atol, agreement)
@@ -173,12 +176,20 @@ def convert(model, saved_model, kind="float32", representative_data=None):
             `representative_data`).
         representative_data: a list of arrays, one per model input.
     """
-    try:
-        return _convert(model, saved_model, kind, representative_data, single_batch_loops=False)
-    except Exception as error:  # the converter's ConverterError is private
-        if TENSOR_LIST_ERROR not in str(error):
-            raise
-    return _convert(model, saved_model, kind, representative_data, single_batch_loops=True)
+    return _convert_loops(model, saved_model, kind, representative_data)[0]
+
+
+def _convert_loops(model, saved_model, kind, representative_data, single_batch_loops=None):
+    """(the flatbuffer, whether its loops take one example at a time); with
+    `single_batch_loops` None, a batch is tried first."""
+    if single_batch_loops is None:
+        try:
+            return _convert(model, saved_model, kind, representative_data, single_batch_loops=False), False
+        except Exception as error:  # the converter's ConverterError is private
+            if TENSOR_LIST_ERROR not in str(error):
+                raise
+        single_batch_loops = True
+    return _convert(model, saved_model, kind, representative_data, single_batch_loops), single_batch_loops
 
 
 def _convert(model, saved_model, kind, representative_data, single_batch_loops):

@@ -172,8 +172,9 @@ def test_a_shrunk_recurrent_model_exports_for_one_example_at_a_time(tmp_path):
     small = rbp.shrink(pruned)
     assert small.get_layer("lstm").get_weights()[0].shape[0] == 10  # the kept filters
     data = np.random.default_rng(0).random((20, 12, 6), dtype=np.float32)
-    report = rbp.export(small, tmp_path / "out", check_data=data, benchmark=False)
+    report = rbp.export(small, tmp_path / "out", check_data=data, quantize=["dynamic_range"], benchmark=False)
     assert report["files"]["model.tflite"]["check"]["value"] <= 1e-5
+    assert report["files"]["model_dynamic_range.tflite"]["check"]["value"] >= 0.98  # top-1 agreement
     path = str(tmp_path / "out" / "model.tflite")
     np.testing.assert_allclose(export_lib.tflite_outputs(path, small, [data])[0], small(data), atol=1e-5)
     runner = Interpreter(model_path=path).get_signature_runner()
