@@ -98,8 +98,10 @@ def run_baseline(recipe, verbose=1):
     return results
 
 
-def run(recipe, verbose=1):
-    """Runs the recipe; returns its figures as a dict (see the README)."""
+def run(recipe, verbose=1, models=None):
+    """Runs the recipe; returns its figures as a dict (see the README). A
+    dict passed as `models` receives the "baseline" and the shrunk "small"
+    model, which takes the kept input features where `input_features`."""
     clock = _Clock()
     (x_train, y_train), (x_test, y_test), fit_size, baseline = _seeded_baseline(recipe, verbose)
     clock.lap("pretrain")
@@ -135,6 +137,8 @@ def run(recipe, verbose=1):
         small_x_test, small_x_train = x_test[:, features], x_train[:, features]
     _compile(small, recipe.learning_rate)
     clock.lap("shrink")
+    if models is not None:
+        models.update(baseline=baseline, small=small)
     summary = report(baseline, small)
     results = {
         "recipe": dataclasses.asdict(recipe),
