@@ -139,7 +139,7 @@ def export(
             got = tflite_outputs(path, model, check_data)
             agreement = None if kind == "float32" else min_agreement
             check = _check(TFLITE_FILES[kind], expected, got, float_atol, agreement)
-            files[TFLITE_FILES[kind]] = _entry(path, kind, check)
+            files[TFLITE_FILES[kind]] = dict(_entry(path, kind, check), batch_size=1 if single_batch_loops else None)
             if benchmark:
                 files[TFLITE_FILES[kind]]["latency_ms"] = benchmark_tflite(path)
         summary = {"keras": keras.__version__, "interpreter": INTERPRETER, "files": files}

@@ -122,6 +122,8 @@ def test_export_writes_every_file_and_each_passes_its_check(tmp_path, mnist, shr
         assert files[name]["check"]["metric"] == "top1_agreement"
         assert files[name]["check"]["value"] >= 0.98
         assert files[name]["check"]["samples"] == CHECK_SAMPLES
+    assert {files[name]["batch_size"] for name in ("model.tflite", "model_dynamic_range.tflite", "model_int8.tflite")} \
+        == {None}  # any batch
     assert files["model_int8.tflite"]["size_bytes"] < files["model.tflite"]["size_bytes"]
     for name, entry in files.items():
         assert entry["size_bytes"] == _size(out_dir / name), name
@@ -175,6 +177,7 @@ def test_a_shrunk_recurrent_model_exports_for_one_example_at_a_time(tmp_path):
     report = rbp.export(small, tmp_path / "out", check_data=data, quantize=["dynamic_range"], benchmark=False)
     assert report["files"]["model.tflite"]["check"]["value"] <= 1e-5
     assert report["files"]["model_dynamic_range.tflite"]["check"]["value"] >= 0.98  # top-1 agreement
+    assert [report["files"][name]["batch_size"] for name in ("model.tflite", "model_dynamic_range.tflite")] == [1, 1]
     path = str(tmp_path / "out" / "model.tflite")
     np.testing.assert_allclose(export_lib.tflite_outputs(path, small, [data])[0], small(data), atol=1e-5)
     runner = Interpreter(model_path=path).get_signature_runner()
