@@ -26,7 +26,7 @@ from keras_rbp._keras import keras
 APPLICATIONS = sorted(name for name in dir(keras.applications) if name[0].isupper())
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", APPLICATIONS, "keras.applications constructors to shrink.")
+results_io.define_models(APPLICATIONS, text="keras.applications constructors to shrink")
 flags.DEFINE_float("keep", 0.7, "Fraction of each group's channels its random mask keeps.")
 results_io.define_output_dir()
 
@@ -50,9 +50,6 @@ def shrink_application(name):
 
 def main(argv):
     del argv  # Unused.
-    unknown = set(FLAGS.models) - set(APPLICATIONS)
-    if unknown:
-        raise app.UsageError(f"--models: unknown {sorted(unknown)}; known: {APPLICATIONS}")
     provenance = results_io.provenance()
     keras_mode = provenance["keras"]
     results, failures = {}, {}

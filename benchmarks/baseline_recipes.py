@@ -25,7 +25,7 @@ results_io.define_data_dir()
 results_io.define_output_dir("baseline_recipes_runs.json and baseline_recipes.json and .md")
 flags.DEFINE_string("baseline_dir", None, "Where the trained baselines are kept and reused "
                     "(default: method_comparison_baselines under --output_dir).")
-flags.DEFINE_list("models", ["lenet_300_100", "lenet5_caffe"], "Models to run.")
+results_io.define_models(BUDGETS)
 flags.DEFINE_integer("seeds", 3, "Seeds of the chosen recipe (0, 1, ...).")
 
 # (pretrain_epochs, learning_rate, pretrain_weight_decay): the documented

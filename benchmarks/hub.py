@@ -19,16 +19,13 @@ from benchmarks import hub_models, results_io
 from benchmarks.measure import measure_shrink
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", list(hub_models.HUB_MODELS), "benchmarks.hub_models names to shrink.")
+results_io.define_models(hub_models.HUB_MODELS, text="benchmarks.hub_models names to shrink")
 flags.DEFINE_float("keep", 0.7, "Fraction of each group's channels its random mask keeps.")
 results_io.define_output_dir()
 
 
 def main(argv):
     del argv  # Unused.
-    unknown = set(FLAGS.models) - set(hub_models.HUB_MODELS)
-    if unknown:
-        raise app.UsageError(f"--models: unknown {sorted(unknown)}; known: {list(hub_models.HUB_MODELS)}")
     provenance = results_io.provenance()
     results, failures = {}, {}
     for name in FLAGS.models:

@@ -36,7 +36,6 @@ results_io.define_output_dir("method_comparison_runs.json and the tables (method
                              "a reduced budget's names say it)")
 flags.DEFINE_string("baseline_dir", None, "Where the trained baselines are kept and reused "
                     "(default: <output_dir>/method_comparison_baselines).")
-flags.DEFINE_list("models", ["lenet_300_100", "lenet5_caffe"], "Models to run.")
 flags.DEFINE_list("methods", sorted(methods.METHODS), "Pruning methods to compare.")
 flags.DEFINE_list("schedules", ["recursive", "all_at_once"], "recursive and/or all_at_once.")
 flags.DEFINE_integer("seeds", 3, "Seeds per cell (0, 1, ...).")
@@ -67,6 +66,7 @@ MAC_TARGETS = {
     "lenet_300_100": [published_macs("lenet_300_100", "VIBNet"), published_macs("lenet_300_100", "L0")],
     "lenet5_caffe": [100_000, published_macs("lenet5_caffe", "BC-GHS")],
 }
+results_io.define_models(MAC_TARGETS)
 # Each method's strength. Under a MAC target the budget decides how many
 # channels go; the penalty shapes which. The defaults: the first values that
 # pruned LeNet-300-100 in a short plan (RBP's: the documented defaults);

@@ -67,7 +67,7 @@ TARGET_RATIO = 1.15
 INPUT_GATE = "input gate (floor)"
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", list(MODELS), f"Models to time, of {list(MODELS)}.")
+results_io.define_models(MODELS, text="Models to time")
 flags.DEFINE_integer("batch_size", 128, "Training batch size of the LeNets.")
 flags.DEFINE_integer("deep_batch_size", 32, "Training batch size of MobileNetV2 and EfficientNetB0.")
 flags.DEFINE_integer("image_size", 64, "Input height and width of MobileNetV2 and EfficientNetB0.")
@@ -257,9 +257,6 @@ def _time_model(name):
 
 def main(argv):
     del argv  # Unused.
-    unknown = set(FLAGS.models) - set(MODELS)
-    if unknown:
-        raise app.UsageError(f"--models: unknown {sorted(unknown)}; known: {list(MODELS)}")
     provenance = results_io.provenance()
     load_before = provenance["machine"]["load_average_at_start"]
     results = {name: _time_model(name) for name in FLAGS.models}

@@ -24,7 +24,7 @@ from keras_rbp import pipeline
 FLAGS = flags.FLAGS
 results_io.define_data_dir()
 results_io.define_output_dir("paper_table_runs.json and paper_table.json, .md and .png")
-flags.DEFINE_list("models", ["lenet_300_100", "lenet5_caffe"], "Models to run.")
+results_io.define_models(BUDGETS)
 flags.DEFINE_list("lenet_300_100_kl_weights", ["10", "20"], "kl_weight sweep of LeNet-300-100.")
 flags.DEFINE_list("lenet5_caffe_kl_weights", ["60", "120"], "kl_weight sweep of LeNet-5-Caffe.")
 flags.DEFINE_list("schedules", ["recursive"], "recursive and/or all_at_once.")

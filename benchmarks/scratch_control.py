@@ -32,7 +32,6 @@ from keras_rbp._keras import keras
 FLAGS = flags.FLAGS
 results_io.define_data_dir()
 results_io.define_output_dir("scratch_control.json and .md, and scratch_control_runs.json")
-flags.DEFINE_list("models", ["lenet_300_100", "lenet5_caffe"], "Models to run.")
 flags.DEFINE_integer("seeds", 3, "Seeds (0, 1, ...).")
 flags.DEFINE_string("baseline_dir", None, "The trained baselines (default: <output_dir>/method_comparison_baselines).")
 
@@ -43,6 +42,7 @@ CELLS = {
     "lenet5_caffe": dict(method="rbp", groups_per_stage=1, widths="share", kl_weight=20.0, max_noise_scale=3.0,
                          target_macs=100_000, pretrain_epochs=20, plan_epochs=22),
 }
+results_io.define_models(CELLS)
 
 
 def _recipe(model, seed):

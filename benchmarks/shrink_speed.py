@@ -34,7 +34,7 @@ MODELS = {
 }
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", list(MODELS), f"Models to time, of {list(MODELS)}.")
+results_io.define_models(MODELS, text="Models to time")
 flags.DEFINE_integer("repetitions", 3, "Timed shrink() calls per model.")
 flags.DEFINE_float("keep", 0.5, "Fraction of each group's channels kept.")
 results_io.define_output_dir()

@@ -66,8 +66,7 @@ ROUNDING_TARGET = 0.3
 TARGET = 0.7
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", [name for name in MODELS if name in PATTERNS],
-                  f"Models to time with fixed masks, of {list(PATTERNS)}.")
+results_io.define_models([name for name in MODELS if name in PATTERNS], text="Models to time with fixed masks")
 flags.DEFINE_list("rounding_models", list(ROUNDING_MODELS),
                   f"Models on which to time round_to at equal MACs, of {list(MODELS)}.")
 flags.DEFINE_list("round_to", ["4", "8"], "The round_to values to compare with free channel counts.")
@@ -176,9 +175,6 @@ def time_rounding(name, folder):
 
 def main(argv):
     del argv  # Unused.
-    unknown = set(FLAGS.models) - set(MODELS)
-    if unknown:
-        raise app.UsageError(f"--models: unknown {sorted(unknown)}; known: {list(MODELS)}")
     provenance = results_io.provenance()
     keras_mode = provenance["keras"]
     load_before = provenance["machine"]["load_average_at_start"]
