@@ -11,6 +11,7 @@ object, made by `copy_layer` or by a rule, that `model_from_config` puts in
 its place.
 """
 
+import inspect
 import sys
 
 from keras_rbp import _keras
@@ -66,14 +67,23 @@ def _new_layer(layer):
                 "and no constructor arguments were recorded (Keras 3 records them where all are "
                 "plain values); fix its get_config or from_config"
             ) from config_error
+        if _takes_name(type(layer)):
+            arguments = dict(arguments, name=layer.name)  # otherwise copy_layer renames the copy
         try:
-            return type(layer)(**dict(arguments, name=layer.name))
+            return type(layer)(**arguments)
         except Exception as error:  # noqa: BLE001
             raise LayerCopyError(
                 f"keras_rbp cannot copy layer {layer.name!r} of class {type(layer).__name__}: {cause}, "
                 f"and its constructor fails on the arguments it was made with "
                 f"({type(error).__name__}: {error})"
             ) from error
+
+
+def _takes_name(layer_class):
+    """Whether `layer_class`'s constructor takes a `name` (KerasHub's
+    SegFormerMultiheadAttention takes neither it nor **kwargs)."""
+    parameters = inspect.signature(layer_class.__init__).parameters.values()
+    return any(p.name == "name" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 class MadeLayers:

@@ -53,6 +53,18 @@ class BrokenConfig(L.Layer):
         raise AttributeError(f"{type(self).__name__!r} object has no attribute 'key_dim'")
 
 
+class Nameless(BrokenConfig):
+    """A third-party layer whose constructor takes neither a name nor
+    **kwargs, so that its config does not round-trip (as KerasHub's
+    SegFormerMultiheadAttention)."""
+
+    def __init__(self, scale=2.0):
+        super().__init__(scale=scale)
+
+    def get_config(self):
+        return L.Layer.get_config(self)
+
+
 @pytest.fixture
 def linear_rule():
     rbp.register_rule(Linear, rbp.ProducerRule())
@@ -139,31 +151,33 @@ def test_a_subclassed_model_without_a_graph_is_refused():
         rbp.prune(Net(), dataset_size=10)
 
 
-def _with_broken_config():
+def _with_broken_config(layer):
     inputs = keras.Input((10,))
     x = L.Dense(16, activation="relu", name="fc1")(inputs)
-    x = BrokenConfig(name="broken")(x)
+    x = layer(x)
     x = L.Dense(12, activation="relu", name="fc2")(x)
     return keras.Model(inputs, L.Dense(3, name="out")(x))
 
 
 @pytest.mark.skipif(not IS_KERAS_3, reason="tf_keras records no constructor arguments to copy the layer from")
-def test_a_layer_whose_get_config_raises_is_copied_from_its_constructor_arguments():
-    model = _with_broken_config()
+@pytest.mark.parametrize("make_layer", [lambda: BrokenConfig(name="broken"), Nameless], ids=["raises", "nameless"])
+def test_a_layer_whose_config_does_not_round_trip_is_copied_from_its_constructor_arguments(make_layer):
+    model = _with_broken_config(make_layer())
+    name = model.layers[2].name
     pruned = rbp.prune(model, dataset_size=100)
     masks = _freeze_random(pruned, keep=0.5)
     small = rbp.shrink(pruned)
     assert_same_outputs(pruned, small, np.random.RandomState(0).rand(4, 10).astype("float32"))
-    # BrokenConfig is a boundary: fc1 keeps every channel, fc2 its mask's.
+    # The layer is a boundary: fc1 keeps every channel, fc2 its mask's.
     assert small.get_layer("fc1").units == 16
     assert small.get_layer("fc2").units == int(masks["fc2"].sum()) < 12
-    assert isinstance(small.get_layer("broken"), BrokenConfig)
-    assert small.get_layer("broken") is not model.get_layer("broken")
+    assert type(small.get_layer(name)) is type(model.get_layer(name))
+    assert small.get_layer(name) is not model.get_layer(name)
 
 
 @pytest.mark.skipif(IS_KERAS_3, reason="Keras 3 copies the layer from its constructor arguments")
 def test_a_layer_that_cannot_be_copied_raises_one_clear_error():
-    model = _with_broken_config()
+    model = _with_broken_config(BrokenConfig(name="broken"))
     before = [w.copy() for w in model.get_weights()]
     with pytest.raises(LayerCopyError, match=r"cannot copy layer 'broken' of class BrokenConfig: .*key_dim"):
         rbp.prune(model, dataset_size=100)
