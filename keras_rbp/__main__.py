@@ -90,8 +90,8 @@ flags.DEFINE_string(
 )
 flags.DEFINE_enum(
     "from_logits", "auto", ["auto", "true", "false"],
-    "prune: whether the model's outputs are logits; auto: probabilities where the last layer's "
-    "activation is softmax or sigmoid.",
+    "prune: whether the model's outputs are logits; auto: probabilities where the layer that "
+    "writes the first output ends in a softmax or a sigmoid.",
 )
 flags.DEFINE_float(
     "target_macs", None,

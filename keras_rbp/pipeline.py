@@ -432,8 +432,9 @@ def prune_and_export(
             "categorical_crossentropy" and "binary_crossentropy" are checked
             against the labels, and measured as a classification error.
         from_logits: whether the model's outputs are logits, for a loss
-            given by name; None: they are probabilities where the last
-            layer's activation is softmax or sigmoid, logits otherwise.
+            given by name; None: they are probabilities where the layer
+            that writes the first output (inside a nested model too) ends
+            in a softmax or a sigmoid, logits otherwise.
         batch_size: examples a step, for arrays and image folders.
         learning_rate: Adam's learning rate while pruning.
         method, kl_weight, cost_aware, flatten_features: as in `prune`.
