@@ -227,7 +227,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch, small_lenet):
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export_lib, "convert", full_disk)
+    monkeypatch.setattr(export_lib, "_convert", full_disk)
     with pytest.raises(OSError, match="No space left"):
         rbp.export(small_lenet, tmp_path / "out", benchmark=False)
     assert os.listdir(tmp_path) == []
