@@ -976,6 +976,68 @@ def albert():
     return models.AlbertBackbone(**_TEXT_TRANSFORMER, embedding_dim=16)
 
 
+@_register("RobertaBackbone", "text", _TOKENS)
+def roberta():
+    """RoBERTa: BERT's encoder without segment embeddings."""
+    return models.RobertaBackbone(**_TEXT_TRANSFORMER)
+
+
+@_register("XLMRobertaBackbone", "text", _TOKENS)
+def xlm_roberta():
+    """XLM-RoBERTa: RoBERTa's layers."""
+    return models.XLMRobertaBackbone(**_TEXT_TRANSFORMER)
+
+
+@_register("ElectraBackbone", "text", _BERT_INPUTS)
+def electra():
+    """ELECTRA: embeddings of 16 projected to the encoder's 32."""
+    kwargs = {key: value for key, value in _TEXT_TRANSFORMER.items() if key != "vocabulary_size"}
+    return models.ElectraBackbone(vocab_size=TEXT_VOCABULARY, embedding_dim=16, **kwargs)
+
+
+@_register("DebertaV3Backbone", "text", _TOKENS)
+def deberta_v3():
+    """DeBERTaV3: disentangled attention with relative positions."""
+    return models.DebertaV3Backbone(**_TEXT_TRANSFORMER)
+
+
+@_register("RoformerV2Backbone", "text", _BERT_INPUTS)
+def roformer_v2():
+    """RoFormerV2: rotary embeddings, no biases, no LayerNormalization
+    scales."""
+    kwargs = {key: value for key, value in _TEXT_TRANSFORMER.items() if key != "max_sequence_length"}
+    return models.RoformerV2Backbone(head_size=16, **kwargs)
+
+
+@_register("ESM2Backbone", "text", {"token_ids": ((TEXT_LENGTH,), "tokens")})
+def esm2():
+    """ESM-2, the protein language model: rotary embeddings."""
+    kwargs = {key: value for key, value in _TEXT_TRANSFORMER.items() if key != "max_sequence_length"}
+    return models.ESM2Backbone(**kwargs)
+
+
+@_register("FNetBackbone", "text", {"token_ids": ((TEXT_LENGTH,), "tokens"),
+                                    "segment_ids": ((TEXT_LENGTH,), "zeros")})
+def fnet():
+    """FNet: a Fourier transform over the sequence in place of attention,
+    which needs the sequence length."""
+    kwargs = {key: value for key, value in _TEXT_TRANSFORMER.items() if key != "num_heads"}
+    return models.FNetBackbone(**kwargs)
+
+
+@_register("GPTNeoXBackbone", "text", _TOKENS)
+def gpt_neo_x():
+    """GPT-NeoX: a decoder with rotary embeddings."""
+    return models.GPTNeoXBackbone(**_TEXT_TRANSFORMER)
+
+
+@_register("GemmaBackbone", "text", _TOKENS)
+def gemma():
+    """Gemma: a decoder with multi-query attention and a gated MLP."""
+    return models.GemmaBackbone(vocabulary_size=TEXT_VOCABULARY, num_layers=2, num_query_heads=2,
+                                num_key_value_heads=1, hidden_dim=32, intermediate_dim=64, head_dim=16)
+
+
 @_register("GPT2Backbone", "text", _TOKENS)
 def gpt2():
     """GPT-2: a decoder whose causal mask reads the sequence length."""

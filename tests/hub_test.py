@@ -36,6 +36,7 @@ SHRINKS = {
     "DINOV2Backbone": 1.05,  # Identity layers without a config
     "SigLIPBackbone": 1.05,  # two nested encoders, each with an 'embedding'
     "SAMImageSegmenter": 1.01,  # a nested model called on a dict of inputs
+    "SegFormerImageSegmenter": 1.01,  # an encoder layer whose constructor takes no name
 }
 
 
