@@ -946,6 +946,12 @@ _TEXT_TRANSFORMER = dict(vocabulary_size=TEXT_VOCABULARY, num_layers=2, num_head
                          max_sequence_length=TEXT_LENGTH)
 
 
+def _text_transformer_without(key):
+    """`_TEXT_TRANSFORMER` without the argument `key`, for a constructor
+    that names it otherwise or does not take it."""
+    return {name: value for name, value in _TEXT_TRANSFORMER.items() if name != key}
+
+
 def _bert():
     return models.BertBackbone(**_TEXT_TRANSFORMER)
 
@@ -991,8 +997,8 @@ def xlm_roberta():
 @_register("ElectraBackbone", "text", _BERT_INPUTS)
 def electra():
     """ELECTRA: embeddings of 16 projected to the encoder's 32."""
-    kwargs = {key: value for key, value in _TEXT_TRANSFORMER.items() if key != "vocabulary_size"}
-    return models.ElectraBackbone(vocab_size=TEXT_VOCABULARY, embedding_dim=16, **kwargs)
+    return models.ElectraBackbone(vocab_size=TEXT_VOCABULARY, embedding_dim=16,
+                                  **_text_transformer_without("vocabulary_size"))
 
 
 @_register("DebertaV3Backbone", "text", _TOKENS)
@@ -1005,15 +1011,13 @@ def deberta_v3():
 def roformer_v2():
     """RoFormerV2: rotary embeddings, no biases, no LayerNormalization
     scales."""
-    kwargs = {key: value for key, value in _TEXT_TRANSFORMER.items() if key != "max_sequence_length"}
-    return models.RoformerV2Backbone(head_size=16, **kwargs)
+    return models.RoformerV2Backbone(head_size=16, **_text_transformer_without("max_sequence_length"))
 
 
 @_register("ESM2Backbone", "text", {"token_ids": ((TEXT_LENGTH,), "tokens")})
 def esm2():
     """ESM-2, the protein language model: rotary embeddings."""
-    kwargs = {key: value for key, value in _TEXT_TRANSFORMER.items() if key != "max_sequence_length"}
-    return models.ESM2Backbone(**kwargs)
+    return models.ESM2Backbone(**_text_transformer_without("max_sequence_length"))
 
 
 @_register("FNetBackbone", "text", {"token_ids": ((TEXT_LENGTH,), "tokens"),
@@ -1021,8 +1025,7 @@ def esm2():
 def fnet():
     """FNet: a Fourier transform over the sequence in place of attention,
     which needs the sequence length."""
-    kwargs = {key: value for key, value in _TEXT_TRANSFORMER.items() if key != "num_heads"}
-    return models.FNetBackbone(**kwargs)
+    return models.FNetBackbone(**_text_transformer_without("num_heads"))
 
 
 @_register("GPTNeoXBackbone", "text", _TOKENS)

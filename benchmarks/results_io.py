@@ -28,12 +28,12 @@ def define_data_dir():
     flags.DEFINE_string("data_dir", None, "Folder holding mnist.npz (else $KERAS_RBP_DATA).")
 
 
-def define_models(known, default=None, text="Models to run"):
+def define_models(known, text="Models to run"):
     """Defines the calling benchmark's --models flag, a list of names from
     `known` (all of them by default); another name is a flag error that
     lists the known ones."""
     known = list(known)
-    flags.DEFINE_list("models", known if default is None else default, f"{text}, of {known}.")
+    flags.DEFINE_list("models", known, f"{text}, of {known}.")
     flags.register_validator("models", lambda names: set(names) <= set(known),
                              message=f"--models takes names from {known}")
 
