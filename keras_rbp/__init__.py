@@ -10,8 +10,11 @@ if _quiet.running_as_command():  # `keras-rbp`, `python -m keras_rbp`: an entry 
     _quiet.set_entry_point_level()
 
 with _quiet.quiet_stderr():  # the lines TensorFlow prints before its logging is set up
-    import tensorflow  # noqa: F401
+    import tensorflow
     from keras_rbp import _keras  # noqa: F401  (Keras, tf_keras)
+
+    if _quiet.quiet():  # and where it looks for a GPU, which it does once
+        tensorflow.config.list_physical_devices("GPU")
 
 from keras_rbp import datasets, models, rules
 from keras_rbp.distribute import check_strategy, is_chief

@@ -1,8 +1,10 @@
 """Which Keras keras_rbp runs on.
 
-Keras 3 with the TensorFlow backend by default; tf_keras (Keras 2) when the
-environment sets ``TF_USE_LEGACY_KERAS=1``, as tensorflow-model-optimization
-does. Every other module imports Keras from here.
+Keras 3 on any of its backends (TensorFlow by default, JAX or PyTorch as
+``KERAS_BACKEND`` says); tf_keras (Keras 2) when the environment sets
+``TF_USE_LEGACY_KERAS=1``, as tensorflow-model-optimization does. Every other
+module imports Keras from here, and computes with `ops`: Keras 3's
+`keras.ops`, which under tf_keras run on TensorFlow tensors.
 """
 
 import contextlib
@@ -15,15 +17,21 @@ from absl import logging as absl_logging
 
 IS_KERAS_3 = os.environ.get("TF_USE_LEGACY_KERAS", "").lower() not in ("1", "true")
 
-if IS_KERAS_3:
-    import keras
+import keras as keras_3  # noqa: E402  (Keras 3: its ops serve tf_keras too)
 
-    if keras.backend.backend() != "tensorflow":
-        raise ImportError(
-            "keras_rbp needs the TensorFlow backend of Keras 3; "
-            f"KERAS_BACKEND is {keras.backend.backend()!r}. "
-            "Set KERAS_BACKEND=tensorflow."
-        )
+ops = keras_3.ops
+tree = keras_3.tree
+BACKEND = keras_3.backend.backend()
+if not IS_KERAS_3 and BACKEND != "tensorflow":
+    raise ImportError(
+        "keras_rbp under tf_keras (TF_USE_LEGACY_KERAS=1) computes with TensorFlow; "
+        f"KERAS_BACKEND is {BACKEND!r}. Unset KERAS_BACKEND or set it to 'tensorflow'."
+    )
+# Whether models run on TensorFlow: Keras 3's TensorFlow backend, or tf_keras.
+ON_TENSORFLOW = BACKEND == "tensorflow"
+
+if IS_KERAS_3:
+    keras = keras_3
     register_serializable = keras.saving.register_keras_serializable
     serialize = keras.saving.serialize_keras_object
     ONLY_FIRST_REPLICA = "only_first_replica"
@@ -200,6 +208,16 @@ __all__ = [
     "require_tf_keras",
     "save_tf_saved_model",
     "ONLY_FIRST_REPLICA",
+    "BACKEND",
+    "ON_TENSORFLOW",
+    "erfc",
+    "ops",
+    "tree",
+    "replica",
+    "strategy",
+    "strategy_scope",
+    "sync_variables",
+    "uniform",
     "keras",
     "layers",
     "register_serializable",
@@ -288,3 +306,89 @@ def check_strategy(strategy, caller="keras_rbp"):
             "workers with tf_keras: install tf-keras and set TF_USE_LEGACY_KERAS=1 before "
             "importing keras_rbp"
         )
+
+
+def uniform(shape, seed, minval=0.0, maxval=1.0):
+    """Uniform float32 draws of `shape` in [minval, maxval), the same for
+    the same seed: an integer, or a layer's own seed (a
+    `keras.random.SeedGenerator` under Keras 3, a tensor of two int64 under
+    tf_keras)."""
+    if IS_KERAS_3:
+        return keras.random.uniform(shape, minval, maxval, dtype="float32", seed=seed)
+    if isinstance(seed, int):
+        seed = [seed, 0]
+    return tf.random.stateless_uniform(shape, seed, minval=minval, maxval=maxval)
+
+
+def replica():
+    """(this replica's index, the number of replicas) under a tf.distribute
+    strategy; (0, 1) elsewhere."""
+    if not ON_TENSORFLOW:
+        return 0, 1
+    context = tf.distribute.get_replica_context()
+    return (context.replica_id_in_sync_group, context.num_replicas_in_sync) if context else (0, 1)
+
+
+if IS_KERAS_3:
+
+    class StepSeedGenerator(keras.random.SeedGenerator):
+        """A `keras.random.SeedGenerator` whose seed changes once every
+        `calls` draws, so that the `calls` calls of one shared noise in a
+        training step draw alike, and differs between the replicas of a
+        tf.distribute strategy.
+
+        Args:
+            seed: the integer seed.
+            calls: how many draws share a seed.
+        """
+
+        def __init__(self, seed, calls=1, **kwargs):
+            super().__init__(seed, **kwargs)
+            self.calls = calls
+
+        def next(self, ordered=True):
+            del ordered  # always ordered: the counter counts the draws
+            state = self.state.value * 1
+            dtype = self.state.dtype
+            self.state.assign(ops.add(state, ops.convert_to_tensor([0, 1], dtype=dtype)))
+            index, replicas = replica()
+            step = ops.floor_divide(state[1], ops.cast(self.calls, dtype))
+            counter = step * ops.cast(replicas, dtype) + ops.cast(index, dtype)
+            return ops.stack([state[0], counter])
+
+        def get_config(self):
+            return dict(super().get_config(), calls=self.calls)
+
+
+def erfc(x):
+    """The complementary error function, exact far in the tail where
+    1 - erf(x) rounds to 0 (keras.ops has erf only)."""
+    if BACKEND == "jax":
+        import jax  # noqa: PLC0415  (the JAX backend only)
+
+        return jax.lax.erfc(x)
+    if BACKEND == "torch":
+        import torch  # noqa: PLC0415  (the PyTorch backend only)
+
+        return torch.special.erfc(ops.convert_to_tensor(x))
+    return tf.math.erfc(x)
+
+
+def sync_variables(model):
+    """Makes the variables of `model` hold its training state in the middle
+    of `fit`, for a callback to read or change: the JAX backend keeps that
+    state apart until the epoch ends."""
+    if IS_KERAS_3 and BACKEND == "jax":
+        model.jax_state_sync()
+
+
+def strategy(model):
+    """The tf.distribute strategy `model` trains under; None on the JAX and
+    PyTorch backends, which have none."""
+    return getattr(model, "distribute_strategy", None) if ON_TENSORFLOW else None
+
+
+def strategy_scope(model):
+    """The scope of the strategy of `model`, for variables made for it."""
+    chosen = strategy(model)
+    return chosen.scope() if chosen is not None else contextlib.nullcontext()

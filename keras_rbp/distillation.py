@@ -11,9 +11,7 @@ Every method, schedule and budget of `RecursivePruning` works on the
 distilled model; `shrink` the pruned model afterwards, as always.
 """
 
-import tensorflow as tf
-
-from keras_rbp._keras import keras
+from keras_rbp._keras import keras, ops, tree
 
 TEMPERATURE = 4.0
 WEIGHT = 1.0
@@ -37,19 +35,19 @@ def distillation_loss(student, teacher, temperature=TEMPERATURE, probabilities=F
     teacher = _logits(teacher, probabilities, binary) / temperature
     student = _logits(student, probabilities, binary) / temperature
     if binary:
-        teacher, student = (tf.stack([z, tf.zeros_like(z)], -1) for z in (teacher, student))
-    kl = tf.reduce_sum(tf.nn.softmax(teacher) * (tf.nn.log_softmax(teacher) - tf.nn.log_softmax(student)), -1)
+        teacher, student = (ops.stack([z, ops.zeros_like(z)], -1) for z in (teacher, student))
+    kl = ops.sum(ops.softmax(teacher) * (ops.log_softmax(teacher) - ops.log_softmax(student)), -1)
     if binary:
-        kl = tf.reduce_sum(kl, -1)
-    return temperature**2 * tf.reduce_mean(kl)
+        kl = ops.sum(kl, -1)
+    return temperature**2 * ops.mean(kl)
 
 
 def _logits(outputs, probabilities, binary):
-    outputs = tf.cast(outputs, tf.float32)
+    outputs = ops.cast(outputs, "float32")
     if not probabilities:
         return outputs
-    p = tf.clip_by_value(outputs, EPSILON, 1.0 - EPSILON)
-    return tf.math.log(p) - tf.math.log1p(-p) if binary else tf.math.log(p)
+    p = ops.clip(outputs, EPSILON, 1.0 - EPSILON)
+    return ops.log(p) - ops.log1p(-p) if binary else ops.log(p)
 
 
 def output_kinds(model):
@@ -87,9 +85,9 @@ class Distillation(keras.layers.Layer):
     def call(self, inputs, outputs):
         teacher = self._teacher(inputs, training=False)
         terms = [distillation_loss(student, target, self.temperature, *kind)
-                 for student, target, kind in zip(tf.nest.flatten(outputs), tf.nest.flatten(teacher), self._kinds)]
-        self.add_loss(self.weight * tf.add_n(terms))
-        return tf.nest.map_structure(tf.identity, outputs)
+                 for student, target, kind in zip(tree.flatten(outputs), tree.flatten(teacher), self._kinds)]
+        self.add_loss(self.weight * sum(terms))
+        return tree.map_structure(ops.copy, outputs)
 
     def get_config(self):
         return dict(super().get_config(), temperature=self.temperature, weight=self.weight)

@@ -13,10 +13,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rbp import _keras, _quiet
-from keras_rbp._keras import keras
+from keras_rbp._keras import keras, ops, tree
 from keras_rbp.latency import benchmark_tflite
 from keras_rbp.metrics import report as metrics_report
 from keras_rbp.surgery import float32_copy
+from keras_rbp.tensorflow_export import export_in_tensorflow
 
 from ai_edge_litert.interpreter import Interpreter
 
@@ -63,6 +64,11 @@ def export(
     output). Everything is written to a temporary folder beside `out_dir`
     and moved into place only when every file passed; on any error nothing
     is left behind.
+
+    On the JAX and PyTorch backends, `model` is saved as a `.keras` file
+    that a TensorFlow process loads and exports (TensorFlow must be
+    installed); its outputs there are checked against `model`'s here, and
+    report.json says so (``exported_under``).
 
     Args:
         model: a plain Keras model, such as the one `keras_rbp.shrink`
@@ -115,6 +121,10 @@ def export(
     else:
         check_data = representative_data if representative_data is not None else _random_inputs(model)
     expected = _keras_outputs(model, check_data)
+    if not _keras.ON_TENSORFLOW:
+        arguments = dict(quantize=list(quantize), overwrite=overwrite, float_atol=float_atol,
+                         min_agreement=min_agreement, benchmark=benchmark)
+        return export_in_tensorflow(model, out_dir, representative_data, check_data, expected, original, arguments)
 
     parent = os.path.dirname(out_dir)
     try:
@@ -326,9 +336,9 @@ def _random_inputs(model):
 def _keras_outputs(model, inputs):
     batches = []
     for start in range(0, len(inputs[0]), BATCH_SIZE):
-        batch = tf.nest.pack_sequence_as(model.input, [x[start : start + BATCH_SIZE] for x in inputs])
-        outputs = tf.nest.flatten(model(batch, training=False))
-        batches.append([np.asarray(y) for y in outputs])
+        batch = tree.pack_sequence_as(model.input, [x[start : start + BATCH_SIZE] for x in inputs])
+        outputs = tree.flatten(model(batch, training=False))
+        batches.append([ops.convert_to_numpy(y) for y in outputs])
     return [np.concatenate(ys) for ys in zip(*batches)]
 
 

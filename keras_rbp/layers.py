@@ -2,10 +2,9 @@
 
 import random
 
-import tensorflow as tf
-
+from keras_rbp import _keras
 from keras_rbp import methods as methods_lib
-from keras_rbp._keras import NO_AUTOCAST, ONLY_FIRST_REPLICA, keras, register_serializable
+from keras_rbp._keras import NO_AUTOCAST, ONLY_FIRST_REPLICA, keras, ops, register_serializable
 
 MODES = ("off", "active", "frozen")
 OFF, ACTIVE, FROZEN = range(3)
@@ -31,10 +30,15 @@ class RBPNoise(keras.layers.Layer):
     - ``"frozen"``: theta = mask * frozen value, deterministic, no KL, no
       gradient to the logits.
 
+    Only an active noise sends gradients to its parameters; a frozen one's
+    theta no longer depends on them.
+
     One noise can be called at several places (the producers of a residual
     stream, see `prune`'s ``coupled_groups``): every call multiplies by the
     same theta, drawn once a training step, and the calls together add one
-    KL.
+    KL. The draws come from a `keras.random.SeedGenerator` (Keras 3; its
+    state is saved with the weights, so a resumed run draws on) or a step
+    counter (tf_keras).
 
     The layer adds one loss term a call, which is zero unless active. Its
     variables also hold `mode_epochs` and `mode_steps`, the epochs and
@@ -43,9 +47,8 @@ class RBPNoise(keras.layers.Layer):
 
     A layer that is not trainable (``layer.trainable = False``) computes
     theta as at inference, in training too, and its loss term is 0, like a
-    non-trainable BatchNormalization; its logits are not updated.
-    `RecursivePruning` uses this to leave the groups outside the current
-    stage out of the training step. The flag is not part of the config.
+    non-trainable BatchNormalization; its logits are not updated. The flag
+    is not part of the config.
 
     Args:
         dataset_size: number of training examples N; the KL is divided by it.
@@ -175,19 +178,29 @@ class RBPNoise(keras.layers.Layer):
         self.mode_steps = self.add_weight(
             name="mode_steps", shape=(), dtype="int64", initializer="zeros", trainable=False
         )
-        self.noise_step = self.add_weight(
-            name="noise_step",
-            shape=(),
-            dtype="int64",
-            initializer="zeros",
-            trainable=False,
-            aggregation=ONLY_FIRST_REPLICA,
-        )
+        if _keras.IS_KERAS_3:
+            self.seed_generator = _keras.StepSeedGenerator(self.seed, self.calls, name="seed_generator")
+        else:
+            self.noise_step = self.add_weight(
+                name="noise_step",
+                shape=(),
+                dtype="int64",
+                initializer="zeros",
+                trainable=False,
+                aggregation=ONLY_FIRST_REPLICA,
+            )
         self.built = True
 
     @property
     def channels(self):
         return int(self.mask.shape[0])
+
+    @property
+    def steps_drawn(self):
+        """How many training steps have drawn this noise (each draws once,
+        however many calls it has)."""
+        counter = self.seed_generator.state.numpy()[1] if _keras.IS_KERAS_3 else self.noise_step.numpy()
+        return int(counter) // self.calls
 
     @property
     def collapses(self):
@@ -203,7 +216,7 @@ class RBPNoise(keras.layers.Layer):
 
     def parameters(self):
         """The method's parameters, a dict of float32 tensors (channels,)."""
-        return {name: self.logit_scale * tf.convert_to_tensor(variable)
+        return {name: self.logit_scale * ops.convert_to_tensor(variable)
                 for name, variable in self._parameter_variables.items()}
 
     @property
@@ -214,12 +227,12 @@ class RBPNoise(keras.layers.Layer):
     def keep_probability(self):
         """pi per channel, as a numpy array: the keep probability of RBP, the
         keep score of another method (above 0.5 where it keeps a channel)."""
-        return self._method.keep_score(self.parameters()).numpy()
+        return ops.convert_to_numpy(self._method.keep_score(self.parameters()))
 
     def keep_logit(self):
         """The method's unbounded keep score per channel (RBP: phi), as a
         numpy array: it ranks the channels whose pi rounds to 1."""
-        return self._method.keep_logit(self.parameters()).numpy()
+        return ops.convert_to_numpy(self._method.keep_logit(self.parameters()))
 
     @property
     def mode(self):
@@ -241,7 +254,7 @@ class RBPNoise(keras.layers.Layer):
 
     def freeze(self, mask, value=None):
         """Freezes theta to mask * value (value defaults to the current pi)."""
-        mask = tf.cast(tf.convert_to_tensor(mask), tf.float32)
+        mask = ops.cast(ops.convert_to_tensor(mask), "float32")
         if mask.shape != (self.channels,):
             raise ValueError(
                 f"RBPNoise {self.name!r}: mask must have shape ({self.channels},), "
@@ -250,107 +263,96 @@ class RBPNoise(keras.layers.Layer):
         if value is None:
             value = self._method.mean(self.parameters())
         self.mask.assign(mask)
-        self.frozen_value.assign(tf.cast(value, tf.float32))
+        self.frozen_value.assign(ops.cast(value, "float32"))
         self.mode = "frozen"
 
     def kl_loss(self):
         """The loss its calls add now together, as a float (0 unless active)."""
-        return self.calls * float(self._kl_term(self.parameters(), tf.equal(self.mode_variable, ACTIVE)))
+        active = ops.equal(ops.convert_to_tensor(self.mode_variable), ACTIVE)
+        return self.calls * float(ops.convert_to_numpy(self._kl_term(self.parameters(), active)))
 
     def theta(self):
-        """The deterministic theta of the current mode, shape (channels,)."""
-        return self._deterministic_theta(
-            tf.convert_to_tensor(self.mode_variable), self.parameters()
-        )
+        """The deterministic theta of the current mode, shape (channels,), as
+        a numpy array."""
+        theta = self._deterministic_theta(ops.convert_to_tensor(self.mode_variable), self.parameters())
+        return ops.convert_to_numpy(theta)
 
     def _deterministic_theta(self, mode, params):
         """theta of `mode`: 1 when off, the method's mean (RBP: pi) when
-        active, mask * frozen value when frozen. Selected with tf.where, not
+        active, mask * frozen value when frozen. Selected with `where`, not
         control flow, which would cost more than the noise itself."""
         mean = self._method.mean(params)
-        frozen = tf.where(tf.equal(mode, FROZEN), self.mask * self.frozen_value, 1.0)
-        return tf.where(tf.equal(mode, ACTIVE), mean, frozen)
+        frozen = ops.where(ops.equal(mode, FROZEN), self.mask * self.frozen_value, 1.0)
+        return ops.where(ops.equal(mode, ACTIVE), mean, frozen)
 
-    def _next_counter(self):
-        """A number unique to this training step and replica, for the seed;
-        the same for every call of a layer called `calls` times a step.
-
-        Called outside any control flow: the step variable is updated by the
-        first replica only, which tf.distribute does not allow inside a cond.
-        """
-        context = tf.distribute.get_replica_context()
-        replica = context.replica_id_in_sync_group if context else 0
-        replicas = context.num_replicas_in_sync if context else 1
-        step = tf.convert_to_tensor(self.noise_step)
+    def _seed(self):
+        """The seed of this training step's draws, the same for the `calls`
+        calls of one step and different for each replica."""
+        if _keras.IS_KERAS_3:
+            return self.seed_generator
+        index, replicas = _keras.replica()
+        step = ops.convert_to_tensor(self.noise_step)
         self.noise_step.assign_add(1)
-        if self.calls > 1:
-            step = step // self.calls
-        return step * replicas + tf.cast(replica, tf.int64)
+        counter = (step // self.calls) * replicas + ops.cast(index, "int64")
+        return ops.stack([ops.convert_to_tensor(self.seed, "int64"), counter])
 
     def _broadcast(self, theta, rank):
         """Reshapes theta, (channels,) or (batch, channels), onto the input."""
         shape = [1] * rank
         shape[self.axis % rank] = self.channels
-        if theta.shape.rank == 2:
+        if len(theta.shape) == 2:
             shape[0] = -1
-        return tf.reshape(theta, shape)
+        return ops.reshape(theta, shape)
 
     def _scale(self, inputs, theta):
-        return inputs * tf.cast(self._broadcast(theta, inputs.shape.rank), inputs.dtype)
-
-    def _sampled_outputs(self, inputs, params, counter):
-        """inputs times theta drawn per example and per channel."""
-        seed = tf.stack([tf.constant(self.seed, tf.int64), counter])
-        draws = self._method.draw([tf.shape(inputs)[0], self.channels], seed)
-        return self._scale(inputs, self._method.sample(params, draws, self.noise_scale))
+        return inputs * ops.cast(self._broadcast(theta, len(inputs.shape)), inputs.dtype)
 
     def call(self, inputs, training=None):
-        if not self.trainable:
-            self.add_loss(tf.constant(0.0))
-            return self._deterministic_outputs(inputs, training, tf.convert_to_tensor(self.mode_variable))
-        # The step counter comes first: under tf.distribute its update
-        # switches replicas, which must not happen between add_loss and the
-        # end of this call.
-        counter = self._next_counter() if training else None
-        mode = tf.convert_to_tensor(self.mode_variable)
-        active = tf.equal(mode, ACTIVE)
+        mode = ops.convert_to_tensor(self.mode_variable)
         params = self.parameters()
+        deterministic = self._deterministic_theta(mode, params)
+        if not self.trainable:
+            self.add_loss(ops.convert_to_tensor(0.0))
+            return self._scale(inputs, ops.stop_gradient(deterministic))
+        active = ops.equal(mode, ACTIVE)
         self.add_loss(self._kl_term(params, active))
         if not training:
-            return self._scale(inputs, self._deterministic_theta(mode, params))
-        # A group that is not active draws no random numbers and sends no
-        # gradient to its parameters, which it does not use.
-        return tf.cond(
-            active,
-            lambda: self._sampled_outputs(inputs, params, counter),
-            self._deterministic_branch(inputs, mode, params),
-        )
-
-    def _deterministic_outputs(self, inputs, training, mode):
-        """inputs times the deterministic theta of `mode`, with no gradient
-        to it. In training an off layer skips the product (a cond costs
-        less); at inference the graph has no control flow, which export
-        prefers."""
-        if not training:
-            return self._scale(inputs, self._deterministic_theta(mode, self.parameters()))
-        return self._deterministic_branch(inputs, mode, self.parameters())()
-
-    def _deterministic_branch(self, inputs, mode, params):
-        """A function for tf.cond: inputs times the deterministic theta. The
-        theta and the test for "off" are computed before the cond, so that
-        no boolean is made inside a branch (TensorFlow's type inference
-        rejects a cond whose branches keep intermediates of other types)."""
-        theta = tf.stop_gradient(self._deterministic_theta(mode, params))
-        off = tf.equal(mode, OFF)
-        return lambda: tf.cond(off, lambda: tf.identity(inputs), lambda: self._scale(inputs, theta))
+            return self._scale(inputs, deterministic)
+        # Sampled in every mode, and selected: control flow on the mode
+        # would cost more than the draws, and JAX allows no seed update in
+        # a branch.
+        draws = self._method.draw([ops.shape(inputs)[0], self.channels], self._seed())
+        sampled = self._method.sample(params, draws, self.noise_scale)
+        return self._scale(inputs, ops.where(active, sampled, ops.stop_gradient(deterministic)))
 
     def _kl_term(self, params, active):
         kl_per_channel = self._method.penalty(params, self.prior_keep_prob)
         scale = self.kl_weight * self.cost / (self.dataset_size * self.calls)
-        return tf.where(active, scale * tf.reduce_sum(kl_per_channel), 0.0)
+        return ops.where(active, scale * ops.sum(kl_per_channel), 0.0)
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def _saved_variables(self):
+        """The variables a saved model holds: the weights, and under Keras 3
+        the seed generator's state, which Keras leaves out of a layer's
+        saved state."""
+        weights = self._trainable_variables + self._non_trainable_variables
+        return weights + [self.seed_generator.state] if hasattr(self, "seed_generator") else weights
+
+    def save_own_variables(self, store):
+        for index, variable in enumerate(self._saved_variables()):
+            store[f"{index}"] = variable
+
+    def load_own_variables(self, store):
+        variables = self._saved_variables()
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                f"RBPNoise {self.name!r}: the file holds {len(store.keys())} variables for this "
+                f"layer, which has {len(variables)}"
+            )
+        for index, variable in enumerate(variables):
+            variable.assign(store[f"{index}"])
 
     def get_config(self):
         config = super().get_config()

@@ -2,10 +2,11 @@
 
 Each method multiplies channel c by a random theta_c and adds a penalty per
 channel; `RBPNoise(method=...)` holds its parameters and `prune(method=...)`
-places it. A method gives, as pure TensorFlow functions of its parameters
-(float32 tensors of shape (channels,)):
+places it. A method gives, as pure functions of its parameters (float32
+tensors of shape (channels,)) written with `keras.ops`:
 
-- `draw(shape, seed)`: the standard random numbers of one training step;
+- `draw(shape, seed)`: the standard random numbers of one training step
+  (`seed` as `keras_rbp._keras.uniform` takes it);
 - `sample(params, draws, scale)`: theta per example and channel, with the
   spread of the noise multiplied by `scale` (the noise-scale ramp of
   `RecursivePruning`; 1 is the method as published);
@@ -58,9 +59,8 @@ count, VIBNet by the feature map's area; `cost_aware` plays that part here).
 
 import math
 
-import tensorflow as tf
-
 from keras_rbp import noise as rbp_noise
+from keras_rbp._keras import ON_TENSORFLOW, erfc, ops, uniform
 
 # SBP's truncation of log theta, and its clip of mu and log sigma.
 SBP_LOG_RANGE = (-20.0, 0.0)
@@ -70,22 +70,25 @@ RELAXED_TEMPERATURE = 0.5
 # L0's hard-concrete stretch (gamma, zeta) and temperature beta.
 L0_GAMMA, L0_ZETA, L0_BETA = -0.1, 1.1, 2.0 / 3.0
 _UNIFORM_EPSILON = 1e-6
+# float64 where the backend computes in it: keras.ops on JAX (without x64)
+# and PyTorch bring float64 back to float32, wholly or in part.
+WIDE_FLOAT = "float64" if ON_TENSORFLOW else "float32"
 
 
 def _normal_cdf(x):
-    return 0.5 * tf.math.erfc(-x / math.sqrt(2.0))
+    return 0.5 * erfc(-x / math.sqrt(2.0))
 
 
 def _log_normal_cdf_scaled(x):
     """log Phi(x) + x^2 / 2 for x <= 0, free of the cancellation of the two
     terms far in the lower tail: erfc above -10, below it the asymptotic
     series of Mills' ratio (relative error under 1e-7)."""
-    cut = -10.0
-    near, far = tf.maximum(x, cut), tf.minimum(x, cut)  # both branches finite, and their gradients
-    s = 1.0 / tf.square(far)
+    cut = ops.full_like(x, -10.0)  # a tensor: PyTorch's keras.ops compare with a number in float32
+    near, far = ops.maximum(x, cut), ops.minimum(x, cut)  # both branches finite, and their gradients
+    s = 1.0 / ops.square(far)
     series = 1.0 - s * (1.0 - s * (3.0 - s * (15.0 - 105.0 * s)))
-    log_far = -tf.math.log(-far) - 0.5 * math.log(2.0 * math.pi) + tf.math.log(series)
-    return tf.where(x > cut, tf.math.log(_normal_cdf(near)) + 0.5 * tf.square(near), log_far)
+    log_far = -ops.log(-far) - 0.5 * math.log(2.0 * math.pi) + ops.log(series)
+    return ops.where(x > cut, ops.log(_normal_cdf(near)) + 0.5 * ops.square(near), log_far)
 
 
 def _log_cdf_difference(upper, lower):
@@ -94,28 +97,29 @@ def _log_cdf_difference(upper, lower):
     exp(-x^2 / 2); the result leaves upper's factor out, and the callers
     cancel it analytically."""
     negative = upper < 0.0
-    below, above = tf.minimum(upper, 0.0), tf.maximum(upper, 0.0)
-    log_above = tf.math.log(_normal_cdf(above))
+    zero = ops.zeros_like(upper)
+    below, above = ops.minimum(upper, zero), ops.maximum(upper, zero)
+    log_above = ops.log(_normal_cdf(above))
     scaled_upper, scaled_lower = _log_normal_cdf_scaled(below), _log_normal_cdf_scaled(lower)
     # log Phi(lower) - log Phi(upper) <= 0
-    gap = tf.where(negative, scaled_lower - scaled_upper - 0.5 * (lower - below) * (lower + below),
-                   scaled_lower - 0.5 * tf.square(lower) - log_above)
-    return tf.where(negative, scaled_upper, log_above) + tf.math.log1p(-tf.exp(gap))
+    gap = ops.where(negative, scaled_lower - scaled_upper - 0.5 * (lower - below) * (lower + below),
+                   scaled_lower - 0.5 * ops.square(lower) - log_above)
+    return ops.where(negative, scaled_upper, log_above) + ops.log1p(-ops.exp(gap))
 
 
 def _half_square_below_zero(x):
     """x^2 / 2 where x < 0, else 0: the factor _log_cdf_difference leaves out."""
-    return tf.where(x < 0.0, 0.5 * tf.square(x), tf.zeros_like(x))
+    return ops.where(x < 0.0, 0.5 * ops.square(x), ops.zeros_like(x))
 
 
 def _minus_half_square_above_zero(x):
     """-x^2 / 2 + _half_square_below_zero(x), without rounding."""
-    return tf.where(x < 0.0, tf.zeros_like(x), -0.5 * tf.square(x))
+    return ops.where(x < 0.0, ops.zeros_like(x), -0.5 * ops.square(x))
 
 
 def _uniform(shape, seed):
-    """Uniform draws in (eps, 1 - eps), stateless."""
-    return tf.random.stateless_uniform(shape, seed, minval=_UNIFORM_EPSILON, maxval=1.0 - _UNIFORM_EPSILON)
+    """Uniform draws in (eps, 1 - eps)."""
+    return uniform(shape, seed, minval=_UNIFORM_EPSILON, maxval=1.0 - _UNIFORM_EPSILON)
 
 
 class Method:
@@ -128,7 +132,7 @@ class Method:
     parameters = ()
 
     def keep_score(self, params):
-        return tf.cast(tf.sigmoid(self.keep_logit(params)), tf.float32)
+        return ops.cast(ops.sigmoid(self.keep_logit(params)), "float32")
 
 
 class RBP(Method):
@@ -167,8 +171,8 @@ class RelaxedRBP(RBP):
         return _uniform(shape, seed)
 
     def sample(self, params, draws, scale):
-        logistic = tf.math.log(draws) - tf.math.log1p(-draws)
-        return tf.sigmoid((params["logits"] + logistic) * (scale / RELAXED_TEMPERATURE))
+        logistic = ops.log(draws) - ops.log1p(-draws)
+        return ops.sigmoid((params["logits"] + logistic) * (scale / RELAXED_TEMPERATURE))
 
 
 class SBP(Method):
@@ -189,8 +193,8 @@ class SBP(Method):
         the tails, so every CDF difference is kept in log space; mu >= a,
         so alpha <= 0."""
         low, high = SBP_PARAMETER_RANGE
-        mu = tf.clip_by_value(params["mu"], low, high)
-        sigma = tf.exp(tf.clip_by_value(params["log_sigma"], low, high))
+        mu = ops.clip(params["mu"], low, high)
+        sigma = ops.exp(ops.clip(params["log_sigma"], low, high))
         a, b = SBP_LOG_RANGE
         alpha, beta = (a - mu) / sigma, (b - mu) / sigma
         return mu, sigma, alpha, beta, _log_cdf_difference(beta, alpha)
@@ -206,9 +210,9 @@ class SBP(Method):
         a, b = SBP_LOG_RANGE
         alpha, beta = (a - mu) / sigma, (b - mu) / sigma
         low, high = _normal_cdf(alpha), _normal_cdf(beta)
-        gamma = tf.clip_by_value(low + draws * (high - low), 1e-5, 1.0 - 1e-5)
-        log_theta = tf.math.ndtri(gamma) * sigma + mu
-        return tf.exp(tf.clip_by_value(log_theta, a, b))
+        gamma = ops.clip(low + draws * (high - low), 1e-5, 1.0 - 1e-5)
+        log_theta = math.sqrt(2.0) * ops.erfinv(2.0 * gamma - 1.0) * sigma + mu
+        return ops.exp(ops.clip(log_theta, a, b))
 
     def _log_moment(self, params, k):
         """log E theta^k = k mu + k^2 sigma^2 / 2 + log(Phi(beta - k sigma)
@@ -217,13 +221,13 @@ class SBP(Method):
         mu, sigma, alpha, beta, log_z_scaled = self._standardised(params)
         upper = beta - k * sigma
         b = SBP_LOG_RANGE[1]
-        quadratic = tf.where(upper >= 0.0, k * mu + 0.5 * k**2 * tf.square(sigma),
+        quadratic = ops.where(upper >= 0.0, k * mu + 0.5 * k**2 * ops.square(sigma),
                              k * b + _minus_half_square_above_zero(beta))
         return quadratic + _log_cdf_difference(upper, alpha - k * sigma) - log_z_scaled
 
     def mean(self, params):
         """E theta = exp(mu + sigma^2 / 2) (Phi(sigma - alpha) - Phi(sigma - beta)) / Z."""
-        return tf.exp(self._log_moment(params, 1))
+        return ops.exp(self._log_moment(params, 1))
 
     def penalty(self, params, prior_keep_prob):
         """KL against the log-uniform prior on [a, b]: log(b - a) - log(2 pi e) / 2
@@ -236,18 +240,18 @@ class SBP(Method):
         # phi(x) / Z = exp(-x^2 / 2 + h - log(2 pi) / 2 - log Z_scaled), with
         # -alpha^2 / 2 = -(alpha - beta) (alpha + beta) / 2 - beta^2 / 2.
         log_beta_ratio = -0.5 * math.log(2.0 * math.pi) - log_z_scaled + _minus_half_square_above_zero(beta)
-        alpha_ratio = tf.exp(log_beta_ratio - 0.5 * (alpha - beta) * (alpha + beta))
-        beta_ratio = tf.exp(log_beta_ratio)
+        alpha_ratio = ops.exp(log_beta_ratio - 0.5 * (alpha - beta) * (alpha + beta))
+        beta_ratio = ops.exp(log_beta_ratio)
         tails = alpha * alpha_ratio - beta * beta_ratio
-        return math.log(b - a) - 0.5 * math.log(2.0 * math.pi * math.e) - tf.math.log(sigma) - log_z - 0.5 * tails
+        return math.log(b - a) - 0.5 * math.log(2.0 * math.pi * math.e) - ops.log(sigma) - log_z - 0.5 * tails
 
     def keep_logit(self, params):
         """log SNR, SNR = E theta / std theta = 1 / sqrt(E theta^2 / (E theta)^2
-        - 1), in float64 from the log moments (a vanishing noise: about 345);
+        - 1), in float64 (`WIDE_FLOAT`) from the log moments (a vanishing noise: about 345);
         its sigmoid is SNR / (1 + SNR)."""
-        params = {name: tf.cast(value, tf.float64) for name, value in params.items()}
-        excess = tf.math.expm1(self._log_moment(params, 2) - 2.0 * self._log_moment(params, 1))
-        return -0.5 * tf.math.log(tf.maximum(excess, 1e-300))
+        params = {name: ops.cast(value, WIDE_FLOAT) for name, value in params.items()}
+        excess = ops.expm1(self._log_moment(params, 2) - 2.0 * self._log_moment(params, 1))
+        return -0.5 * ops.log(ops.maximum(excess, ops.full_like(excess, 1e-300)))
 
 
 class VIB(Method):
@@ -264,7 +268,7 @@ class VIB(Method):
         return rbp_noise.standard_normal(shape, seed)
 
     def sample(self, params, draws, scale):
-        return params["mu"] + scale * tf.exp(0.5 * params["log_variance"]) * draws
+        return params["mu"] + scale * ops.exp(0.5 * params["log_variance"]) * draws
 
     def mean(self, params):
         return params["mu"]
@@ -272,11 +276,11 @@ class VIB(Method):
     def penalty(self, params, prior_keep_prob):
         """0.5 log(1 + mu^2 / sigma^2) (VIBNet's kl_closed_form)."""
         del prior_keep_prob
-        return 0.5 * tf.math.log1p(tf.square(params["mu"]) / (tf.exp(params["log_variance"]) + 1e-8))
+        return 0.5 * ops.log1p(ops.square(params["mu"]) / (ops.exp(params["log_variance"]) + 1e-8))
 
     def keep_logit(self, params):
         """-log alpha, log alpha = log sigma^2 - log mu^2."""
-        return tf.math.log(tf.square(params["mu"]) + 1e-8) - params["log_variance"]
+        return ops.log(ops.square(params["mu"]) + 1e-8) - params["log_variance"]
 
 
 class L0(Method):
@@ -297,17 +301,17 @@ class L0(Method):
         log(1 - u) + log alpha) / beta). The gate has no spread parameter:
         `scale` does not apply."""
         del scale
-        s = tf.sigmoid((tf.math.log(draws) - tf.math.log1p(-draws) + params["log_alpha"]) / L0_BETA)
-        return tf.clip_by_value(s * (L0_ZETA - L0_GAMMA) + L0_GAMMA, 0.0, 1.0)
+        s = ops.sigmoid((ops.log(draws) - ops.log1p(-draws) + params["log_alpha"]) / L0_BETA)
+        return ops.clip(s * (L0_ZETA - L0_GAMMA) + L0_GAMMA, 0.0, 1.0)
 
     def mean(self, params):
         """The test-time gate min(1, max(0, sigmoid(log alpha) (zeta - gamma) + gamma))."""
-        return tf.clip_by_value(tf.sigmoid(params["log_alpha"]) * (L0_ZETA - L0_GAMMA) + L0_GAMMA, 0.0, 1.0)
+        return ops.clip(ops.sigmoid(params["log_alpha"]) * (L0_ZETA - L0_GAMMA) + L0_GAMMA, 0.0, 1.0)
 
     def penalty(self, params, prior_keep_prob):
         """P(gate != 0) = sigmoid(log alpha - beta log(-gamma / zeta))."""
         del prior_keep_prob
-        return tf.sigmoid(params["log_alpha"] - L0_BETA * math.log(-L0_GAMMA / L0_ZETA))
+        return ops.sigmoid(params["log_alpha"] - L0_BETA * math.log(-L0_GAMMA / L0_ZETA))
 
     def keep_logit(self, params):
         """log alpha - logit(-gamma / (zeta - gamma)): 0 where the test-time
@@ -330,7 +334,7 @@ class Magnitude(Method):
 
     def draw(self, shape, seed):
         del seed
-        return tf.zeros(shape)
+        return ops.zeros(shape)
 
     def sample(self, params, draws, scale):
         del scale
@@ -341,11 +345,11 @@ class Magnitude(Method):
 
     def penalty(self, params, prior_keep_prob):
         del prior_keep_prob
-        return tf.zeros_like(params["gate"])
+        return ops.zeros_like(params["gate"])
 
     def keep_logit(self, params):
         """+inf: a budget ranks by weight magnitude instead."""
-        return tf.fill(tf.shape(params["gate"]), math.inf)
+        return ops.full_like(params["gate"], math.inf)
 
 
 METHODS = {method.name: method for method in (RBP(), RelaxedRBP(), SBP(), VIB(), L0(), Magnitude())}

@@ -13,18 +13,18 @@ Dirac delta there. The prior is Bernoulli(pi_0) and the KL per channel is
 The functions are written with few operations: they run in every training
 step, where on small models each operation costs more than its arithmetic.
 
-Every formula of the method lives in this module, as pure TensorFlow
-functions of the logits phi.
+Every formula of the method lives in this module, as pure functions of the
+logits phi written with `keras.ops`, so that they run on every backend.
 """
 
 import math
 
-import tensorflow as tf
+from keras_rbp._keras import ops, uniform
 
 
 def keep_probability(logits):
     """pi = sigmoid(phi), the mean of the noise."""
-    return tf.sigmoid(logits)
+    return ops.sigmoid(logits)
 
 
 def standard_deviation(logits):
@@ -32,7 +32,7 @@ def standard_deviation(logits):
     stay finite for any logit."""
     # log(pi (1 - pi)) = log sigmoid(phi) + log sigmoid(-phi)
     #                  = -(softplus(phi) + softplus(-phi)).
-    return tf.exp(-0.5 * (tf.math.softplus(logits) + tf.math.softplus(-logits)))
+    return ops.exp(-0.5 * (ops.softplus(logits) + ops.softplus(-logits)))
 
 
 def sample(logits, eps, scale=1.0):
@@ -57,24 +57,25 @@ def kl_divergence(logits, prior_keep_prob):
     prior_logit = logit(prior_keep_prob)
     return (
         keep_probability(logits) * (logits - prior_logit)
-        - tf.math.softplus(logits)
+        - ops.softplus(logits)
         - math.log1p(-prior_keep_prob)
     )
 
 
 def standard_normal(shape, seed):
     """Standard normal draws of `shape`, (rows, columns), by the Box-Muller
-    transform of stateless uniform draws: the same values for the same
-    `seed`, a tensor of two int64. On CPUs it takes about 60 % of the time
-    of `tf.random.stateless_normal`, whose Box-Muller is not vectorised."""
+    transform of uniform draws from `seed` (see `keras_rbp._keras.uniform`).
+    On CPUs it takes about 60 % of the time of TensorFlow's stateless
+    normal, whose Box-Muller is not vectorised."""
     rows, columns = shape
     pairs = (columns + 1) // 2
-    for_radius, for_angle = tf.unstack(tf.random.stateless_uniform([2, rows, pairs], seed=seed))
+    draws = uniform([2, rows, pairs], seed)
+    for_radius, for_angle = draws[0], draws[1]
     # 1 - u is exact and in (0, 1]. (log1p(-u) would be a chain of two unary
     # ops, which TensorFlow's graph optimiser fuses into a much slower one.)
-    radius = tf.sqrt(-2.0 * tf.math.log(1.0 - for_radius))
+    radius = ops.sqrt(-2.0 * ops.log(1.0 - for_radius))
     angle = (2.0 * math.pi) * for_angle
-    normal = tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], axis=1)
+    normal = ops.concatenate([radius * ops.cos(angle), radius * ops.sin(angle)], axis=1)
     return normal if 2 * pairs == columns else normal[:, :columns]
 
 

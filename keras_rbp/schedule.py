@@ -5,7 +5,7 @@ import logging
 import math
 import warnings
 
-import tensorflow as tf
+import tensorflow as tf  # tf.summary, for PruningSummaries
 
 from keras_rbp import _keras
 from keras_rbp import distillation
@@ -18,22 +18,6 @@ from keras_rbp.plan import Plan, check_int
 from keras_rbp.pruning import pruning_groups
 
 WIDTHS = ("share", "posterior")  # how a budget sets each group's kept channels
-
-
-class _OwnRetracing(logging.Filter):
-    """Drops TensorFlow's "triggered tf.function retracing" warning about
-    Keras's train, test and predict functions: RecursivePruning changes
-    which groups train once a stage, on purpose (see `_set_trainable`),
-    and Keras then traces them again."""
-
-    def filter(self, record):
-        message = record.getMessage()
-        return not ("retracing" in message and any(
-            name in message for name in ("_make_function", "make_train_function", "make_test_function",
-                                         "make_predict_function")))
-
-
-tf.get_logger().addFilter(_OwnRetracing())
 
 
 class RecursivePruning(keras.callbacks.Callback):
@@ -73,10 +57,9 @@ class RecursivePruning(keras.callbacks.Callback):
     1, a stage visits a block of consecutive groups: a deep network's plan
     then fits a few epochs.
 
-    Only the stage's groups train their logits: the others are made
-    non-trainable for the stage (they then cost a multiply, see `RBPNoise`),
-    and the model's train and test functions are rebuilt when that changes,
-    once a stage. Every group is trainable again when fit ends.
+    Only the stage's groups train their logits: an active noise alone sends
+    gradients to its parameters (see `RBPNoise`), so the model's train
+    function stays the same through the plan, on every backend.
 
     To distill from the unpruned model, fit `distillation.distilled(pruned,
     model)` with this callback: budgets count the pruned model it trains.
@@ -234,7 +217,7 @@ class RecursivePruning(keras.callbacks.Callback):
     # Callback hooks.
 
     def on_train_begin(self, logs=None):
-        _keras.check_strategy(self.model.distribute_strategy, "RecursivePruning")
+        _keras.check_strategy(_keras.strategy(self.model), "RecursivePruning")
         groups = _groups(self.model)
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is None:
@@ -242,7 +225,6 @@ class RecursivePruning(keras.callbacks.Callback):
         self._steps_per_epoch = (self.params or {}).get("steps")
         self._noises, self._stages = groups, self.stages(self.model)
         self._lengths = self.lengths(self.model, self._steps_per_epoch)
-        _set_trainable(self.model, groups, {name: True for name in groups})
         if self.target is not None:
             metric, target = self.target
             self.budget = Budget(distillation.student(self.model), metric, target, self.min_channels,
@@ -260,7 +242,7 @@ class RecursivePruning(keras.callbacks.Callback):
         # some out; it would otherwise be built at the first step, on the
         # first stage's. (tf_keras' legacy optimisers have no build.)
         if hasattr(optimizer, "build") and not getattr(optimizer, "built", False):
-            with self.model.distribute_strategy.scope():
+            with _keras.strategy_scope(self.model):
                 optimizer.build(self.model.trainable_variables)
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -279,8 +261,8 @@ class RecursivePruning(keras.callbacks.Callback):
         self._enter()
 
     def _enter(self):
-        """Sets the modes, noise scale, trainable groups and learning rate
-        for the plan's current state."""
+        """Sets the modes, noise scale and learning rate for the plan's
+        current state."""
         groups, stages = self._noises, self._stages
         current = self._current_stage(stages, groups)
         if current is None:
@@ -294,9 +276,6 @@ class RecursivePruning(keras.callbacks.Callback):
                 if groups[name].mode != "frozen":
                     groups[name].mode = "active"
             self._ramp_noise(stages[current])
-        _set_trainable(
-            self.model, groups, {name: noise.mode == "active" for name, noise in groups.items()}
-        )
 
     def _ramp_noise(self, names):
         """The noise scale of the stage's active groups: from 1 at its start
@@ -318,8 +297,6 @@ class RecursivePruning(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._fit_first_epoch = None
-        groups = _groups(self.model)
-        _set_trainable(self.model, groups, {name: True for name in groups})
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
@@ -331,6 +308,7 @@ class RecursivePruning(keras.callbacks.Callback):
                 else "the fine-tune"
             )
             if self._last_good_weights is not None:
+                _keras.sync_variables(self.model)
                 self.model.set_weights(self._last_good_weights)
             self.model.stop_training = True
             raise FloatingPointError(
@@ -338,6 +316,7 @@ class RecursivePruning(keras.callbacks.Callback):
                 "the model holds its weights from the start of that epoch"
             )
         if self.in_steps:
+            _keras.sync_variables(self.model)
             self._advance(logs)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -463,19 +442,6 @@ def _check_target(target_macs, target_params, target_latency_ms):
     return given[0]
 
 
-def _set_trainable(model, groups, trainable):
-    """Sets which groups train their logits, a dict from group name to bool;
-    rebuilds the model's train and test functions if that changes."""
-    changed = False
-    for name, value in trainable.items():
-        if groups[name].trainable != value:
-            groups[name].trainable = value
-            changed = True
-    if changed:
-        model.make_train_function(force=True)
-        model.make_test_function(force=True)
-
-
 def _groups(model):
     groups = pruning_groups(model)
     if not groups:
@@ -512,7 +478,7 @@ class PruningSummaries(keras.callbacks.Callback):
         self._writer = None
 
     def on_train_begin(self, logs=None):
-        if self._writer is None and is_chief(self.model.distribute_strategy):
+        if self._writer is None and is_chief(_keras.strategy(self.model)):
             self._writer = tf.summary.create_file_writer(self.log_dir)
 
     def on_epoch_end(self, epoch, logs=None):

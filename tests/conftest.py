@@ -16,7 +16,8 @@ tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
 )
 
-from keras_rbp._keras import keras  # noqa: E402
+from keras_rbp import _keras  # noqa: E402
+from keras_rbp._keras import keras, ops  # noqa: E402
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
@@ -43,6 +44,39 @@ def _machine_lock(request):
         exclusive = request.node.get_closest_marker("timing") is not None
         fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
+
+
+def tensor(value):
+    """A float32 tensor of the backend in use."""
+    return ops.convert_to_tensor(np.asarray(value, "float32"))
+
+
+def to_numpy(value):
+    """A tensor of the backend in use as a numpy array."""
+    return ops.convert_to_numpy(value)
+
+
+def value_and_gradients(function, values):
+    """The value of `function`, a scalar function of float32 tensors, at
+    `values`, and its gradient with respect to each, as numpy arrays."""
+    values = [np.asarray(value, "float32") for value in values]
+    if _keras.BACKEND == "jax":
+        import jax  # noqa: PLC0415
+
+        value, gradients = jax.value_and_grad(function, argnums=tuple(range(len(values))))(*values)
+    elif _keras.BACKEND == "torch":
+        import torch  # noqa: PLC0415
+
+        arguments = [torch.tensor(value, requires_grad=True) for value in values]
+        value = function(*arguments)
+        gradients = torch.autograd.grad(value, arguments)
+        value, gradients = value.detach(), [gradient.detach() for gradient in gradients]
+    else:
+        arguments = [tf.Variable(value) for value in values]
+        with tf.GradientTape() as tape:
+            value = function(*arguments)
+        gradients = tape.gradient(value, arguments)
+    return float(to_numpy(value)), [to_numpy(gradient) for gradient in gradients]
 
 
 MISSING_DATA = "mnist.npz not found in"

@@ -16,7 +16,7 @@ FORMATS = ["keras"] if IS_KERAS_3 else ["savedmodel", "h5"]
 def _state(model):
     return [
         (n.name, n.mode, n.mask.numpy(), n.frozen_value.numpy(), *n.parameters().values(),
-         float(n.noise_scale.numpy()), int(n.noise_step.numpy()))
+         float(n.noise_scale.numpy()), n.steps_drawn)
         for n in rbp.pruning_groups(model).values()
     ]
 

@@ -53,15 +53,15 @@ class _ModeRecorder(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.modes, self.scales, self.masks = [], [], []
-        self.trainable, self.logits = [], []
+        self.logits, self.thetas = [], []
 
     def on_epoch_begin(self, epoch, logs=None):
         groups = rbp.pruning_groups(self.model)
         self.modes.append([g.mode for g in groups.values()])
         self.scales.append([round(float(g.noise_scale.numpy()), 4) for g in groups.values()])
         self.masks.append([g.mask.numpy().copy() for g in groups.values()])
-        self.trainable.append([g.trainable for g in groups.values()])
         self.logits.append([g.scaled_logits.numpy().copy() for g in groups.values()])
+        self.thetas.append([g.theta().copy() for g in groups.values()])
 
 
 def _fit(pruned, schedule, epochs=None, optimizer=None, **kwargs):
@@ -94,17 +94,22 @@ def test_only_the_stage_groups_train_their_logits():
     pruned = _small_pruned()
     schedule = rbp.RecursivePruning(epochs_per_stage=2, finetune_epochs=1, verbose=0)
     recorder, _ = _fit(pruned, schedule, optimizer=keras.optimizers.Adam(0.01))
-    assert recorder.trainable == [
-        [True, False, False], [True, False, False], [False, True, False],
-        [False, True, False], [False, False, True], [False, False, True],
-        [False, False, False],
-    ]
-    final = [g.scaled_logits.numpy() for g in rbp.pruning_groups(pruned).values()]
-    for epoch, (flags, logits) in enumerate(zip(recorder.trainable, recorder.logits)):
-        after = recorder.logits[epoch + 1] if epoch + 1 < len(recorder.logits) else final
-        for group, trained in enumerate(flags):
-            assert np.array_equal(logits[group], after[group]) != trained, (epoch, group)
-    assert all(g.trainable for g in rbp.pruning_groups(pruned).values())
+    groups = list(rbp.pruning_groups(pruned).values())
+    final_logits = [g.scaled_logits.numpy() for g in groups]
+    final_thetas = [g.theta() for g in groups]
+    for epoch, modes in enumerate(recorder.modes):
+        last = epoch + 1 == len(recorder.modes)
+        logits_after = final_logits if last else recorder.logits[epoch + 1]
+        thetas_after = final_thetas if last else recorder.thetas[epoch + 1]
+        for group, mode in enumerate(modes):
+            changed = not np.array_equal(recorder.logits[epoch][group], logits_after[group])
+            if mode == "active":
+                assert changed, (epoch, group)
+            elif mode == "off":  # never trained: Adam has no momentum to carry it
+                assert not changed, (epoch, group)
+            elif not (epoch + 1 < len(recorder.modes) and recorder.modes[epoch + 1][group] != "frozen"):
+                # Frozen: its theta (mask * frozen value) no longer moves.
+                np.testing.assert_array_equal(recorder.thetas[epoch][group], thetas_after[group])
 
 
 def test_masks_are_monotone_and_thresholded_at_pi():
