@@ -216,7 +216,9 @@ __all__ = [
     "replica",
     "strategy",
     "strategy_scope",
+    "own_variables",
     "sync_variables",
+    "to_numpy",
     "uniform",
     "keras",
     "layers",
@@ -392,3 +394,21 @@ def strategy_scope(model):
     """The scope of the strategy of `model`, for variables made for it."""
     chosen = strategy(model)
     return chosen.scope() if chosen is not None else contextlib.nullcontext()
+
+
+def to_numpy(value):
+    """A tensor or variable of the backend in use, or an array, as a numpy
+    array (a PyTorch tensor that takes part in gradients too)."""
+    if IS_KERAS_3 and isinstance(value, keras.Variable):
+        value = value.value
+    elif not IS_KERAS_3 and hasattr(value, "numpy"):
+        return value.numpy()
+    return ops.convert_to_numpy(value)
+
+
+def own_variables(layer):
+    """The variables of `layer` itself, in the order its saved file holds
+    them."""
+    if IS_KERAS_3:
+        return layer._trainable_variables + layer._non_trainable_variables
+    return layer._trainable_weights + layer._non_trainable_weights

@@ -83,7 +83,7 @@ class MultiHeadAttentionRule(LayerRule):
 
     def output_norms(self, layer):
         kernel = _projection_weights(layer)["output"][0]
-        return np.abs(np.asarray(kernel)).reshape(kernel.shape[0], -1).sum(1)
+        return np.abs(to_numpy(kernel)).reshape(kernel.shape[0], -1).sum(1)
 
 
 def layer_heads(layer):
@@ -140,7 +140,7 @@ def _sliced_weights(layer, kept, theta):
     new = {}
     for role, weights in _projection_weights(layer).items():
         for index, weight in enumerate(weights):
-            value = np.asarray(weight)
+            value = to_numpy(weight)
             if role == "output":
                 value = value[kept] if index == 0 else value  # kernel [heads, value_dim, width]
             else:

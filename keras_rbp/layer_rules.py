@@ -8,7 +8,7 @@ import numpy as np
 
 from keras_rbp import _keras
 from keras_rbp import graph as graph_lib
-from keras_rbp._keras import keras
+from keras_rbp._keras import keras, to_numpy
 from keras_rbp.attention import MultiHeadAttentionRule
 from keras_rbp.layers import RBPNoise
 from keras_rbp.operation_rules import ElementwiseRule, OperationRule, _along
@@ -305,7 +305,7 @@ def _evaluate(op, array):
     if graph_lib.is_call_record(op.record):
         args, kwargs = graph_lib.call_arguments(op.record, [array])
         kwargs = {key: value for key, value in kwargs.items() if key not in ("training", "mask")}
-    return np.asarray(op.layer(*args, training=False, **kwargs), np.float64)
+    return to_numpy(op.layer(*args, training=False, **kwargs)).astype(np.float64)
 
 
 class RecurrentRule(LayerRule):
@@ -372,7 +372,7 @@ class ActivationRule(PerChannelRule):
 
     def maps_zero_to_zero(self, layer, tensor):
         shape = [1] + [1 if d is None else d for d in tensor.shape[1:]]
-        return bool(np.all(np.asarray(layer(np.zeros(shape, np.float32))) == 0))
+        return bool(np.all(to_numpy(layer(np.zeros(shape, np.float32))) == 0))
 
 
 class PReLURule(ActivationRule):

@@ -291,7 +291,7 @@ class RBPNoise(keras.layers.Layer):
         if _keras.IS_KERAS_3:
             return self.seed_generator
         index, replicas = _keras.replica()
-        step = ops.convert_to_tensor(self.noise_step)
+        step = self.noise_step.read_value()  # before the update
         self.noise_step.assign_add(1)
         counter = (step // self.calls) * replicas + ops.cast(index, "int64")
         return ops.stack([ops.convert_to_tensor(self.seed, "int64"), counter])
@@ -337,7 +337,7 @@ class RBPNoise(keras.layers.Layer):
         """The variables a saved model holds: the weights, and under Keras 3
         the seed generator's state, which Keras leaves out of a layer's
         saved state."""
-        weights = self._trainable_variables + self._non_trainable_variables
+        weights = _keras.own_variables(self)
         return weights + [self.seed_generator.state] if hasattr(self, "seed_generator") else weights
 
     def save_own_variables(self, store):

@@ -6,7 +6,7 @@ import numpy as np
 
 from keras_rbp import _keras
 from keras_rbp import graph as graph_lib
-from keras_rbp._keras import keras
+from keras_rbp._keras import keras, to_numpy
 from keras_rbp.rules import LayerRule, ShrinkError
 
 L = keras.layers
@@ -111,7 +111,7 @@ class _Probe:
         self.rng = np.random.RandomState(0)
 
     def _run(self, arrays):
-        out = np.asarray(self.rule.evaluate(self.op, arrays), np.float64)
+        out = to_numpy(self.rule.evaluate(self.op, arrays)).astype(np.float64)
         return np.moveaxis(out, self.out_axis, -1).reshape(-1, self.channels)
 
     def _inputs(self, replace=None):

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from keras_rbp import datasets, models
 from keras_rbp.distillation import distilled, output_kinds
-from keras_rbp._keras import keras
+from keras_rbp._keras import keras, to_numpy
 from keras_rbp.exporting import export
 from keras_rbp.latency import model_latency
 from keras_rbp.metrics import report
@@ -739,14 +739,14 @@ class _Measure:
         self.keras_metrics = ["accuracy"] if self.name == "error" else []
 
     def of_outputs(self, outputs, y):
-        outputs = np.asarray(outputs)
+        outputs = to_numpy(outputs)
         if self.kind == "sparse_categorical_crossentropy":
             return float(np.mean(np.argmax(outputs, axis=-1) != y.reshape(-1)))
         if self.kind == "categorical_crossentropy":
             return float(np.mean(np.argmax(outputs, axis=-1) != np.argmax(y, axis=-1)))
         if self.kind == "binary_crossentropy":
             return float(np.mean((outputs.reshape(y.shape) > (0.0 if self.from_logits else 0.5)) != (y > 0.5)))
-        return float(np.mean(np.asarray(self.loss(y, outputs))))
+        return float(np.mean(to_numpy(self.loss(y, outputs))))
 
     def __call__(self, model, source, limit=None):
         """The measure of `model` on the first `limit` examples of `source`
@@ -759,7 +759,7 @@ class _Measure:
                 return self.of_outputs(outputs, source.y if source.y is not None else source.arrays()[1])
             return self.of_outputs(model.predict(source.x, batch_size=256, verbose=0), source.y)
         x, y = source.arrays(limit)
-        outputs = [np.asarray(model(x[i : i + 256], training=False)) for i in range(0, len(x), 256)]
+        outputs = [to_numpy(model(x[i : i + 256], training=False)) for i in range(0, len(x), 256)]
         return self.of_outputs(np.concatenate(outputs), y)
 
 
@@ -847,7 +847,7 @@ class _PlanCurve(keras.callbacks.Callback):
         self._modes = None
 
     def _step(self):
-        return int(np.asarray(self.model.optimizer.iterations))
+        return int(to_numpy(self.model.optimizer.iterations))
 
     def _signature(self):
         return tuple(noise.mode for noise in pruning_groups(self.model).values())

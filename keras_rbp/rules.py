@@ -23,7 +23,7 @@ boundary: the channels that feed it are kept, with a warning naming it.
 
 import numpy as np
 
-from keras_rbp._keras import keras
+from keras_rbp._keras import keras, to_numpy
 
 L = keras.layers
 
@@ -206,7 +206,7 @@ MIXING_ACTIVATIONS = ("softmax", "log_softmax")
 
 def _maps_zero_to_zero(function, channels):
     """Per channel, whether `function` maps an all-zero input to zero."""
-    return np.asarray(function(np.zeros((1, channels), np.float32))).reshape(-1) == 0
+    return to_numpy(function(np.zeros((1, channels), np.float32))).reshape(-1) == 0
 
 
 # Layers with a kernel: the noise's theta folds into their output channels.

@@ -219,7 +219,7 @@ def _kl_check_worker(path):
     with strategy.scope():
         noise = rbp.RBPNoise(dataset_size=8, seed=5)
         noise.build((None, 4))
-    counter = strategy.experimental_local_results(strategy.run(noise._next_counter))[0]
+    counter = strategy.experimental_local_results(strategy.run(lambda: noise._seed()[1]))[0]
     index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     np.savez(path.format(index=index), replicas=strategy.num_replicas_in_sync, counter=int(counter),
              **{f"weight{i}": w for i, w in enumerate(weights)})
