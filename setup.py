@@ -32,7 +32,12 @@ setuptools.setup(
     extras_require={
         # Keras 2 mode (TF_USE_LEGACY_KERAS=1) and quantization-aware training.
         "legacy": ["tf-keras>=2.16,<2.22", "tensorflow-model-optimization>=0.8,<0.9"],
+        # Keras 3's other backends: KERAS_BACKEND=jax or torch.
+        "jax": ["jax>=0.4.30"],
+        "torch": ["torch>=2.4"],
         "test": [
+            "jax>=0.4.30",
+            "torch>=2.4",
             "tf-keras>=2.16,<2.22",
             "tensorflow-model-optimization>=0.8,<0.9",
             "pytest",

@@ -15,6 +15,7 @@ width (a transformer's residual stream) stays as it is.
 
 import numpy as np
 
+from keras_rbp._keras import to_numpy
 from keras_rbp.rules import LayerRule, ShrinkError
 
 HEADS = "heads"  # the last item of the key of a call's heads tensor

@@ -495,14 +495,14 @@ def prune_and_export(
     resumed = bool(work_dir) and os.path.isdir(work_dir)
     if resumed:
         _check_work_dir(work_dir, settings)
-    curve = _PlanCurve(measure, validation, work_dir, schedule, train.steps)
-    callbacks = [schedule, curve] + _backup_callbacks(work_dir, settings) + list(callbacks or ())
+    curve, clock = _PlanCurve(measure, validation, work_dir, schedule, train.steps), EpochClock()
+    callbacks = [clock, schedule, curve] + _backup_callbacks(work_dir, settings) + list(callbacks or ())
     planned = False  # whether the plan ran to its end: its backups are then of no more use
     try:
         if verbose and resumed:
             print(f"prune_and_export: resuming the plan backed up in {work_dir}")
         trained.fit(
-            train.training_dataset(trained.optimizer, seed), epochs=schedule.total_epochs(pruned, train.steps),
+            train.training_dataset(clock, seed), epochs=schedule.total_epochs(pruned, train.steps),
             validation_data=validation.dataset if validation is not None else None, callbacks=callbacks,
             shuffle=False, verbose=2 if verbose else 0,
         )
@@ -660,22 +660,23 @@ class _Source:
         x, y = tf.constant(self.x), tf.constant(self.y)
         return indices.batch(self.batch_size).map(lambda i: (tf.gather(x, i), tf.gather(y, i))).prefetch(2)
 
-    def training_dataset(self, optimizer, seed):
+    def training_dataset(self, clock, seed):
         """The training batches: arrays and image folders in an order drawn
-        from (seed, epoch), the epoch read from the optimizer's step count
-        when each epoch's iterator starts, so that an epoch resumed from a
-        backup reads the examples in the order the lost one read them."""
+        from (seed, epoch), the epoch read from `clock` (an `EpochClock`
+        among fit's callbacks) when each epoch's iterator starts, so that an
+        epoch resumed from a backup reads the examples in the order the lost
+        one read them."""
         if self.x is None and self.images is None:
             return self.dataset
-        size, steps, iterations = self.size, self.steps, optimizer.iterations
+        size = self.size
 
         def order(_):
-            epoch = tf.cast(tf.convert_to_tensor(iterations), tf.int64) // steps
+            epoch = tf.py_function(lambda: np.int64(clock.epoch), [], tf.int64)
             keys = tf.random.stateless_uniform([size], seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
             return tf.data.Dataset.from_tensor_slices(tf.argsort(keys, stable=True))
 
         indices = tf.data.Dataset.from_tensors(0).flat_map(order)
-        return self._batches(indices).apply(tf.data.experimental.assert_cardinality(steps))
+        return self._batches(indices).apply(tf.data.experimental.assert_cardinality(self.steps))
 
     def arrays(self, limit=None, labels=True):
         """The first `limit` examples as arrays (x, y)."""
@@ -830,6 +831,18 @@ def _check_work_dir(work_dir, settings):
         if saved.get(key) != value:
             raise ArgumentError("work_dir", work_dir, f"holds the backup of a run with {key}={saved.get(key)!r}, "
                                 f"not {value!r}; run with the same settings to resume it, or delete the folder")
+
+
+class EpochClock(keras.callbacks.Callback):
+    """Holds the epoch that `fit` is in (counted from 0 over a resumed
+    run, as `BackupAndRestore` resumes it), for a dataset to read."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
 
 
 class _PlanCurve(keras.callbacks.Callback):

@@ -301,6 +301,7 @@ class RecursivePruning(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
+            _keras.sync_variables(self.model)
             current = self._current_stage(self._stages, self._noises)
             where = (
                 f"stage {current + 1} (groups {self._stages[current]})"
@@ -308,7 +309,6 @@ class RecursivePruning(keras.callbacks.Callback):
                 else "the fine-tune"
             )
             if self._last_good_weights is not None:
-                _keras.sync_variables(self.model)
                 self.model.set_weights(self._last_good_weights)
             self.model.stop_training = True
             raise FloatingPointError(

@@ -15,7 +15,7 @@ from keras_rbp import _keras
 from keras_rbp._keras import keras
 from conftest import mnist_dir
 
-pytestmark = pytest.mark.skipif(not _keras.IS_KERAS_3, reason="Keras 3 backends")
+pytestmark = [pytest.mark.every_backend, pytest.mark.skipif(not _keras.IS_KERAS_3, reason="Keras 3 backends")]
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 BACKENDS = ("tensorflow", "jax", "torch")

@@ -79,6 +79,19 @@ def value_and_gradients(function, values):
     return float(to_numpy(value)), [to_numpy(gradient) for gradient in gradients]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under the JAX and PyTorch backends, the whole suite (no test named
+    on the command line) runs the tests marked `every_backend` alone: the
+    rest run under TensorFlow and tf_keras."""
+    if _keras.ON_TENSORFLOW or config.args_source != pytest.Config.ArgsSource.TESTPATHS:
+        return
+    kept = [item for item in items if item.get_closest_marker("every_backend")]
+    deselected = [item for item in items if not item.get_closest_marker("every_backend")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+
+
 MISSING_DATA = "mnist.npz not found in"
 
 # More cases of a family whose one representative the default run keeps

@@ -12,6 +12,8 @@ from conftest import mnist_dir, tensor, to_numpy, value_and_gradients
 from keras_rbp import methods
 from keras_rbp._keras import IS_KERAS_3, keras, ops
 
+pytestmark = pytest.mark.every_backend
+
 # Far enough in the tails that a correct sampler fails once in 10^5 runs.
 Z_SCORE = 4.5
 DRAWS = 200_000

@@ -10,6 +10,8 @@ from keras_rbp import noise
 from keras_rbp._keras import ops
 
 
+pytestmark = pytest.mark.every_backend
+
 # Statistical checks allow 4.5 standard errors: each fails for about 1 seed
 # in 150,000, so a test of two of them passes for more than 99.99 % of seeds
 # (test_moment_checks_pass_for_almost_every_seed counts them).
