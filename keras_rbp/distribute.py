@@ -1,8 +1,11 @@
-"""Training on a tf.distribute cluster: which strategies the Keras in use
-can train under (`check_strategy`), and which worker writes files."""
+"""Training on several processes: which tf.distribute strategies the Keras
+in use can train under (`check_strategy`), and which process writes files
+(a tf.distribute cluster's chief, or the first process of a JAX
+`keras.distribution` job)."""
 
 import tensorflow as tf
 
+from keras_rbp import _keras
 from keras_rbp._keras import check_strategy  # noqa: F401 (public here)
 
 
@@ -13,7 +16,12 @@ def is_chief(strategy=None):
 
     Args:
         strategy: the tf.distribute strategy; by default the current one.
+            On the JAX backend, the process of index 0 is the chief.
     """
+    if _keras.BACKEND == "jax":
+        import jax  # noqa: PLC0415  (the JAX backend only)
+
+        return jax.process_index() == 0
     resolver = getattr(strategy or tf.distribute.get_strategy(), "cluster_resolver", None)
     if resolver is None or not resolver.task_type:
         return True
