@@ -439,6 +439,12 @@ def _check_target(target_macs, target_params, target_latency_ms):
             f"RecursivePruning: target_{metric} must be a fraction in (0, 1) of the unpruned "
             f"model or a number of {metric} above 1, received: {value!r}"
         )
+    if metric == "latency_ms" and not _keras.ON_TENSORFLOW:
+        raise ValueError(
+            f"RecursivePruning: target_latency_ms={value!r} times the model's layers in LiteRT, "
+            "converted by TensorFlow from a model of Keras's TensorFlow backend; the backend is "
+            f"{_keras.BACKEND!r}: set KERAS_BACKEND=tensorflow, or give target_macs or target_params"
+        )
     return given[0]
 
 

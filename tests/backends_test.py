@@ -113,6 +113,12 @@ def test_random_masks_shrink_exactly(build):
     assert small.count_params() < model.count_params()
 
 
+@pytest.mark.skipif(_keras.ON_TENSORFLOW, reason="LiteRT timing runs on the TensorFlow backend")
+def test_a_latency_budget_names_the_backend_it_needs():
+    with pytest.raises(ValueError, match=f"target_latency_ms=2.0 .* the backend is '{_keras.BACKEND}'"):
+        rbp.RecursivePruning(target_latency_ms=2.0)
+
+
 def test_a_shrunk_model_loads_under_every_other_backend(tmp_path):
     model = rbp.models.lenet5_caffe()
     pruned = rbp.prune(model, dataset_size=100)
