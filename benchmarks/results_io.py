@@ -41,7 +41,7 @@ def define_models(known, text="Models to run"):
 def provenance():
     """What made a result: the commit, package versions, Keras mode and
     machine, and the load when the benchmark started."""
-    from keras_rbp._keras import IS_KERAS_3, keras
+    from keras_rbp._keras import BACKEND, IS_KERAS_3, keras
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True)
@@ -49,7 +49,7 @@ def provenance():
     dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no", "--", ".",
                             ":(exclude)benchmarks/results"], capture_output=True, text=True)
     versions = {}
-    for package in ("keras-rbp", "tensorflow", "keras", "tf-keras", "ai-edge-litert", "numpy"):
+    for package in ("keras-rbp", "tensorflow", "keras", "tf-keras", "jax", "torch", "ai-edge-litert", "numpy"):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
@@ -64,6 +64,7 @@ def provenance():
         "versions": versions,
         "keras": "keras3" if IS_KERAS_3 else "tf_keras",
         "keras_version": keras.__version__,
+        "backend": BACKEND,
         "machine": {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
                     "load_average_at_start": list(os.getloadavg())},
     }
