@@ -1,35 +1,39 @@
-"""Training-speed overhead of the RBP wrapper: plain versus pruned models.
+"""Training-speed overhead of the RBP wrapper: plain versus pruned models,
+on the Keras backend in use.
 
 Times training steps of LeNet-5-Caffe and LeNet-300-100 (MNIST), and of
 MobileNetV2 and EfficientNetB0 (weights=None, --image_size images of 3
 channels, random data), plain and wrapped by `keras_rbp.prune`, in the same
 process. A LeNet's pruned model is timed with each of its groups in turn set
-as in a stage of `RecursivePruning`: that group active and trainable, the
-others off and not trainable. A deep net's (coupled groups, the Activation
-layers they bring) is timed with its first group, its middle group and its
-last group active that way, and with every group active and trainable, as
-all at once. Each model is also timed with its first group active and
-`keras_rbp.distilled` from a plain copy (the teacher's forward pass and the
-distillation loss added to a step). For LeNet-300-100 it also times the
-floor of pruning input pixels: the plain model with a trainable, noise-free
-scale per pixel, which alone adds the gradient with respect to the input (a
-matrix product as large as the first layer's).
+as in a stage of `RecursivePruning`: that group active, the others off. A
+deep net's (coupled groups, the Activation layers they bring) is timed with
+its first group, its middle group and its last group active that way, and
+with every group active, as all at once. Each model is also timed with its
+first group active and `keras_rbp.distilled` from a plain copy (the
+teacher's forward pass and the distillation loss added to a step). For
+LeNet-300-100 it also times the floor of pruning input pixels: the plain
+model with a trainable, noise-free scale per pixel, which alone adds the
+gradient with respect to the input (a matrix product as large as the first
+layer's).
 
 Every variant is its own compiled model, warmed up (traced) before timing.
-The timing runs --rounds rounds; a round calls each variant's train function
-for --chunk steps, in an order reversed every other round, and records the
-wall time of every step. Interleaving in short chunks makes the variants
-share the machine's slow and fast phases (on a shared or virtual machine
-whole seconds run at half speed). The figure per variant is the median step
-time, and the ratio pruned / plain (target <= 1.15).
+The timing runs --rounds rounds; a round fits each variant for --chunk steps
+and for one step, in an order reversed every other round, and takes their
+difference over chunk - 1 as the variant's step time, which leaves out what
+a call of fit costs on any backend. Interleaving makes the variants share
+the machine's slow and fast phases (on a shared or virtual machine whole
+seconds run at half speed). The figure per variant is the median step time,
+and the ratio pruned / plain (target <= 1.15).
 
-Run from the repository root, under Keras 3 and under tf_keras:
+Run from the repository root, on each Keras 3 backend and under tf_keras:
 
-    python -m benchmarks.overhead --data_dir ../shared/data
+    python -m benchmarks.overhead --data_dir ../shared/data --models lenet5_caffe,mobilenet_v2
+    KERAS_BACKEND=jax python -m benchmarks.overhead --data_dir ../shared/data --models lenet5_caffe,mobilenet_v2
+    KERAS_BACKEND=torch python -m benchmarks.overhead --data_dir ../shared/data --models lenet5_caffe,mobilenet_v2
     TF_USE_LEGACY_KERAS=1 python -m benchmarks.overhead --data_dir ../shared/data
 
-Writes overhead_<keras mode>.json and .md to --output_dir (with the --models
-named in the file name when they are not all of them).
+Writes overhead_<keras mode and backend>.json and .md to --output_dir (with
+the --models named in the file name when they are not all of them).
 """
 
 import os
@@ -44,6 +48,7 @@ import keras_rbp as rbp
 from benchmarks import results_io
 from keras_rbp import datasets, models
 from keras_rbp import noise as noise_lib
+from keras_rbp import _keras
 from keras_rbp._keras import keras
 
 def _application(name):
@@ -71,8 +76,8 @@ results_io.define_models(MODELS, text="Models to time")
 flags.DEFINE_integer("batch_size", 128, "Training batch size of the LeNets.")
 flags.DEFINE_integer("deep_batch_size", 32, "Training batch size of MobileNetV2 and EfficientNetB0.")
 flags.DEFINE_integer("image_size", 64, "Input height and width of MobileNetV2 and EfficientNetB0.")
-flags.DEFINE_integer("rounds", 40, "Timed rounds; each runs every variant once.")
-flags.DEFINE_integer("chunk", 5, "Training steps of a variant in a round.")
+flags.DEFINE_integer("rounds", 20, "Timed rounds; each runs every variant once.")
+flags.DEFINE_integer("chunk", 20, "Training steps of the longer fit of a variant in a round.")
 results_io.define_data_dir()
 flags.DEFINE_bool(
     "random_data", False, "Train on random MNIST-shaped data instead of MNIST."
@@ -80,9 +85,9 @@ flags.DEFINE_bool(
 results_io.define_output_dir()
 
 MEASURED = (
-    "wall time of each call of the model's train function (one step), in "
-    "rounds that run every variant for a chunk of steps, after a warm-up fit "
-    "of each; median over all steps"
+    "a step's time as (fit of --chunk steps - fit of one step) / (chunk - 1), "
+    "which leaves out what fit costs a call, in rounds that time every "
+    "variant, after a warm-up fit of each; median over the rounds"
 )
 
 
@@ -146,12 +151,11 @@ def _with_input_gate(model):
 
 def _pruned_for_stage(builder, options, dataset_size, active):
     """A pruned model with the groups of `active` set as in a stage of
-    RecursivePruning (active, trainable) and the others off, not trainable."""
+    RecursivePruning (active) and the others off."""
     keras.utils.set_random_seed(0)
     pruned = rbp.prune(builder(), dataset_size=dataset_size, **options)
     for group, noise in rbp.pruning_groups(pruned).items():
         noise.mode = "active" if group in active else "off"
-        noise.trainable = group in active
     return pruned
 
 
@@ -164,20 +168,23 @@ def _stages(groups, every_group):
     return {**{group: [group] for group in chosen}, ALL_AT_ONCE: list(groups)}
 
 
+def _fit_seconds(model, dataset, steps):
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+    return time.perf_counter() - start
+
+
 def _time_variants(variants, dataset):
-    """Interleaved per-step times of each variant's train function: a dict
-    from variant to a list of seconds."""
-    functions = {name: model.make_train_function() for name, model in variants.items()}
-    iterators = {name: iter(dataset) for name in variants}
+    """Interleaved per-step times of each variant, a dict from variant to a
+    list of seconds, one a round: the difference of a fit of --chunk steps
+    and a fit of one step, over chunk - 1 (on every backend alike)."""
     times = {name: [] for name in variants}
     order = list(variants)
     for round_index in range(FLAGS.rounds):
         for name in order if round_index % 2 == 0 else reversed(order):
-            function, iterator = functions[name], iterators[name]
-            for _ in range(FLAGS.chunk):
-                start = time.perf_counter()
-                function(iterator)
-                times[name].append(time.perf_counter() - start)
+            long = _fit_seconds(variants[name], dataset, FLAGS.chunk)
+            short = _fit_seconds(variants[name], dataset, 1)
+            times[name].append((long - short) / (FLAGS.chunk - 1))
     return times
 
 
@@ -235,7 +242,8 @@ def _time_model(name):
         variant: medians[variant] / medians["plain"] for variant in variants if variant != "plain"
     }
     stage_ratios = [ratios[variant] for variant in stages]
-    draws = {group: _draw_seconds(noises[group].channels, batch_size) for group in stages if group in noises}
+    draws = {group: _draw_seconds(noises[group].channels, batch_size) for group in stages
+             if group in noises and _keras.ON_TENSORFLOW}  # timed with tf.function
     result = {
         "data": source,
         "batch_size": batch_size,
@@ -247,7 +255,7 @@ def _time_model(name):
         "ratio_to_plain": ratios,
         "mean_ratio": statistics.mean(stage_ratios),
         "worst_ratio": max(stage_ratios),
-        "steps_timed_per_variant": FLAGS.rounds * FLAGS.chunk,
+        "steps_timed_per_variant": FLAGS.rounds * (FLAGS.chunk + 1),
         "normal_draw_seconds": draws,
         "normal_draw_to_plain_step": {g: t / medians["plain"] for g, t in draws.items()},
     }
@@ -286,12 +294,12 @@ def main(argv):
         for variant, ratio in r["ratio_to_plain"].items()
     ]
     markdown = (
-        f"{results_io.title(f'RBP wrapper overhead, TensorFlow {tf.__version__}', provenance)}\n\n"
-        f"Training steps per second, {FLAGS.rounds} rounds x {FLAGS.chunk} steps a variant, "
+        f"{results_io.title(f'RBP wrapper overhead, backend {_keras.BACKEND}', provenance)}\n\n"
+        f"Training steps per second, {FLAGS.rounds} rounds of a fit of {FLAGS.chunk} steps and one of 1 a variant, "
         f"{os.cpu_count()} CPUs, load average {load_before[0]:.1f} at start. "
         f"Measured: {MEASURED}. Target ratio <= {TARGET_RATIO}. A pruned variant named after a group has "
-        "that group active and trainable and the others off and not trainable, as in "
-        f"a stage of RecursivePruning; \"{ALL_AT_ONCE}\" has every group active and trainable; "
+        "that group active and the others off, as in "
+        f"a stage of RecursivePruning; \"{ALL_AT_ONCE}\" has every group active; "
         f"\"+ {DISTILLED}\" adds distillation from a plain copy (`keras_rbp.distilled`); "
         f"\"{INPUT_GATE}\" is the plain model with a "
         "trainable scale per input pixel, the least that pruning input pixels adds. "
@@ -310,7 +318,8 @@ def main(argv):
             rows,
         )
     )
-    name = f"overhead_{provenance['keras']}" + ("" if FLAGS.models == list(MODELS) else "_" + "_".join(FLAGS.models))
+    mode = provenance["keras"] if provenance["keras"] == "tf_keras" else f"keras3_{_keras.BACKEND}"
+    name = f"overhead_{mode}" + ("" if FLAGS.models == list(MODELS) else "_" + "_".join(FLAGS.models))
     for path in results_io.write_results(FLAGS.output_dir, name, result, markdown):
         print(path)
     print(markdown)

@@ -16,7 +16,7 @@ with _quiet.quiet_stderr():  # the lines TensorFlow prints before its logging is
     if _quiet.quiet():  # and where it looks for a GPU, which it does once
         tensorflow.config.list_physical_devices("GPU")
 
-from keras_rbp import datasets, models, rules
+from keras_rbp import datasets, layer_rules, models, rules  # noqa: F401 (layer_rules registers Keras's layers)
 from keras_rbp.distribute import check_strategy, is_chief
 from keras_rbp.exporting import ExportCheckError, export
 from keras_rbp.latency import benchmark_tflite

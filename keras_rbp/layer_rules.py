@@ -540,7 +540,9 @@ RECURRENT_CLASSES = _classes("SimpleRNN", "GRU", "LSTM")
 
 
 def register_builtins():
-    """Registers the rules of Keras's layers and operations."""
+    """Registers the rules of Keras's layers and operations, and the probe of
+    a layer without a rule (for keras.layers.Layer)."""
+    register_rule(keras.layers.Layer, UNKNOWN)
     for cls in _classes("Dense", "Conv1D", "Conv2D", "Conv3D"):
         register_rule(cls, DenseConvRule())
     for cls in _classes("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"):
@@ -582,5 +584,7 @@ def register_builtins():
     for cls in _keras.OPERATION_CLASSES:
         register_rule(cls, OperationRule())
     # Keras 3's layers are operations too: a layer without a rule is an
-    # unknown layer (rules._registry maps keras.layers.Layer to UNKNOWN),
-    # not an operation.
+    # unknown layer (keras.layers.Layer's rule is UNKNOWN), not an operation.
+
+
+register_builtins()

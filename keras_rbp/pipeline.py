@@ -752,8 +752,7 @@ class _Measure:
     def __call__(self, model, source, limit=None):
         """The measure of `model` on the first `limit` examples of `source`
         (all by default). A limited measure (the curve over the plan) calls
-        the model eagerly: its trainable groups change once a stage, and
-        `predict` would trace its function again each time."""
+        the model directly, in batches of 256."""
         if limit is None:
             if source.x is None:
                 outputs = model.predict(source.dataset, verbose=0)

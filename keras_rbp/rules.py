@@ -126,18 +126,10 @@ class LayerRule:
         return [np.arange(build.plan.tensors[key].channels) for key in op.outputs]
 
 
+# The registered rules, by layer class. `layer_rules` (imported by the
+# package) fills it with those of Keras's layers, and maps keras.layers.Layer
+# to the rule that probes a layer without one.
 _RULES = {}
-
-
-def _registry():
-    """The registered rules, those of Keras's layers (`layer_rules`, which
-    subclass this module's classes) registered on first use."""
-    if not _RULES:
-        from keras_rbp import layer_rules
-
-        _RULES[keras.layers.Layer] = layer_rules.UNKNOWN
-        layer_rules.register_builtins()
-    return _RULES
 
 
 def register_rule(layer_class, rule):
@@ -149,19 +141,19 @@ def register_rule(layer_class, rule):
             f"register_rule: rule for {getattr(layer_class, '__name__', layer_class)!r} "
             f"must be a LayerRule, received {type(rule).__name__}"
         )
-    _registry()[layer_class] = rule
+    _RULES[layer_class] = rule
 
 
 def unregister_rule(layer_class):
     """Removes the rule registered for `layer_class`, if any."""
-    _registry().pop(layer_class, None)
+    _RULES.pop(layer_class, None)
 
 
 def rule_for(layer):
     """The rule of `layer`'s class or its nearest registered base class;
     for a layer class with none, the rule that probes it
     (`layer_rules.UnknownLayerRule`)."""
-    registry = _registry()
+    registry = _RULES
     for cls in type(layer).__mro__:
         if cls in registry:
             return registry[cls]
@@ -170,7 +162,7 @@ def rule_for(layer):
 
 def is_unknown(layer):
     """Whether `layer`'s class has no rule of its own: it is probed."""
-    return rule_for(layer) is _registry()[keras.layers.Layer]
+    return rule_for(layer) is _RULES[keras.layers.Layer]
 
 
 BOUNDARY = LayerRule()
@@ -189,7 +181,7 @@ class BoundaryRule(LayerRule):
 
 def prunable_classes():
     """The registered layer classes whose rule is prunable."""
-    return [cls for cls, rule in _registry().items() if rule.prunable]
+    return [cls for cls, rule in _RULES.items() if rule.prunable]
 
 
 def channel_axis(layer):
