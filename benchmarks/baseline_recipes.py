@@ -18,7 +18,7 @@ from absl import app, flags
 
 from benchmarks import results_io
 from benchmarks.literature import BASELINES_FOLDER, BUDGETS, VALIDATION_SPLIT
-from keras_rbp import pipeline
+from keras_rbp import recipes
 
 FLAGS = flags.FLAGS
 results_io.define_data_dir()
@@ -40,13 +40,13 @@ CANDIDATES = {
 
 def _run(model, candidate, seed):
     epochs, learning_rate, weight_decay = candidate
-    recipe = pipeline.Recipe(
+    recipe = recipes.Recipe(
         model=model, dataset="mnist", data_dir=FLAGS.data_dir, seed=seed, validation_split=VALIDATION_SPLIT,
         pretrain_epochs=epochs, learning_rate=learning_rate, pretrain_weight_decay=weight_decay,
         input_features=BUDGETS[model].get("input_features", False),
         baseline_dir=FLAGS.baseline_dir or os.path.join(FLAGS.output_dir, BASELINES_FOLDER),
     )
-    results = pipeline.run_baseline(recipe, verbose=0)
+    results = recipes.run_baseline(recipe, verbose=0)
     run = {"validation_error": 100 * results["validation_error"], "error": 100 * results["baseline_error"],
            "seconds": results["seconds"]["pretrain"]}
     print(f"{model} {_name(candidate)}, seed {seed}: validation error {run['validation_error']:.2f} %, "

@@ -32,7 +32,7 @@ from absl import app, flags
 
 from benchmarks import results_io
 from benchmarks.literature import BUDGETS, PUBLISHED, macs
-from keras_rbp import latency, models, pipeline
+from keras_rbp import latency, models, recipes
 
 FLAGS = flags.FLAGS
 results_io.define_data_dir()
@@ -56,7 +56,7 @@ def _recipe(model, schedule, seed, scale, **budget):
     epochs = {key: value for key, value in BUDGETS[model].items() if key != "quantize"}
     for key in ("pretrain_epochs", "epochs_per_stage", "finetune_epochs"):
         epochs[key] = max(1, round(epochs[key] * scale))
-    return pipeline.Recipe(
+    return recipes.Recipe(
         model=model, dataset="mnist", data_dir=FLAGS.data_dir, seed=seed,
         train_examples=FLAGS.train_examples, kl_weight=KL_WEIGHTS[model],
         groups_per_stage=1 if schedule == "recursive" else 0, **epochs, **budget,
@@ -69,7 +69,7 @@ def _cell(label, model, schedule, metric, target, scale=None, **budget):
     for seed in range(FLAGS.seeds):
         start = time.time()
         recipe = _recipe(model, schedule, seed, scale or FLAGS.epoch_scale, **{f"target_{metric}": target}, **budget)
-        results = pipeline.run(recipe, verbose=0)
+        results = recipes.run(recipe, verbose=0)
         totals = results["report"]["totals"]
         run = {"seed": seed, "macs": totals["macs_after"], "params": totals["params_after"],
                "error": 100 * results["final_error"], "architecture": results["report"]["architecture_after"],

@@ -4,7 +4,7 @@ models, under both schedules, at the same MAC budgets and the same number of
 epochs after the baseline, over several seeds.
 
 Each cell is one (model, method, schedule, MAC target) over its seeds. Every
-run goes through `keras_rbp.pipeline` with a `target_macs` budget and
+run goes through `keras_rbp.recipes` with a `target_macs` budget and
 `plan_epochs` (the same plan length for every method and schedule); all
 methods of a seed start from the same baseline weights (kept in
 --baseline_dir). Every finished run is kept in method_comparison_runs.json,
@@ -28,7 +28,7 @@ from absl import app, flags
 from benchmarks import results_io
 from benchmarks.literature import (BASELINES_FOLDER, BUDGETS, PUBLISHED, VALIDATION_SPLIT, draw_published, macs,
                                    published_macs)
-from keras_rbp import methods, pipeline
+from keras_rbp import methods, recipes
 
 FLAGS = flags.FLAGS
 results_io.define_data_dir()
@@ -45,13 +45,13 @@ flags.DEFINE_enum("widths", "share", ["share", "posterior"], "How the budget set
                   "(RecursivePruning's widths); 'posterior' runs and tables are kept apart from 'share' ones.")
 flags.DEFINE_float("rbp_max_noise_scale", 3.0, "RBP's noise scale at a stage's end (its ramp's top; the "
                    "peers run at 1), a knob of RBP's collapse.")
-flags.DEFINE_float("prior_keep_prob", pipeline.Recipe.prior_keep_prob, "pi_0 of RBP's prior.")
-flags.DEFINE_float("logit_scale", pipeline.Recipe.logit_scale, "How many times faster than the weights every "
+flags.DEFINE_float("prior_keep_prob", recipes.Recipe.prior_keep_prob, "pi_0 of RBP's prior.")
+flags.DEFINE_float("logit_scale", recipes.Recipe.logit_scale, "How many times faster than the weights every "
                    "method's noise parameters (RBP's logits) move.")
-flags.DEFINE_float("finetune_learning_rate", pipeline.Recipe.finetune_learning_rate, "Adam's learning rate in "
+flags.DEFINE_float("finetune_learning_rate", recipes.Recipe.finetune_learning_rate, "Adam's learning rate in "
                    "the fine-tune after the last stage.")
 flags.DEFINE_float("distillation_weight", 0.0, "Above 0, every run also learns from its unpruned baseline "
-                   f"(keras_rbp.distilled, temperature {pipeline.Recipe.distillation_temperature:g}).")
+                   f"(keras_rbp.distilled, temperature {recipes.Recipe.distillation_temperature:g}).")
 # Runs with these knobs away from their defaults are kept apart in the run
 # cache and the table names (`_knobs`).
 flags.DEFINE_bool("table_only", False, "Rebuild the table from the runs file without running anything.")
@@ -108,7 +108,7 @@ def _pretrain_epochs(model):
 
 def _recipe(model, method, schedule, target, seed, kl_weight):
     budget = dict(BUDGETS[model], pretrain_epochs=_pretrain_epochs(model))
-    return pipeline.Recipe(
+    return recipes.Recipe(
         model=model, dataset="mnist", data_dir=FLAGS.data_dir, seed=seed, train_examples=FLAGS.train_examples,
         baseline_dir=FLAGS.baseline_dir or os.path.join(FLAGS.output_dir, BASELINES_FOLDER),
         validation_split=VALIDATION_SPLIT, method=method, kl_weight=kl_weight,
@@ -135,11 +135,11 @@ def _knobs():
 def _distillation_text():
     if not FLAGS.distillation_weight:
         return "none"
-    return f"weight {FLAGS.distillation_weight:g}, temperature {pipeline.Recipe.distillation_temperature:g}"
+    return f"weight {FLAGS.distillation_weight:g}, temperature {recipes.Recipe.distillation_temperature:g}"
 
 
 def _run(model, method, schedule, target, seed, kl_weight):
-    results = pipeline.run(_recipe(model, method, schedule, target, seed, kl_weight), verbose=0)
+    results = recipes.run(_recipe(model, method, schedule, target, seed, kl_weight), verbose=0)
     totals = results["report"]["totals"]
     run = {
         "architecture": results["report"]["architecture_after"],

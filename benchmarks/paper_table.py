@@ -1,6 +1,6 @@
 """keras_rbp against the published Bayesian pruning results on MNIST.
 
-Runs the whole keras_rbp path (`keras_rbp.pipeline`: train, RecursivePruning,
+Runs the whole keras_rbp path (`keras_rbp.recipes`: train, RecursivePruning,
 shrink, export) on LeNet-300-100 and LeNet-5-Caffe, for each kl_weight of a
 sweep, each schedule and each seed. Every finished run is kept in
 paper_table_runs.json, so a stopped run resumes and models can run one at a
@@ -19,7 +19,7 @@ from absl import app, flags
 
 from benchmarks import results_io
 from benchmarks.literature import BUDGETS, PUBLISHED, draw_published, macs, published_macs
-from keras_rbp import pipeline
+from keras_rbp import recipes
 
 FLAGS = flags.FLAGS
 results_io.define_data_dir()
@@ -42,7 +42,7 @@ AVERAGED = ("baseline_error", "error", "macs", "macs_reduction", "params", "para
 
 
 def _recipe(model, kl_weight, schedule, seed, output_dir):
-    return pipeline.Recipe(
+    return recipes.Recipe(
         model=model, dataset="mnist", data_dir=FLAGS.data_dir, output_dir=output_dir, seed=seed,
         kl_weight=kl_weight, groups_per_stage=1 if schedule == "recursive" else 0, **BUDGETS[model],
     )
@@ -51,7 +51,7 @@ def _recipe(model, kl_weight, schedule, seed, output_dir):
 def _run(model, schedule, kl_weight, seed):
     """One pipeline run's figures."""
     out = os.path.join(FLAGS.output_dir, "paper_table_exports", f"{model}_{schedule}_{kl_weight:g}_{seed}")
-    results = pipeline.run(_recipe(model, kl_weight, schedule, seed, out), verbose=0)
+    results = recipes.run(_recipe(model, kl_weight, schedule, seed, out), verbose=0)
     totals = results["report"]["totals"]
     run = {
         "architecture": results["report"]["architecture_after"],

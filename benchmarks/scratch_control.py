@@ -26,7 +26,7 @@ from absl import app, flags
 
 from benchmarks import results_io
 from benchmarks.literature import BASELINES_FOLDER, BUDGETS, VALIDATION_SPLIT
-from keras_rbp import pipeline
+from keras_rbp import recipes
 from keras_rbp._keras import keras
 
 FLAGS = flags.FLAGS
@@ -47,7 +47,7 @@ results_io.define_models(CELLS)
 
 def _recipe(model, seed):
     budget = {key: value for key, value in BUDGETS[model].items() if key != "quantize"}
-    return pipeline.Recipe(
+    return recipes.Recipe(
         model=model, dataset="mnist", data_dir=FLAGS.data_dir, seed=seed, validation_split=VALIDATION_SPLIT,
         baseline_dir=FLAGS.baseline_dir or os.path.join(FLAGS.output_dir, BASELINES_FOLDER),
         **{**budget, **CELLS[model]},
@@ -62,18 +62,18 @@ def _errors(model, splits):
 
 def _train(model, splits, learning_rate, epochs):
     x, y = splits["train"]
-    steps = epochs * int(np.ceil(len(x) / pipeline.Recipe.batch_size))
+    steps = epochs * int(np.ceil(len(x) / recipes.Recipe.batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.1)
     model.compile(keras.optimizers.Adam(schedule), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, batch_size=pipeline.Recipe.batch_size, epochs=epochs, verbose=0)
+    model.fit(x, y, batch_size=recipes.Recipe.batch_size, epochs=epochs, verbose=0)
     return _errors(model, splits)
 
 
 def _run(model, seed):
     recipe = _recipe(model, seed)
     models = {}
-    results = pipeline.run(recipe, verbose=0, models=models)
-    (x_train, y_train), (x_test, y_test) = pipeline.load_data(recipe)
+    results = recipes.run(recipe, verbose=0, models=models)
+    (x_train, y_train), (x_test, y_test) = recipes.load_data(recipe)
     if recipe.input_features:
         x_train, x_test = x_train[:, results["kept_features"]], x_test[:, results["kept_features"]]
     fit_size = int(len(x_train) * (1 - VALIDATION_SPLIT))

@@ -21,7 +21,7 @@ import time
 from absl import app, flags
 
 from benchmarks import results_io
-from keras_rbp import pipeline
+from keras_rbp import recipes
 
 FLAGS = flags.FLAGS
 results_io.define_data_dir()
@@ -36,7 +36,7 @@ flags.DEFINE_float("kl_weight", 10.0, "prune's kl_weight.")
 
 
 def _recipe(seed, output_dir):
-    return pipeline.Recipe(
+    return recipes.Recipe(
         model="small_vit", dataset="mnist", data_dir=FLAGS.data_dir, output_dir=output_dir, seed=seed,
         train_examples=FLAGS.train_examples, pretrain_epochs=FLAGS.pretrain_epochs,
         epochs_per_stage=FLAGS.epochs_per_stage, finetune_epochs=FLAGS.finetune_epochs,
@@ -47,7 +47,7 @@ def _recipe(seed, output_dir):
 def _run(seed):
     start = time.time()
     with tempfile.TemporaryDirectory() as folder:
-        results = pipeline.run(_recipe(seed, f"{folder}/export"), verbose=0)
+        results = recipes.run(_recipe(seed, f"{folder}/export"), verbose=0)
     totals = results["report"]["totals"]
     run = {
         "seed": seed,

@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags  # noqa: E402
 
-from keras_rbp import pipeline
+from keras_rbp import recipes
 from keras_rbp.datasets import DATA_DIR_ENV, DatasetNotFoundError
 
 FLAGS = flags.FLAGS
@@ -61,8 +61,8 @@ HELP = {
 
 
 def define_flags(**defaults):
-    """Defines one flag per `pipeline.Recipe` field, with these defaults."""
-    for field in dataclasses.fields(pipeline.Recipe):
+    """Defines one flag per `recipes.Recipe` field, with these defaults."""
+    for field in dataclasses.fields(recipes.Recipe):
         if field.name in ("model", "dataset", "quantize"):
             continue
         default = defaults.get(field.name, field.default)
@@ -84,12 +84,12 @@ def main(model, dataset):
 
     def run(argv):
         del argv
-        values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(pipeline.Recipe)
+        values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(recipes.Recipe)
                   if f.name not in ("model", "dataset")}
         values["quantize"] = tuple(values["quantize"])
-        recipe = pipeline.Recipe(model=model, dataset=dataset, **values)
+        recipe = recipes.Recipe(model=model, dataset=dataset, **values)
         try:
-            results = pipeline.run(recipe)
+            results = recipes.run(recipe)
         except DatasetNotFoundError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1

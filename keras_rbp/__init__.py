@@ -28,7 +28,8 @@ from keras_rbp.rules import LayerRule, ProducerRule, register_rule
 from keras_rbp.schedule import PruningSummaries, RecursivePruning
 from keras_rbp.surgery import ShrinkError, kept_channels, shrink
 from keras_rbp.pruning import freeze, prune, pruning_groups
-from keras_rbp.pipeline import ImageFolder, PruningResult, prune_and_export
+from keras_rbp.data_sources import ImageFolder
+from keras_rbp.pipeline import PruningResult, prune_and_export
 from keras_rbp.wrapper import RBPHeadWrapper, RBPWrapper
 
 __version__ = "0.1.0"

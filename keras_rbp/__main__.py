@@ -26,7 +26,7 @@ import numpy as np
 from absl import app, flags
 
 import keras_rbp as rbp
-from keras_rbp import _keras, pipeline
+from keras_rbp import _keras, data_sources, errors, pipeline
 from keras_rbp._keras import keras
 
 COMMANDS = ("prune", "shrink", "export", "report")
@@ -184,7 +184,7 @@ def _main(argv):
         _check_paths(command)
         try:
             {"prune": _prune, "shrink": _shrink, "export": _export, "report": _report}[command]()
-        except pipeline.ArgumentError as error:
+        except errors.ArgumentError as error:
             raise CommandError(_flag_error(error)) from error
         except (rbp.ExportCheckError, rbp.ShrinkError, OSError, ValueError) as error:
             raise CommandError(error) from error
@@ -394,7 +394,7 @@ def _prune_data(flag, model, **split):
     if os.path.isdir(path):
         height, width, channels = _image_shape(flag, model)
         try:
-            folder = pipeline.ImageFolder(path, (height, width), channels, FLAGS.image_scale, seed=FLAGS.seed, **split)
+            folder = data_sources.ImageFolder(path, (height, width), channels, FLAGS.image_scale, seed=FLAGS.seed, **split)
         except ValueError as error:
             raise CommandError(f"--{flag}={path!r}: {str(error).strip().splitlines()[0]}") from error
         if len(folder) == 0:
@@ -412,7 +412,7 @@ def _prune_data(flag, model, **split):
 
 def _split(train, model):
     """The training data and its last --validation_split as validation."""
-    if isinstance(train, pipeline.ImageFolder):
+    if isinstance(train, data_sources.ImageFolder):
         split = dict(validation_split=FLAGS.validation_split)
         return (_prune_data("train_data", model, subset="training", **split),
                 _prune_data("train_data", model, subset="validation", **split))

@@ -176,7 +176,7 @@ class RBPNoise(keras.layers.Layer):
             name="mode_epochs", shape=(), dtype="int32", initializer="zeros", trainable=False
         )
         self.mode_steps = self.add_weight(
-            name="mode_steps", shape=(), dtype="int64", initializer="zeros", trainable=False
+            name="mode_steps", shape=(), dtype="int32", initializer="zeros", trainable=False
         )
         if _keras.IS_KERAS_3:
             self.seed_generator = _keras.StepSeedGenerator(self.seed, self.calls, name="seed_generator")

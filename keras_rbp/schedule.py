@@ -1,7 +1,6 @@
 """`RecursivePruning`: the layer-by-layer train-and-prune schedule, as a
 Keras callback, and `PruningSummaries` for TensorBoard."""
 
-import logging
 import math
 import warnings
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from ai_edge_litert.interpreter import Interpreter
 from conftest import mnist_dir
-from keras_rbp import pipeline
+from keras_rbp import errors, pipeline
 from keras_rbp._keras import IS_KERAS_3, keras
 from keras_rbp.datasets import load_mnist
 from keras_rbp.models import lenet5_caffe
@@ -255,7 +255,7 @@ def test_a_killed_plan_resumes_with_the_masks_of_an_uninterrupted_run(user_files
         pipeline.prune_and_export(model, **data, **settings, work_dir=str(work), callbacks=[Kill()])
     assert os.path.isdir(work / "backup")
     changed = dict(settings, kl_weight=20.0)  # a backup resumes only the run that made it
-    with pytest.raises(pipeline.ArgumentError, match=r"holds the backup of a run with kl_weight=10.0, not 20.0"):
+    with pytest.raises(errors.ArgumentError, match=r"holds the backup of a run with kl_weight=10.0, not 20.0"):
         pipeline.prune_and_export(model, **data, **changed, work_dir=str(work))
     resumed = pipeline.prune_and_export(model, **data, **settings, work_dir=str(work), callbacks=[Epochs()])
     assert Epochs.seen == [2]  # the resumed run trained the last epoch only
