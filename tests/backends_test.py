@@ -98,10 +98,21 @@ def test_a_seed_gives_the_same_masks_and_a_killed_plan_resumes_to_them(tmp_path)
     assert {k: v.tolist() for k, v in _masks(resumed).items()} == {k: v.tolist() for k, v in expected.items()}
 
 
+def _hub_resnet():
+    import keras_hub  # noqa: PLC0415  (the test extra's)
+
+    backbone = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 32],
+        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block",
+        image_shape=(32, 32, 3))
+    return keras_hub.models.ResNetImageClassifier(backbone=backbone, num_classes=10, preprocessor=None)
+
+
 @pytest.mark.parametrize("build", [
     lambda: keras.applications.MobileNetV3Small(input_shape=(64, 64, 3), weights=None, classes=10),
+    _hub_resnet,
     lambda: rbp.models.small_vit(dim=32, heads=4, mlp_dim=48),
-], ids=["MobileNetV3Small", "small_vit"])
+], ids=["MobileNetV3Small", "KerasHub_ResNet", "small_vit"])
 def test_random_masks_shrink_exactly(build):
     model = build()
     pruned = rbp.prune(model, dataset_size=100)
