@@ -193,21 +193,25 @@ def _draw_seconds(channels, batch_size, calls=20, repetitions=15):
     makes them (`noise.standard_normal`), each summed to keep it: the part of
     an active group's cost that no other change to the layer can remove."""
 
-    @tf.function
-    def draws(seed):
-        return tf.add_n(
-            [
-                tf.reduce_sum(noise_lib.standard_normal([batch_size, channels], seed + i))
-                for i in range(calls)
-            ]
-        )
+    # A layer's own seed: a SeedGenerator under Keras 3, a step counter's
+    # seed tensor under tf_keras.
+    seed = keras.random.SeedGenerator(0) if _keras.IS_KERAS_3 else tf.Variable([0, 0], dtype=tf.int64)
 
-    seed = tf.constant([0, 0], tf.int64)
-    draws(seed).numpy()
+    def one_draw():
+        if _keras.IS_KERAS_3:
+            return tf.reduce_sum(noise_lib.standard_normal([batch_size, channels], seed))
+        seed.assign_add([0, 1])
+        return tf.reduce_sum(noise_lib.standard_normal([batch_size, channels], seed.read_value()))
+
+    @tf.function
+    def draws():
+        return tf.add_n([one_draw() for _ in range(calls)])
+
+    draws().numpy()
     times = []
-    for repetition in range(repetitions):
+    for _ in range(repetitions):
         start = time.perf_counter()
-        draws(seed + repetition).numpy()
+        draws().numpy()
         times.append((time.perf_counter() - start) / calls)
     return statistics.median(times)
 
