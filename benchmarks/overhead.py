@@ -5,7 +5,8 @@ Times training steps of LeNet-5-Caffe and LeNet-300-100 (MNIST), and of
 MobileNetV2 and EfficientNetB0 (weights=None, --image_size images of 3
 channels, random data), plain and wrapped by `keras_rbp.prune`, in the same
 process. A LeNet's pruned model is timed with each of its groups in turn set
-as in a stage of `RecursivePruning`: that group active, the others off. A
+as in a stage of `RecursivePruning`: that group active, the others off and
+drawing no noise. A
 deep net's (coupled groups, the Activation layers they bring) is timed with
 its first group, its middle group and its last group active that way, and
 with every group active, as all at once. Each model is also timed with its
@@ -151,11 +152,12 @@ def _with_input_gate(model):
 
 def _pruned_for_stage(builder, options, dataset_size, active):
     """A pruned model with the groups of `active` set as in a stage of
-    RecursivePruning (active) and the others off."""
+    RecursivePruning (active) and the others off, drawing no noise."""
     keras.utils.set_random_seed(0)
     pruned = rbp.prune(builder(), dataset_size=dataset_size, **options)
     for group, noise in rbp.pruning_groups(pruned).items():
         noise.mode = "active" if group in active else "off"
+        noise.sampling = group in active
     return pruned
 
 

@@ -31,7 +31,11 @@ class RBPNoise(keras.layers.Layer):
       gradient to the logits.
 
     Only an active noise sends gradients to its parameters; a frozen one's
-    theta no longer depends on them.
+    theta no longer depends on them. Its attribute `sampling` (True by
+    default, not saved) says whether training draws theta at all:
+    `RecursivePruning` turns it off for the groups outside the current
+    stage, whose theta is then deterministic (a multiply), and rebuilds the
+    model's train function once a stage.
 
     One noise can be called at several places (the producers of a residual
     stream, see `prune`'s ``coupled_groups``): every call multiplies by the
@@ -133,6 +137,7 @@ class RBPNoise(keras.layers.Layer):
         self.logit_scale = float(logit_scale)
         self.cost = float(cost)
         self.seed = random.randrange(2**31) if seed is None else int(seed)
+        self.sampling = True
 
     def build(self, input_shape):
         channels = input_shape[self.axis % len(input_shape)]
@@ -318,6 +323,8 @@ class RBPNoise(keras.layers.Layer):
         self.add_loss(self._kl_term(params, active))
         if not training:
             return self._scale(inputs, deterministic)
+        if not self.sampling:  # a group outside the plan's stage
+            return self._scale(inputs, ops.stop_gradient(deterministic))
         # Sampled in every mode, and selected: control flow on the mode
         # would cost more than the draws, and JAX allows no seed update in
         # a branch.

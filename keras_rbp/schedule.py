@@ -1,6 +1,7 @@
 """`RecursivePruning`: the layer-by-layer train-and-prune schedule, as a
 Keras callback, and `PruningSummaries` for TensorBoard."""
 
+import logging
 import math
 import warnings
 
@@ -17,6 +18,22 @@ from keras_rbp.plan import Plan, check_int
 from keras_rbp.pruning import pruning_groups
 
 WIDTHS = ("share", "posterior")  # how a budget sets each group's kept channels
+
+
+class _OwnRetracing(logging.Filter):
+    """Drops TensorFlow's "triggered tf.function retracing" warning about
+    Keras's train, test and predict functions: RecursivePruning changes
+    which groups draw their noise once a stage, on purpose (see
+    `_set_sampling`), and Keras then traces them again."""
+
+    def filter(self, record):
+        message = record.getMessage()
+        return not ("retracing" in message and any(
+            name in message for name in ("_make_function", "make_train_function", "make_test_function",
+                                         "make_predict_function")))
+
+
+tf.get_logger().addFilter(_OwnRetracing())
 
 
 class RecursivePruning(keras.callbacks.Callback):
@@ -57,8 +74,11 @@ class RecursivePruning(keras.callbacks.Callback):
     then fits a few epochs.
 
     Only the stage's groups train their logits: an active noise alone sends
-    gradients to its parameters (see `RBPNoise`), so the model's train
-    function stays the same through the plan, on every backend.
+    gradients to its parameters (see `RBPNoise`). The others draw no noise
+    (`RBPNoise.sampling`, a multiply then), and the model's train function
+    is rebuilt when that changes, once a stage; every group draws again when
+    fit ends. Which variables train stays the same through the plan, on
+    every backend.
 
     To distill from the unpruned model, fit `distillation.distilled(pruned,
     model)` with this callback: budgets count the pruned model it trains.
@@ -275,6 +295,7 @@ class RecursivePruning(keras.callbacks.Callback):
                 if groups[name].mode != "frozen":
                     groups[name].mode = "active"
             self._ramp_noise(stages[current])
+        _set_sampling(self.model, groups, {name: noise.mode == "active" for name, noise in groups.items()})
 
     def _ramp_noise(self, names):
         """The noise scale of the stage's active groups: from 1 at its start
@@ -296,6 +317,7 @@ class RecursivePruning(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._fit_first_epoch = None
+        _set_sampling(self.model, self._noises, {name: True for name in self._noises})
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
@@ -445,6 +467,18 @@ def _check_target(target_macs, target_params, target_latency_ms):
             f"{_keras.BACKEND!r}: set KERAS_BACKEND=tensorflow, or give target_macs or target_params"
         )
     return given[0]
+
+
+def _set_sampling(model, groups, sampling):
+    """Sets which groups draw their noise in training, a dict from group name
+    to bool; rebuilds the model's train function if that changes."""
+    changed = False
+    for name, value in sampling.items():
+        if groups[name].sampling != value:
+            groups[name].sampling = value
+            changed = True
+    if changed:
+        model.make_train_function(force=True)
 
 
 def _groups(model):

@@ -53,7 +53,7 @@ class _ModeRecorder(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.modes, self.scales, self.masks = [], [], []
-        self.logits, self.thetas = [], []
+        self.logits, self.thetas, self.sampling = [], [], []
 
     def on_epoch_begin(self, epoch, logs=None):
         groups = rbp.pruning_groups(self.model)
@@ -62,6 +62,7 @@ class _ModeRecorder(keras.callbacks.Callback):
         self.masks.append([g.mask.numpy().copy() for g in groups.values()])
         self.logits.append([g.scaled_logits.numpy().copy() for g in groups.values()])
         self.thetas.append([g.theta().copy() for g in groups.values()])
+        self.sampling.append([g.sampling for g in groups.values()])
 
 
 def _fit(pruned, schedule, epochs=None, optimizer=None, **kwargs):
@@ -95,6 +96,9 @@ def test_only_the_stage_groups_train_their_logits():
     schedule = rbp.RecursivePruning(epochs_per_stage=2, finetune_epochs=1, verbose=0)
     recorder, _ = _fit(pruned, schedule, optimizer=keras.optimizers.Adam(0.01))
     groups = list(rbp.pruning_groups(pruned).values())
+    # Only the stage's groups draw their noise; every group draws again after fit.
+    assert recorder.sampling == [[mode == "active" for mode in modes] for modes in recorder.modes]
+    assert all(g.sampling for g in groups)
     final_logits = [g.scaled_logits.numpy() for g in groups]
     final_thetas = [g.theta() for g in groups]
     for epoch, modes in enumerate(recorder.modes):
