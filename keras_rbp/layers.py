@@ -32,10 +32,10 @@ class RBPNoise(keras.layers.Layer):
 
     Only an active noise sends gradients to its parameters; a frozen one's
     theta no longer depends on them. Its attribute `sampling` (True by
-    default, not saved) says whether training draws theta at all:
-    `RecursivePruning` turns it off for the groups outside the current
-    stage, whose theta is then deterministic (a multiply), and rebuilds the
-    model's train function once a stage.
+    default, not saved) turned off makes it act as a non-trainable noise
+    (below) while its variables stay trainable: `RecursivePruning` turns it
+    off for the groups outside the current stage, whose theta is then a
+    multiply, and rebuilds the model's train function once a stage.
 
     One noise can be called at several places (the producers of a residual
     stream, see `prune`'s ``coupled_groups``): every call multiplies by the
@@ -316,15 +316,13 @@ class RBPNoise(keras.layers.Layer):
         mode = ops.convert_to_tensor(self.mode_variable)
         params = self.parameters()
         deterministic = self._deterministic_theta(mode, params)
-        if not self.trainable:
+        if not (self.trainable and self.sampling):  # sampling: off outside the plan's stage
             self.add_loss(ops.convert_to_tensor(0.0))
             return self._scale(inputs, ops.stop_gradient(deterministic))
         active = ops.equal(mode, ACTIVE)
         self.add_loss(self._kl_term(params, active))
         if not training:
             return self._scale(inputs, deterministic)
-        if not self.sampling:  # a group outside the plan's stage
-            return self._scale(inputs, ops.stop_gradient(deterministic))
         # Sampled in every mode, and selected: control flow on the mode
         # would cost more than the draws, and JAX allows no seed update in
         # a branch.
