@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rbp import _keras, _quiet
-from keras_rbp._keras import keras, ops, tree
+from keras_rbp._keras import keras, to_numpy, tree
 from keras_rbp.latency import benchmark_tflite
 from keras_rbp.metrics import report as metrics_report
 from keras_rbp.surgery import float32_copy
@@ -338,7 +338,7 @@ def _keras_outputs(model, inputs):
     for start in range(0, len(inputs[0]), BATCH_SIZE):
         batch = tree.pack_sequence_as(model.input, [x[start : start + BATCH_SIZE] for x in inputs])
         outputs = tree.flatten(model(batch, training=False))
-        batches.append([ops.convert_to_numpy(y) for y in outputs])
+        batches.append([to_numpy(y) for y in outputs])
     return [np.concatenate(ys) for ys in zip(*batches)]
 
 

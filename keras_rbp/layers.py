@@ -4,7 +4,7 @@ import random
 
 from keras_rbp import _keras
 from keras_rbp import methods as methods_lib
-from keras_rbp._keras import NO_AUTOCAST, ONLY_FIRST_REPLICA, keras, ops, register_serializable
+from keras_rbp._keras import NO_AUTOCAST, ONLY_FIRST_REPLICA, keras, ops, register_serializable, to_numpy
 
 MODES = ("off", "active", "frozen")
 OFF, ACTIVE, FROZEN = range(3)
@@ -232,12 +232,12 @@ class RBPNoise(keras.layers.Layer):
     def keep_probability(self):
         """pi per channel, as a numpy array: the keep probability of RBP, the
         keep score of another method (above 0.5 where it keeps a channel)."""
-        return ops.convert_to_numpy(self._method.keep_score(self.parameters()))
+        return to_numpy(self._method.keep_score(self.parameters()))
 
     def keep_logit(self):
         """The method's unbounded keep score per channel (RBP: phi), as a
         numpy array: it ranks the channels whose pi rounds to 1."""
-        return ops.convert_to_numpy(self._method.keep_logit(self.parameters()))
+        return to_numpy(self._method.keep_logit(self.parameters()))
 
     @property
     def mode(self):
@@ -274,13 +274,13 @@ class RBPNoise(keras.layers.Layer):
     def kl_loss(self):
         """The loss its calls add now together, as a float (0 unless active)."""
         active = ops.equal(ops.convert_to_tensor(self.mode_variable), ACTIVE)
-        return self.calls * float(ops.convert_to_numpy(self._kl_term(self.parameters(), active)))
+        return self.calls * float(to_numpy(self._kl_term(self.parameters(), active)))
 
     def theta(self):
         """The deterministic theta of the current mode, shape (channels,), as
         a numpy array."""
         theta = self._deterministic_theta(ops.convert_to_tensor(self.mode_variable), self.parameters())
-        return ops.convert_to_numpy(theta)
+        return to_numpy(theta)
 
     def _deterministic_theta(self, mode, params):
         """theta of `mode`: 1 when off, the method's mean (RBP: pi) when

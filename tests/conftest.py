@@ -17,7 +17,7 @@ tf.config.set_logical_device_configuration(
 )
 
 from keras_rbp import _keras  # noqa: E402
-from keras_rbp._keras import keras, ops  # noqa: E402
+from keras_rbp._keras import keras, ops, to_numpy  # noqa: E402,F401 (to_numpy: for the tests)
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
@@ -49,11 +49,6 @@ def _machine_lock(request):
 def tensor(value):
     """A float32 tensor of the backend in use."""
     return ops.convert_to_tensor(np.asarray(value, "float32"))
-
-
-def to_numpy(value):
-    """A tensor of the backend in use as a numpy array."""
-    return ops.convert_to_numpy(value)
 
 
 def value_and_gradients(function, values):
